@@ -1,0 +1,301 @@
+"""The `delineo` command. With no sub-command (or just a path) it opens the viewer.
+
+Sub-commands import what they need lazily, so `delineo info` starts in a fraction of a second
+and never loads Qt, torch or a runtime it does not use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from app import __version__
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+class UsageError(Exception):
+    """Bad arguments or input: reported as one line on stderr, exit status 2."""
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- gui
+
+
+@command("gui")
+def cmd_gui(args: argparse.Namespace) -> int:
+    from app.ui.application import run_gui
+
+    return run_gui(args.slide)
+
+
+# --------------------------------------------------------------------------- info
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    from app.core.slide import Slide
+
+    with Slide.open(args.slide) as slide:
+        info = slide.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    mpp = info["mpp"]
+    rows = [
+        ("path", info["path"]),
+        ("vendor", info["vendor"] or "unknown"),
+        ("dimensions", "{} x {} px".format(*info["dimensions"])),
+        ("mpp", f"{mpp[0]:.4f} x {mpp[1]:.4f} µm/px" if mpp else "not recorded (scale in pixels)"),
+        ("objective", f"{info['objective_power']:g}x" if info["objective_power"] else "not recorded"),
+        ("bounds", "x={} y={} w={} h={}".format(*info["bounds"]) if info["bounds"] else "none"),
+        ("associated images", ", ".join(info["associated_images"]) or "none"),
+        ("levels", str(info["level_count"])),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    for i, ((w, h), ds) in enumerate(zip(info["level_dimensions"], info["level_downsamples"], strict=True)):
+        print(f"{'':<{width}}  level {i}: {w} x {h}  (downsample {ds:g})")
+    return 0
+
+
+# --------------------------------------------------------------------------- train / convert
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from app.model.train import TrainConfig, train
+    except ImportError as e:
+        raise UsageError(
+            f"training needs the [train] extra ({e.name} is missing): pip install -e '.[train]'"
+        ) from None
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        device=args.device,
+        seed=args.seed,
+        batch=args.batch,
+        samples_per_epoch=args.samples_per_epoch,
+        max_minutes=args.max_minutes,
+        lr=args.lr,
+        base=args.base,
+    )
+    best = train(cfg, progress=lambda s: print(s, flush=True))
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        from app.model import convert
+    except ImportError as e:
+        raise UsageError(
+            f"conversion needs the [train] extra ({e.name} is missing): pip install -e '.[train]'"
+        ) from None
+    if args.target == "ascend":
+        convert.convert_for_ascend(args.checkpoint, args.out, progress=_stderr_progress)
+    else:
+        convert.convert(
+            args.checkpoint,
+            args.out,
+            data=args.data,
+            calibration_tiles=args.calibration_tiles,
+            name=args.name,
+            progress=_stderr_progress,
+        )
+    return 0
+
+
+def _stderr_progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- evaluate / bench
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from app.inference.evaluation import evaluate_manifest
+
+    precisions = list(("fp32", "fp16", "int8") if args.precision == "all" else (args.precision,))
+    result = evaluate_manifest(
+        args.manifest,
+        model=args.model,
+        engine=args.engine,
+        precisions=precisions,
+        progress=None if args.json else _stderr_progress,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{'precision':<10} {'tumour Dice':>12} {'FP rate (non-tumour)':>22}")
+        for p in precisions:
+            print(f"{p:<10} {result['dice'][p]:>12.4f} {result['fp_rate_non_tumour'][p]:>22.4f}")
+        print(
+            f"{result['images']} images ({result['tumour_images']} adenocarcinoma), "
+            f"engine {result['engine']}, model {result['model']}"
+        )
+    return 0
+
+
+def _format_dict(d: dict) -> str:
+    width = max(len(k) for k in d)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in d.items())
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "model":
+        from app.inference import benchmark
+
+        rows = benchmark.bench_model(
+            model=args.model,
+            tile=args.tile,
+            repeats=args.repeats,
+            threads=args.threads,
+            configs=args.configs.split(",") if args.configs else None,
+            progress=None if args.json else _stderr_progress,
+        )
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(benchmark.format_model_table(rows))
+        return 0
+    if args.what == "slide":
+        from app.ui.viewer_benchmark import bench_slide
+
+        result = bench_slide(args.target, progress=None if args.json else _stderr_progress)
+        print(json.dumps(result, indent=2) if args.json else _format_dict(result))
+        return 0
+    raise UsageError(f"bench: unknown target '{args.what}' (model, slide)")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="delineo",
+        description="Whole-slide viewer that delineates tumour with an on-device UNet. "
+        "With no command, opens the viewer (on PATH, or on the bundled sample slide).",
+    )
+    p.add_argument("--version", action="version", version=f"delineo {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("gui", help="open the viewer (the default)")
+    g.add_argument("slide", nargs="?", help="slide to open (default: the bundled sample)")
+
+    i = sub.add_parser("info", help="describe a slide")
+    i.add_argument("slide")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    t = sub.add_parser("train", help="train the tumour UNet ([train] extra)")
+    t.add_argument("--data", required=True, help="EBHI-Seg folder (with manifest.csv) or manifest")
+    t.add_argument("--out", required=True, help="folder for checkpoints and the log")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--base", type=int, default=16, help="channels at full resolution")
+    t.add_argument("--samples-per-epoch", type=int, default=0, help="0: one pass over train")
+    t.add_argument("--max-minutes", type=float, default=0, help="stop after the epoch past this")
+
+    c = sub.add_parser("convert", help="export ONNX, OpenVINO FP16/INT8, ORT INT8 + model card")
+    c.add_argument("checkpoint")
+    c.add_argument("--out", required=True)
+    c.add_argument(
+        "--data",
+        default="../shared/data/ebhi-seg",
+        help="EBHI-Seg folder: train tiles calibrate, val tiles validate",
+    )
+    c.add_argument("--calibration-tiles", type=int, default=300)
+    c.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    c.add_argument("--target", choices=["desktop", "ascend"], default="desktop")
+
+    e = sub.add_parser("evaluate", help="tumour Dice of the shipped model on a manifest")
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--precision", choices=["fp32", "fp16", "int8", "all"], default="all")
+    e.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
+    e.add_argument("--model", default=None, help="shipped model name or folder with card.json")
+    e.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="measure speed: model runtimes, slide reading")
+    b.add_argument("what", choices=["model", "slide"])
+    b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
+    b.add_argument("--model", default=None)
+    b.add_argument("--tile", type=int, default=512)
+    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--threads", type=int, default=0, help="0: all cores")
+    b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
+    b.add_argument("--json", action="store_true")
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    argv = list(argv)
+    parser = build_parser()
+    # `delineo` and `delineo SLIDE` open the viewer; anything else is a sub-command.
+    first = next((a for a in argv if not a.startswith("-")), None)
+    asks_help = any(a in ("-h", "--help", "--version") for a in argv)
+    opens_viewer = first is None and not asks_help
+    opens_path = first is not None and first not in COMMANDS and argv[0] == first
+    if opens_viewer or opens_path:
+        argv = ["gui", *argv]
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from app.logs import setup_logging
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging(console=args.command != "gui")
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("delineo: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `delineo info x | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+    except Exception as e:
+        from app.errors import is_user_error
+
+        if not is_user_error(e) and not isinstance(e, UsageError):
+            import logging
+
+            logging.getLogger("delineo").exception("unexpected error in %s", args.command)
+            print(
+                f"delineo: internal error: {type(e).__name__}: {e} (details in the log: {_log_path()})",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"delineo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _log_path() -> str:
+    from app.logs import log_file
+
+    return str(log_file())
+
+
+def gui_main() -> int:
+    return main(["gui", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Slides, geometry, tiling, annotations and export: pure Python + NumPy, no Qt, no torch."""

@@ -1,0 +1,332 @@
+"""One class over every slide format Delineo reads.
+
+OpenSlide (through the openslide-bin wheel, so nothing is installed system-wide) reads the
+scanner formats and DICOM WSI; plain PNG/JPEG/TIFF images go through OpenSlide's ImageSlide
+(Pillow). Every failure becomes a `SlideError` that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+from PIL import Image
+
+from app.core.jpeg_markers import jpeg_colour_space
+from app.errors import DelineoError
+
+log = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".dcm",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
+FORMAT_FILTER = (
+    "Slides (" + " ".join(f"*{s}" for s in SLIDE_SUFFIXES) + ");;"
+    "Aperio (*.svs *.svslide);;Hamamatsu (*.ndpi *.vms *.vmu);;MIRAX (*.mrxs);;"
+    "Leica (*.scn);;Ventana (*.bif);;DICOM WSI (*.dcm);;TIFF (*.tif *.tiff);;"
+    "Images (*.png *.jpg *.jpeg *.tif *.tiff);;All files (*)"
+)
+
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+# A plain image larger than this is almost certainly a mislabelled slide; Pillow would decode it
+# whole into memory.
+MAX_PLAIN_IMAGE_PIXELS = 30_000 * 30_000
+
+
+class SlideError(DelineoError):
+    """The slide cannot be opened or read; the message names the file and the reason."""
+
+
+def resolve_slide_path(path: str | Path) -> Path:
+    """The file to hand to OpenSlide: a DICOM folder resolves to one file of its series."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SlideError(f"{p}: no such file or folder")
+    if p.is_dir():
+        dcm = sorted(p.glob("*.dcm"))
+        if dcm:
+            return dcm[0]
+        mrxs = sorted(p.glob("*.mrxs"))
+        if mrxs:
+            return mrxs[0]
+        raise SlideError(f"{p}: this folder holds no slide (no .dcm series or .mrxs file)")
+    return p
+
+
+class Slide:
+    """A read-only whole-slide image. `read_region` is safe to call from several threads."""
+
+    def __init__(self, path: Path, handle: openslide.AbstractSlide):
+        self.path = path
+        self._h = handle
+        # OpenSlide's C library is thread-safe; Pillow-backed ImageSlide is not.
+        self._lock = threading.Lock() if isinstance(handle, openslide.ImageSlide) else None
+        self._reopen_lock = threading.Lock()
+        self._retired: list[openslide.AbstractSlide] = []
+        props = handle.properties
+        self.vendor: str | None = props.get(openslide.PROPERTY_NAME_VENDOR)
+        self.dimensions: tuple[int, int] = tuple(handle.dimensions)
+        self.level_count: int = handle.level_count
+        self.level_dimensions: list[tuple[int, int]] = [tuple(d) for d in handle.level_dimensions]
+        self.level_downsamples: list[float] = [float(d) for d in handle.level_downsamples]
+        self.mpp: tuple[float, float] | None = _mpp(props)
+        self.objective_power: float | None = _float(props.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
+        self.bounds: tuple[int, int, int, int] | None = _bounds(props)
+        self.associated_image_names: list[str] = sorted(handle.associated_images.keys())
+        self._ycbcr_frames = _mislabelled_ycbcr_dicom(path, props)
+        if self._ycbcr_frames:
+            log.info("%s: DICOM says RGB but its JPEG frames are YCbCr; converting colours", path)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str | Path) -> Slide:
+        p = resolve_slide_path(path)
+        if not p.is_file():
+            raise SlideError(f"{p}: not a regular file")
+        try:
+            with open(p, "rb") as f:
+                f.read(1)
+        except PermissionError:
+            raise SlideError(f"{p}: permission denied; check the file's read permissions") from None
+        except OSError as e:
+            raise SlideError(f"{p}: cannot be read ({e.strerror or e})") from None
+        try:
+            fmt = openslide.OpenSlide.detect_format(str(p))
+            if fmt is not None:
+                handle = openslide.OpenSlide(str(p))
+            elif p.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+                handle = _open_plain_image(p)
+            else:
+                raise SlideError(
+                    f"{p}: OpenSlide does not recognise this file ({_size(p)}); it is damaged or "
+                    "incomplete (an interrupted copy?), or not a supported slide format"
+                )
+        except SlideError:
+            raise
+        except openslide.OpenSlideUnsupportedFormatError:
+            raise SlideError(f"{p}: not a supported slide or image format") from None
+        except openslide.OpenSlideError as e:
+            raise SlideError(f"{p}: the slide is damaged or incomplete ({e})") from None
+        except OSError as e:
+            raise SlideError(f"{p}: cannot be opened ({e})") from None
+        slide = cls(p, handle)
+        if min(slide.dimensions) <= 0:
+            slide.close()
+            raise SlideError(f"{p}: the slide has no pixels")
+        return slide
+
+    def close(self) -> None:
+        for h in [*self._retired, self._h]:
+            h.close()
+        self._retired = []
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def level_mpp(self, level: int) -> float | None:
+        if self.mpp is None:
+            return None
+        return float(np.mean(self.mpp)) * self.level_downsamples[level]
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The finest level no finer than needed: largest downsample ≤ the one asked for."""
+        best = 0
+        for i, d in enumerate(self.level_downsamples):
+            if d <= downsample * 1.001:
+                best = i
+        return best
+
+    # ------------------------------------------------------------------ pixels
+
+    def read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        """RGB uint8 (h, w, 3); (x, y) in level-0 pixels, size at `level`. Outside the slide
+        and transparent areas are white, as on glass."""
+        error: Exception | None = None
+        for _ in range(2):  # a second try on a fresh handle, see _recover
+            handle = self._h
+            try:
+                if self._lock is None:
+                    rgba = handle.read_region((int(x), int(y)), level, (int(w), int(h)))
+                else:
+                    with self._lock:
+                        rgba = handle.read_region((int(x), int(y)), level, (int(w), int(h)))
+                return _rgba_on_white(rgba, self._ycbcr_frames)
+            except openslide.OpenSlideError as e:
+                error = e
+                self._recover(handle)
+            except OSError as e:
+                error = e
+                break
+        raise SlideError(f"{self.path}: a tile could not be read ({error})") from None
+
+    def _recover(self, failed: openslide.AbstractSlide) -> None:
+        """OpenSlide errors are sticky: after one bad tile every later read on that handle fails.
+        Swap in a fresh handle so the rest of the slide stays readable. The old one may still be
+        in use by another thread, so it is closed with the slide, not now."""
+        with self._reopen_lock:
+            if self._h is not failed:
+                return  # another thread already replaced it
+            try:
+                self._h = openslide.OpenSlide(str(self.path))
+            except openslide.OpenSlideError:
+                return
+            self._retired.append(failed)
+
+    def thumbnail(self, max_side: int = 1024) -> np.ndarray:
+        """RGB uint8, the whole slide fitted in max_side, read from the coarsest useful level."""
+        w, h = self.dimensions
+        ds = max(w, h) / max_side
+        level = self.best_level_for_downsample(max(ds, 1.0))
+        lw, lh = self.level_dimensions[level]
+        img = self.read_region(0, 0, level, lw, lh)
+        scale = min(1.0, max_side / max(lw, lh))
+        if scale < 1.0:
+            size = (max(1, round(lw * scale)), max(1, round(lh * scale)))
+            img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+        return img
+
+    def associated_image(self, name: str) -> np.ndarray:
+        try:
+            return _rgba_on_white(self._h.associated_images[name])
+        except KeyError:
+            raise SlideError(f"{self.path}: no associated image '{name}'") from None
+        except openslide.OpenSlideError as e:
+            raise SlideError(f"{self.path}: associated image '{name}' unreadable ({e})") from None
+
+    def properties(self) -> dict[str, str]:
+        return dict(self._h.properties)
+
+    def info(self) -> dict:
+        """The fields `delineo info --json` prints, exactly."""
+        return {
+            "path": str(self.path),
+            "vendor": self.vendor,
+            "dimensions": list(self.dimensions),
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": self.level_downsamples,
+            "mpp": list(self.mpp) if self.mpp else None,
+            "objective_power": self.objective_power,
+            "associated_images": self.associated_image_names,
+            "bounds": list(self.bounds) if self.bounds else None,
+        }
+
+
+def _open_plain_image(p: Path) -> openslide.ImageSlide:
+    try:
+        with Image.open(p) as im:
+            w, h = im.size
+            if w * h > MAX_PLAIN_IMAGE_PIXELS:
+                raise SlideError(
+                    f"{p}: a {w}x{h} plain image is too large to open whole; "
+                    "convert it to a tiled pyramidal TIFF (e.g. with vips tiffsave --pyramid --tile)"
+                )
+            im.load()  # surfaces truncation now rather than at the first tile
+    except SlideError:
+        raise
+    except Image.DecompressionBombError:
+        raise SlideError(
+            f"{p}: image too large to open as a plain image; convert it to a pyramidal TIFF"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        reason = str(e)
+        if "cannot identify image file" in reason:
+            reason = "not a slide or an image Delineo can read"
+        elif "truncated" in reason.lower():
+            reason = "the file is truncated (incomplete download or copy?)"
+        raise SlideError(f"{p}: {reason}") from None
+    return openslide.ImageSlide(str(p))
+
+
+def _rgba_on_white(img: Image.Image, ycbcr: bool = False) -> np.ndarray:
+    if img.mode != "RGBA":
+        return np.asarray(img.convert("RGB"))
+    a = np.asarray(img)
+    colour = a[..., :3]
+    if ycbcr:  # stored Y, Cb, Cr; OpenCV's converter takes Y, Cr, Cb
+        colour = cv2.cvtColor(np.ascontiguousarray(colour[..., [0, 2, 1]]), cv2.COLOR_YCrCb2RGB)
+        colour = np.where(a[..., 3:4] > 0, colour, 0)
+    alpha = a[..., 3:4].astype(np.uint16)
+    # OpenSlide returns premultiplied alpha: composite on white by adding the missing light.
+    rgb = colour.astype(np.uint16) + (255 - alpha)
+    return np.minimum(rgb, 255).astype(np.uint8)
+
+
+JPEG_BASELINE_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def _mislabelled_ycbcr_dicom(path: Path, props) -> bool:
+    """True for a DICOM whose header says RGB while its JPEG frames are YCbCr (a known
+    converter defect that OpenSlide faithfully reproduces as wrong colours)."""
+    if props.get("dicom.PhotometricInterpretation") != "RGB":
+        return False
+    if props.get("dicom.TransferSyntaxUID") not in JPEG_BASELINE_SYNTAXES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4 << 20)
+    except OSError:
+        return False
+    return jpeg_colour_space(head) == "ycbcr"
+
+
+def _size(p: Path) -> str:
+    n = p.stat().st_size
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} bytes"
+
+
+def _float(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 else None
+
+
+def _mpp(props) -> tuple[float, float] | None:
+    x = _float(props.get(openslide.PROPERTY_NAME_MPP_X))
+    y = _float(props.get(openslide.PROPERTY_NAME_MPP_Y))
+    if x is None and y is None:
+        return None
+    return (x or y, y or x)
+
+
+def _bounds(props) -> tuple[int, int, int, int] | None:
+    keys = (
+        openslide.PROPERTY_NAME_BOUNDS_X,
+        openslide.PROPERTY_NAME_BOUNDS_Y,
+        openslide.PROPERTY_NAME_BOUNDS_WIDTH,
+        openslide.PROPERTY_NAME_BOUNDS_HEIGHT,
+    )
+    vals = [props.get(k) for k in keys]
+    if any(v is None for v in vals):
+        return None
+    return tuple(int(v) for v in vals)

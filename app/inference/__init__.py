@@ -1,0 +1,1 @@
+"""Model cards, engines and the delineation pipeline: no Qt, no torch."""

@@ -1,0 +1,129 @@
+"""The model card: everything a runtime must know to feed a model and trust its output.
+
+A card is `card.json` beside the model files. Training, conversion, the engines, the pipeline
+and the server all read it from here, so the input contract is defined once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.errors import DelineoError
+
+NORMALIZATION = {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+"""Input = (rgb_uint8 * scale - mean) / std, channels RGB, layout NCHW, float32."""
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
+DEFAULT_MODEL = "ebhi-tumour-resunet"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ModelCardError(DelineoError):
+    """A model folder or card that cannot be used; the message names it and the fix."""
+
+
+def to_model_input(batch_nhwc: np.ndarray, norm: dict) -> np.ndarray:
+    """uint8 RGB NHWC -> normalized float32 NCHW, the layout every exported model takes."""
+    if batch_nhwc.ndim == 3:
+        batch_nhwc = batch_nhwc[None]
+    x = batch_nhwc.astype(np.float32)
+    mean = np.asarray(norm["mean"], np.float32) / norm["scale"]
+    inv_std = norm["scale"] / np.asarray(norm["std"], np.float32)
+    x = (x - mean) * inv_std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelCard:
+    path: Path  # the card's folder
+    name: str
+    version: str
+    classes: list[dict]
+    input: dict
+    normalization: dict
+    mpp: float
+    files: dict  # key (e.g. "onnx-fp32", "openvino-int8") -> {"path", "sha256", "bytes"}
+    validation: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def tile(self) -> int:
+        return int(self.input["tile"])
+
+    @property
+    def overlap(self) -> int:
+        return int(self.input["overlap"])
+
+    @property
+    def multiple(self) -> int:
+        return int(self.input.get("multiple", 16))
+
+    @property
+    def tumour_colour(self) -> tuple[int, int, int]:
+        return tuple(self.classes[0]["color"])
+
+    def file(self, key: str) -> Path:
+        """Path of one model file, e.g. `openvino-int8`; a clear error when the card lacks it."""
+        entry = self.files.get(key)
+        if entry is None:
+            have = ", ".join(sorted(self.files)) or "none"
+            raise ModelCardError(f"{self.path / 'card.json'}: no '{key}' model (has: {have})")
+        p = self.path / entry["path"]
+        if not p.is_file():
+            raise ModelCardError(f"{p}: listed in the model card but missing; reinstall the model")
+        return p
+
+    def verify(self) -> list[str]:
+        """Files whose sha256 does not match the card (empty when all match)."""
+        bad = []
+        for key, entry in self.files.items():
+            p = self.path / entry["path"]
+            if not p.is_file() or sha256(p) != entry["sha256"]:
+                bad.append(key)
+        return bad
+
+    @classmethod
+    def load(cls, where: str | Path | None = None) -> ModelCard:
+        """A card by folder, by card.json path, or by the name of a shipped model."""
+        if where is None:
+            where = DEFAULT_MODEL
+        p = Path(where)
+        if not p.exists() and (MODELS_DIR / str(where)).exists():
+            p = MODELS_DIR / str(where)
+        if p.is_dir():
+            p = p / "card.json"
+        if not p.is_file():
+            shipped = ", ".join(sorted(d.name for d in MODELS_DIR.glob("*") if d.is_dir()))
+            raise ModelCardError(
+                f"{where}: no model card found; give a folder with card.json or a shipped model"
+                f" ({shipped or 'none installed'})"
+            )
+        try:
+            raw = json.loads(p.read_text())
+            return cls(
+                path=p.parent,
+                name=raw["name"],
+                version=raw["version"],
+                classes=raw["classes"],
+                input=raw["input"],
+                normalization=raw["normalization"],
+                mpp=float(raw["mpp"]),
+                files=raw["files"],
+                validation=raw.get("validation", {}),
+                raw=raw,
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ModelCardError(f"{p}: not a valid model card ({e})") from None

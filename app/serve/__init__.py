@@ -1,0 +1,1 @@
+"""The remote inference endpoint (Open Inference Protocol)."""

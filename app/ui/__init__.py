@@ -1,0 +1,1 @@
+"""Qt widgets only: a thin skin over core and inference."""

@@ -1,0 +1,28 @@
+"""Start the Qt application."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "resources" / "samples"
+SAMPLE_SLIDE = SAMPLES_DIR / "CMU-1-Small-Region.svs"
+
+
+def run_gui(slide: str | None = None) -> int:
+    from PySide6.QtWidgets import QApplication
+
+    from app.ui.main_window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("Delineo")
+    app.setApplicationName("Delineo")
+    from app import __version__
+
+    app.setApplicationVersion(__version__)
+    win = MainWindow()
+    win.show()
+    target = slide or (str(SAMPLE_SLIDE) if SAMPLE_SLIDE.exists() else None)
+    if target:
+        win.open_slide(target)
+    return app.exec()

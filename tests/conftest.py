@@ -1,0 +1,70 @@
+"""Shared fixtures: real slides, real tiles, and a large pyramid generated from real tiles."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.dataset import load_image, read_manifest
+from app.core.pyramid_tiff import level_sizes, periodic_source, write_pyramidal_tiff
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+SLIDES = DATA / "slides"
+EBHI = DATA / "ebhi"
+SAMPLE_SVS = ROOT / "resources" / "samples" / "CMU-1-Small-Region.svs"
+DICOM_DIR = SLIDES / "cmu-1-small-region-dicom"
+TCGA_SVS = SLIDES / "tcga-cr-7395-01a-01-ts1.svs"
+
+LARGE_SIDE = 20_000
+LARGE_MPP = 0.25
+
+
+def tile_mosaic(n: int = 4) -> np.ndarray:
+    """An n x n grid of the bundled EBHI-Seg tiles (real H&E)."""
+    pairs = read_manifest(EBHI)
+    tiles = [load_image(p) for p in pairs[: n * n]]
+    rows = [np.concatenate(tiles[r * n : (r + 1) * n], axis=1) for r in range(n)]
+    return np.concatenate(rows, axis=0)
+
+
+@pytest.fixture(scope="session")
+def large_pyramid(tmp_path_factory) -> Path:
+    """A 20000 x 20000 JPEG-tiled pyramid (7 levels, 0.25 µm/px) built from real tiles."""
+    path = tmp_path_factory.mktemp("pyramid") / "large.tif"
+    sizes = level_sizes(LARGE_SIDE, LARGE_SIDE, 2, 256)
+    write_pyramidal_tiff(path, periodic_source(tile_mosaic(4), sizes), sizes, mpp=LARGE_MPP)
+    return path
+
+
+@pytest.fixture
+def qsettings(tmp_path):
+    from PySide6.QtCore import QSettings
+
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+@pytest.fixture(scope="session")
+def corrupt_pyramid(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
+    """A 4096² pyramid of real tiles whose level-0 tile (1, 2) has its JPEG data overwritten;
+    returns the path and that tile's level-0 position."""
+    import tifffile
+
+    path = tmp_path_factory.mktemp("corrupt") / "corrupt.tif"
+    sizes = level_sizes(4096, 4096, 2, 256)
+    write_pyramidal_tiff(path, periodic_source(tile_mosaic(4), sizes), sizes, mpp=0.5)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        cols = -(-4096 // 512)
+        index = 2 * cols + 1
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + count] = b"\x5a" * count
+    path.write_bytes(bytes(data))
+    return path, (512, 1024)

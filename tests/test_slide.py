@@ -1,0 +1,139 @@
+"""Opening real slides in every bundled format, and failing clearly on bad ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import DICOM_DIR, LARGE_MPP, LARGE_SIDE, SAMPLE_SVS, TCGA_SVS
+
+from app.core.slide import Slide, SlideError
+
+
+def test_svs_dimensions_mpp_and_associated_images():
+    with Slide.open(SAMPLE_SVS) as s:
+        assert s.dimensions == (2220, 2967)
+        assert s.level_count == 1
+        assert s.mpp == pytest.approx((0.499, 0.499))
+        assert s.objective_power == 20
+        assert s.vendor == "aperio"
+        assert s.associated_image_names == ["label", "macro", "thumbnail"]
+        label = s.associated_image("label")
+        assert label.ndim == 3 and label.shape[2] == 3 and label.std() > 10
+
+
+@pytest.mark.parametrize("target", [DICOM_DIR, DICOM_DIR / "level-3-frames-0-1.dcm"])
+def test_dicom_series_opens_from_folder_or_any_file(target):
+    with Slide.open(target) as s:
+        assert s.vendor == "dicom"
+        assert s.level_count == 12
+        assert s.dimensions == (2220, 2967)
+        assert s.level_dimensions[-1] == (1, 1)
+        assert s.mpp == pytest.approx((0.499, 0.499))
+
+
+def test_tcga_two_levels_no_mpp():
+    with Slide.open(TCGA_SVS) as s:
+        assert s.level_count == 2
+        assert s.level_dimensions == [(4443, 3567), (2221, 1783)]
+        assert s.mpp is None
+        assert s.level_mpp(0) is None
+        assert s.info()["mpp"] is None
+
+
+def test_regions_are_tissue_and_formats_agree():
+    """The DICOM conversion of CMU-1 holds the same pixels as the SVS."""
+    with Slide.open(SAMPLE_SVS) as svs, Slide.open(DICOM_DIR) as dcm:
+        a = svs.read_region(800, 1200, 0, 256, 256).astype(np.float32)
+        b = dcm.read_region(800, 1200, 0, 256, 256).astype(np.float32)
+        assert a.shape == b.shape == (256, 256, 3)
+        assert a.std() > 20  # tissue, not glass
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.9
+
+
+def test_outside_the_slide_reads_as_glass():
+    with Slide.open(SAMPLE_SVS) as s:
+        r = s.read_region(-300, -300, 0, 200, 200)
+        assert (r == 255).all()
+
+
+def test_plain_png_opens(tmp_path):
+    from PIL import Image
+
+    with Slide.open(SAMPLE_SVS) as s:
+        region = s.read_region(500, 500, 0, 300, 200)
+    Image.fromarray(region).save(tmp_path / "crop.png")
+    with Slide.open(tmp_path / "crop.png") as p:
+        assert p.dimensions == (300, 200)
+        assert p.mpp is None
+        assert np.array_equal(p.read_region(0, 0, 0, 300, 200), region)
+
+
+def test_large_pyramid_levels_and_level_choice(large_pyramid):
+    with Slide.open(large_pyramid) as s:
+        assert s.dimensions == (LARGE_SIDE, LARGE_SIDE)
+        assert s.level_count >= 4
+        assert s.mpp == pytest.approx((LARGE_MPP, LARGE_MPP), rel=1e-3)
+        assert s.level_downsamples[:4] == pytest.approx([1, 2, 4, 8])
+        assert s.best_level_for_downsample(1) == 0
+        assert s.best_level_for_downsample(3.9) == 1
+        assert s.best_level_for_downsample(4) == 2
+        assert s.best_level_for_downsample(1e6) == s.level_count - 1
+        # A coarse level is the downsampled level 0, not something else.
+        full = s.read_region(0, 0, 0, 896, 896).astype(np.float32)
+        coarse = s.read_region(0, 0, 2, 224, 224).astype(np.float32)
+        import cv2
+
+        expect = cv2.resize(full, (224, 224), interpolation=cv2.INTER_AREA)
+        assert np.abs(coarse - expect).mean() < 12
+
+
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda d: d / "missing.svs", "no such file"),
+        (lambda d: d, "holds no slide"),
+        (lambda d: _write(d / "notes.svs", b"this is not a slide\n" * 50), "does not recognise"),
+        (lambda d: _write(d / "notes.png", b"this is not an image\n" * 50), "not a slide or an image"),
+        (lambda d: _truncated(d / "cut.svs", 1_000_000), "damaged or incomplete"),
+        (lambda d: _truncated(d / "cut.png", 0), "not a slide or an image"),
+    ],
+    ids=["missing", "empty-folder", "text-as-svs", "text-as-png", "truncated-svs", "empty-file"],
+)
+def test_bad_inputs_raise_a_clear_slide_error(tmp_path, make, reason):
+    path = make(tmp_path)
+    with pytest.raises(SlideError) as err:
+        Slide.open(path)
+    assert str(path) in str(err.value)
+    assert reason in str(err.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file(tmp_path):
+    p = tmp_path / "locked.svs"
+    shutil.copy(SAMPLE_SVS, p)
+    p.chmod(0)
+    with pytest.raises(SlideError, match="permission denied"):
+        Slide.open(p)
+
+
+def test_bad_tile_does_not_poison_the_rest_of_the_slide(corrupt_pyramid):
+    path, bad_xy = corrupt_pyramid
+    with Slide.open(path) as s:
+        assert s.read_region(0, 0, 0, 512, 512).shape == (512, 512, 3)
+        with pytest.raises(SlideError, match="could not be read"):
+            s.read_region(*bad_xy, 0, 512, 512)
+        # OpenSlide's errors are sticky; the slide must recover for the good tiles.
+        assert s.read_region(0, 0, 0, 512, 512).std() > 5
+
+
+def _write(p, data: bytes):
+    p.write_bytes(data)
+    return p
+
+
+def _truncated(p, n: int):
+    p.write_bytes(SAMPLE_SVS.read_bytes()[:n])
+    return p
