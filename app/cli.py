@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from app import __version__
 
@@ -130,7 +131,12 @@ def _stderr_progress(msg: str) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from app.inference.evaluation import evaluate_manifest
 
-    precisions = list(("fp32", "fp16", "int8") if args.precision == "all" else (args.precision,))
+    if args.precision != "all":
+        precisions = [args.precision]
+    elif args.engine == "onnxruntime":
+        precisions = ["fp32", "int8"]  # ONNX Runtime has no FP16 path worth running on a CPU
+    else:
+        precisions = ["fp32", "fp16", "int8"]
     result = evaluate_manifest(
         args.manifest,
         model=args.model,
@@ -174,6 +180,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             print(benchmark.format_model_table(rows))
         return 0
+    if args.what == "pipeline":
+        from app.core.slide import Slide
+        from app.inference.benchmark import bench_pipeline
+
+        if not args.target:
+            raise UsageError("bench pipeline: give a SLIDE and --region X,Y,W,H")
+        with Slide.open(args.target) as slide:
+            region = _region_from_args(args, slide)
+            engine = _engine_from_args(args)
+            result = bench_pipeline(slide, region, engine, progress=None if args.json else _stderr_progress)
+        print(json.dumps(result, indent=2) if args.json else _format_dict(result))
+        return 0
     if args.what == "slide":
         from app.ui.viewer_benchmark import bench_slide
 
@@ -183,17 +201,127 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise UsageError(f"bench: unknown target '{args.what}' (model, slide)")
 
 
+# --------------------------------------------------------------------------- delineate
+
+
+def _region_from_args(args: argparse.Namespace, slide):
+    from app.core.annotations import read_geojson
+    from app.core.geometry import parse_rect, polygonal
+
+    if bool(args.region) == bool(args.region_geojson):
+        raise UsageError("give exactly one of --region X,Y,W,H or --region-geojson FILE")
+    if args.region:
+        return parse_rect(args.region)
+    offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
+    annotations, _ = read_geojson(args.region_geojson, offset)
+    if not annotations:
+        raise UsageError(f"{args.region_geojson}: no polygon to use as the region")
+    import shapely
+
+    return polygonal(shapely.union_all([a.geometry for a in annotations]))
+
+
+class _StderrProgress:
+    """A progress bar on a terminal; a line every 10% when stderr is a file or pipe."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self.last_decile = -1
+
+    def update(self, done: int, total: int, elapsed: float) -> None:
+        frac = done / max(1, total)
+        left = elapsed / frac * (1 - frac) if frac > 0 else 0
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r[{bar:<30}] {done}/{total} tiles  {left:4.0f}s left ")
+            sys.stderr.flush()
+        elif int(frac * 10) > self.last_decile:
+            self.last_decile = int(frac * 10)
+            print(f"{done}/{total} tiles ({frac:.0%})", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+@command("delineate")
+def cmd_delineate(args: argparse.Namespace) -> int:
+    from app.core.annotations import Annotation, write_geojson
+    from app.core.slide import Slide
+    from app.inference.pipeline import Delineation, delineate
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    with Slide.open(args.slide) as slide:
+        region = _region_from_args(args, slide)
+        engine = _engine_from_args(args)
+        bar = _StderrProgress()
+        result = None
+        for ev in delineate(slide, region, engine, slide_mpp=args.mpp):
+            if isinstance(ev, Delineation):
+                result = ev
+            else:
+                bar.update(ev.done, ev.total, ev.elapsed_s)
+        bar.close()
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        mpp = args.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
+        annotations = [Annotation(p, source=result.source) for p in result.polygons]
+        offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
+        write_geojson(out, annotations, mpp, offset)
+    print(
+        f"{result.tiles_done} tiles done, {result.tiles_skipped} skipped as background, "
+        f"{result.tiles_failed} unreadable; {len(annotations)} tumour polygon(s) -> {out}; "
+        f"{result.seconds:.1f} s, {result.mpix_per_s:.2f} MPix/s at model resolution",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _engine_from_args(args: argparse.Namespace):
+    from app.inference.engines import create_engine
+
+    return create_engine(
+        args.engine,
+        args.model,
+        args.precision.lower(),
+        args.device.upper(),
+        threads=getattr(args, "threads", 0) or 0,
+    )
+
+
 # --------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 2), like every other CLI error."""
+
+    def error(self, message: str):
+        self.exit(2, f"delineo: error: {message} (see delineo {self.prog.split()[-1]} --help)\n")
+
+
+def _add_region_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", help="X,Y,W,H in level-0 pixels")
+    p.add_argument("--region-geojson", help="GeoJSON file whose polygons form the region")
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
+    p.add_argument("--device", choices=["AUTO", "CPU", "GPU", "auto", "cpu", "gpu"], default="CPU")
+    p.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8")
+    p.add_argument("--model", default=None, help="shipped model name or folder with card.json")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="delineo",
         description="Whole-slide viewer that delineates tumour with an on-device UNet. "
         "With no command, opens the viewer (on PATH, or on the bundled sample slide).",
     )
     p.add_argument("--version", action="version", version=f"delineo {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     g = sub.add_parser("gui", help="open the viewer (the default)")
     g.add_argument("slide", nargs="?", help="slide to open (default: the bundled sample)")
@@ -233,9 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default=None, help="shipped model name or folder with card.json")
     e.add_argument("--json", action="store_true")
 
-    b = sub.add_parser("bench", help="measure speed: model runtimes, slide reading")
-    b.add_argument("what", choices=["model", "slide"])
+    d = sub.add_parser("delineate", help="delineate tumour in a region; writes QuPath GeoJSON")
+    d.add_argument("slide")
+    _add_region_args(d)
+    d.add_argument("--out", required=True, help="output .geojson")
+    _add_engine_args(d)
+    d.add_argument("--mpp", type=float, default=None, help="slide µm/px, for slides that record none")
+
+    b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
+    b.add_argument("what", choices=["model", "pipeline", "slide"])
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
+    _add_region_args(b)
+    b.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
+    b.add_argument("--device", default="CPU")
+    b.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8")
+    b.add_argument("--mpp", type=float, default=None)
     b.add_argument("--model", default=None)
     b.add_argument("--tile", type=int, default=512)
     b.add_argument("--repeats", type=int, default=20)

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from app.errors import DelineoError
+from app.paths import MODELS_DIR
 
 NORMALIZATION = {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 """Input = (rgb_uint8 * scale - mean) / std, channels RGB, layout NCHW, float32."""
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
 DEFAULT_MODEL = "ebhi-tumour-resunet"
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -90,9 +90,13 @@ class ModelCard:
         """Files whose sha256 does not match the card (empty when all match)."""
         bad = []
         for key, entry in self.files.items():
-            p = self.path / entry["path"]
-            if not p.is_file() or sha256(p) != entry["sha256"]:
-                bad.append(key)
+            for e in (entry, entry.get("weights")):
+                if e is None:
+                    continue
+                p = self.path / e["path"]
+                if not p.is_file() or sha256(p) != e["sha256"]:
+                    bad.append(key)
+                    break
         return bad
 
     @classmethod

@@ -163,7 +163,7 @@ def train(cfg: TrainConfig, progress=print) -> Path:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         metrics = evaluate_bank(model, val_bank, device)
         row = {
             "epoch": epoch,

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-SAMPLES_DIR = Path(__file__).resolve().parents[2] / "resources" / "samples"
-SAMPLE_SLIDE = SAMPLES_DIR / "CMU-1-Small-Region.svs"
+from app.paths import SAMPLE_SLIDE
 
 
 def run_gui(slide: str | None = None) -> int:

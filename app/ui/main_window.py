@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QImage, QKeySequence
+from PySide6.QtCore import QRectF, QSettings, Qt, Signal
+from PySide6.QtGui import QAction, QActionGroup, QDragEnterEvent, QDropEvent, QImage, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
+    QDoubleSpinBox,
     QFileDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QWidget,
+    QProgressBar,
+    QPushButton,
+    QToolBar,
 )
+from shapely.geometry import Point
+from superqt import QLabeledSlider
 
 from app import __version__
+from app.core.annotations import Annotation
 from app.core.slide import FORMAT_FILTER, Slide
 from app.logs import log_file
+from app.ui import icons
+from app.ui.annotations_panel import AnnotationsPanel, format_area
 from app.ui.background import run_in_background
+from app.ui.delineation_worker import TileUpdate, WorkerThread
 from app.ui.image_convert import array_to_qimage
 from app.ui.info_panel import SlideInfoPanel
+from app.ui.overlay import AnnotationItem, TileOverlay
+from app.ui.region_editor import BrushTool, EraserTool, PolygonTool, RectangleTool, SelectTool
+from app.ui.settings_dialog import SettingsDialog, load_settings
 from app.ui.slide_view import SlideView
 
 log = logging.getLogger(__name__)
@@ -58,6 +71,9 @@ def open_slide_job(path: str) -> OpenedSlide:
 class MainWindow(QMainWindow):
     slideOpened = Signal(str)
     openFailed = Signal(str)
+    delineationFinished = Signal(object)  # Delineation
+    delineationFailed = Signal(str)
+    annotationsChanged = Signal()
 
     def __init__(self, settings: QSettings | None = None):
         super().__init__()
@@ -78,15 +94,53 @@ class MainWindow(QMainWindow):
         self.info_dock.setMinimumWidth(260)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.info_dock)
 
+        self.annotations: list[Annotation] = []
+        self.annotation_items: dict[str, AnnotationItem] = {}
+        self.annotations_panel = AnnotationsPanel()
+        self.annotations_dock = QDockWidget("Annotations", self)
+        self.annotations_dock.setObjectName("annotations")
+        self.annotations_dock.setWidget(self.annotations_panel)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.annotations_dock)
+        self.annotations_panel.selected.connect(self.select_annotation)
+        self.annotations_panel.deleteRequested.connect(self.delete_annotations)
+        self.editor = self.view.editor
+        self.editor.annotation_hit_test = self._annotation_at
+        self.editor.annotationClicked.connect(self.annotations_panel.select_id)
+        self.overlay: TileOverlay | None = None
+        self.running = False
+        self._run_started = 0.0
+
+        self.worker = WorkerThread(self)
+        w = self.worker.worker
+        w.tileDone.connect(self._on_tile)
+        w.finished.connect(self._on_delineated)
+        w.failed.connect(self._on_delineation_failed)
+        # Bound methods (not lambdas): a slot of a QObject runs on that object's (GUI) thread.
+        w.status.connect(self._show_worker_status)
+        w.engineReady.connect(self._show_engine)
+
         self.pos_label = QLabel()
         self.level_label = QLabel()
+        self.engine_label = QLabel()
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(320)
+        self.progress.setFormat("%v / %m tiles")
+        self.cancel_button = QPushButton(icons.cancel_icon(), "Cancel")
+        self.cancel_button.setToolTip("Stop after the current tile and keep what is done (Esc)")
+        self.cancel_button.clicked.connect(self.cancel_delineation)
+        for wdg in (self.progress, self.cancel_button):
+            wdg.hide()
+            self.statusBar().addPermanentWidget(wdg)
         self.statusBar().addPermanentWidget(self.pos_label)
         self.statusBar().addPermanentWidget(self.level_label)
+        self.statusBar().addPermanentWidget(self.engine_label)
         self.view.cursorMoved.connect(self._show_cursor)
         self.view.viewChanged.connect(self._show_level)
         self.view.tileFailed.connect(lambda msg: self.statusBar().showMessage(msg, 8000))
         self._build_menus()
+        self._build_toolbar()
         self.statusBar().showMessage("Open a slide: File > Open (Ctrl+O) or drop a file here")
+        self.worker.prepareRequested.emit(load_settings(self.settings))
 
     # ------------------------------------------------------------------ menus
 
@@ -125,10 +179,253 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.overview_action)
         view_menu.addAction(self.info_dock.toggleViewAction())
 
+        edit_menu = self.menuBar().addMenu("&Edit")
+        stack = self.editor.model.undo_stack
+        self.undo_action = stack.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
+        self.redo_action = stack.createRedoAction(self, "&Redo")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        edit_menu.addAction(self.undo_action)
+        edit_menu.addAction(self.redo_action)
+        clear = QAction("&Clear region", self)
+        clear.triggered.connect(self.editor.model.clear)
+        edit_menu.addAction(clear)
+        edit_menu.addSeparator()
+        settings = QAction("Delineation &settings…", self)
+        settings.setShortcut(QKeySequence("Ctrl+,"))
+        settings.triggered.connect(self.open_settings)
+        edit_menu.addAction(settings)
+        view_menu = self.menuBar().actions()[1].menu()
+        view_menu.addAction(self.annotations_dock.toggleViewAction())
+
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About Delineo", self)
         about.triggered.connect(self._about)
         help_menu.addAction(about)
+
+    def _build_toolbar(self) -> None:
+        bar = QToolBar("Tools", self)
+        bar.setObjectName("tools")
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
+        group = QActionGroup(self)
+        self.tool_actions: dict[str, QAction] = {}
+        for cls, icon in (
+            (SelectTool, icons.select_icon()),
+            (BrushTool, icons.brush_icon()),
+            (EraserTool, icons.eraser_icon()),
+            (PolygonTool, icons.polygon_icon()),
+            (RectangleTool, icons.rectangle_icon()),
+        ):
+            a = QAction(icon, cls.name, self, checkable=True)
+            a.setShortcut(QKeySequence(cls.shortcut))
+            a.setToolTip(f"{cls.tip}")
+            a.triggered.connect(lambda _=False, n=cls.name: self.editor.set_tool(n))
+            group.addAction(a)
+            bar.addAction(a)
+            self.tool_actions[cls.name] = a
+        self.tool_actions[SelectTool.name].setChecked(True)
+        self.editor.toolChanged.connect(lambda n: self.tool_actions[n].setChecked(True))
+        self.brush_size = QDoubleSpinBox()
+        self.brush_size.setRange(10, 20_000)
+        self.brush_size.setDecimals(0)
+        self.brush_size.setSuffix(" µm")
+        self.brush_size.setValue(self.editor.brush_um)
+        self.brush_size.setToolTip("Brush and eraser diameter ([ and ] change it)")
+        self.brush_size.valueChanged.connect(self.editor.set_brush_um)
+        self.editor.brushChanged.connect(self._brush_changed)
+        bar.addWidget(self.brush_size)
+        bar.addSeparator()
+        bar.addAction(self.undo_action)
+        bar.addAction(self.redo_action)
+        bar.addSeparator()
+        self.delineate_action = QAction(icons.delineate_icon(), "Delineate region", self)
+        self.delineate_action.setShortcut(QKeySequence("Ctrl+D"))
+        self.delineate_action.setToolTip("Delineate tumour in the painted region (Ctrl+D)")
+        self.delineate_action.triggered.connect(self.delineate)
+        bar.addAction(self.delineate_action)
+        bar.widgetForAction(self.delineate_action).setToolButtonStyle(
+            Qt.ToolButtonStyle.ToolButtonTextBesideIcon
+        )
+        esc = QAction(self)
+        esc.setShortcut(QKeySequence("Esc"))
+        esc.triggered.connect(lambda: self.running and self.cancel_delineation())
+        self.addAction(esc)
+        bar.addSeparator()
+        self.overlay_action = QAction("Overlay", self, checkable=True, checked=True)
+        self.overlay_action.setShortcut(QKeySequence("H"))
+        self.overlay_action.setToolTip("Show or hide what the model drew (H)")
+        self.overlay_action.toggled.connect(self._set_overlay_visible)
+        bar.addAction(self.overlay_action)
+        self.opacity = QLabeledSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(45)
+        self.opacity.setMaximumWidth(160)
+        self.opacity.setToolTip("Overlay opacity (%)")
+        self.opacity.valueChanged.connect(self._set_opacity)
+        bar.addWidget(self.opacity)
+
+    def _show_worker_status(self, message: str) -> None:
+        self.statusBar().showMessage(message, 10_000)
+
+    def _show_engine(self, description: str) -> None:
+        self.engine_label.setText(description)
+
+    def _brush_changed(self, um: float) -> None:
+        self.brush_size.blockSignals(True)
+        self.brush_size.setValue(um)
+        self.brush_size.blockSignals(False)
+        unit = "µm" if self.slide is not None and self.slide.mpp else "px"
+        self.brush_size.setSuffix(f" {unit}")
+        self.statusBar().showMessage(f"Brush {um:.0f} {unit}", 2000)
+
+    def _set_overlay_visible(self, visible: bool) -> None:
+        if self.overlay is not None:
+            self.overlay.setVisible(visible)
+        for item in self.annotation_items.values():
+            item.setVisible(visible)
+
+    def _set_opacity(self, value: int) -> None:
+        if self.overlay is not None:
+            self.overlay.setOpacity(value / 100)
+        for item in self.annotation_items.values():
+            item.setOpacity(min(1.0, 0.3 + value / 100))
+
+    def open_settings(self) -> None:
+        note = ""
+        choice = self.worker.worker.precision_choice
+        if choice:
+            ms = ", ".join(f"{p.upper()} {t:.0f} ms" for p, t in choice[1].items())
+            note = f"Auto chose {choice[0].upper()} on this computer ({ms} per tile)."
+        dlg = SettingsDialog(self.settings, note, self)
+        if dlg.exec():
+            self.worker.prepareRequested.emit(dlg.value())
+
+    # ------------------------------------------------------------------ delineation
+
+    def delineate(self) -> None:
+        if self.running:
+            return
+        if self.slide is None:
+            self.statusBar().showMessage("Open a slide first", 5000)
+            return
+        if self.editor.model.empty:
+            self.statusBar().showMessage(
+                "Paint a region first: B for the brush, P polygon, R rectangle", 6000
+            )
+            return
+        self.running = True
+        self.delineate_action.setEnabled(False)
+        if self.overlay is not None:
+            self.view.scene().removeItem(self.overlay)
+        w, h = self.slide.dimensions
+        self.overlay = TileOverlay(QRectF(0, 0, w, h))
+        self.overlay.setOpacity(self.opacity.value() / 100)
+        self.overlay.setVisible(self.overlay_action.isChecked())
+        self.view.scene().addItem(self.overlay)
+        self.progress.setRange(0, 0)
+        self.progress.setValue(0)
+        self.progress.show()
+        self.cancel_button.show()
+        self._run_started = time.perf_counter()
+        self.worker.worker.cancel_event.clear()
+        self.worker.runRequested.emit(self.slide, self.editor.model.geometry, load_settings(self.settings))
+
+    def cancel_delineation(self) -> None:
+        self.worker.cancel()
+        self.cancel_button.setEnabled(False)
+        self.statusBar().showMessage("Cancelling after the current tile…")
+
+    def _on_tile(self, u: TileUpdate) -> None:
+        if self.overlay is not None and u.image is not None:
+            self.overlay.add_tile(u.rect, u.image)
+        self.progress.setRange(0, u.total)
+        self.progress.setValue(u.done)
+        if u.done and u.done < u.total:
+            left = u.elapsed_s / u.done * (u.total - u.done)
+            self.progress.setFormat(f"%v / %m tiles · {left:.0f} s left")
+        if u.error:
+            self.statusBar().showMessage(u.error, 8000)
+
+    def _end_run(self) -> None:
+        self.running = False
+        self.delineate_action.setEnabled(True)
+        self.progress.hide()
+        self.cancel_button.hide()
+        self.cancel_button.setEnabled(True)
+        self.progress.setFormat("%v / %m tiles")
+
+    def _on_delineated(self, result) -> None:
+        self._end_run()
+        new = [Annotation(p, source=result.source) for p in result.polygons]
+        self.add_annotations(new)
+        if self.overlay is not None:
+            self.overlay.setVisible(False)  # the annotations now show the same outline
+        mpp = self._mpp()
+        area = sum(a.geometry.area for a in new)
+        what = "Cancelled; kept" if result.cancelled else "Delineated"
+        msg = (
+            f"{what} {result.tiles_done} tiles ({result.tiles_skipped} background skipped) in "
+            f"{result.seconds:.1f} s: {len(new)} tumour region(s), {format_area(area, mpp)}"
+        )
+        for note in result.notes:
+            msg += f" — {note}"
+        self.statusBar().showMessage(msg, 20_000)
+        self.delineationFinished.emit(result)
+
+    def _on_delineation_failed(self, message: str) -> None:
+        was_running = self.running
+        self._end_run()
+        self.show_error("Delineation failed" if was_running else "Model not ready", message)
+        self.delineationFailed.emit(message)
+
+    # ------------------------------------------------------------------ annotations
+
+    def _mpp(self) -> float | None:
+        return float(sum(self.slide.mpp) / 2) if self.slide is not None and self.slide.mpp else None
+
+    def add_annotations(self, new: list[Annotation]) -> None:
+        for a in new:
+            item = AnnotationItem(a)
+            item.setVisible(self.overlay_action.isChecked())
+            self.view.scene().addItem(item)
+            self.annotation_items[a.id] = item
+        self.annotations.extend(new)
+        self._annotations_changed()
+
+    def delete_annotations(self, ids: list[str]) -> None:
+        for i in ids:
+            item = self.annotation_items.pop(i, None)
+            if item is not None:
+                self.view.scene().removeItem(item)
+        self.annotations = [a for a in self.annotations if a.id not in ids]
+        self._annotations_changed()
+
+    def _annotations_changed(self) -> None:
+        self.annotations_panel.set_annotations(self.annotations, self._mpp())
+        self.annotationsChanged.emit()
+
+    def select_annotation(self, ann_id: str) -> None:
+        for i, item in self.annotation_items.items():
+            item.set_selected(i == ann_id)
+        a = next((a for a in self.annotations if a.id == ann_id), None)
+        if a is not None:
+            c = a.geometry.centroid
+            self.view.centre_on(c.x, c.y)
+
+    def _annotation_at(self, x: float, y: float) -> str | None:
+        pt = Point(x, y)
+        hits = [a for a in self.annotations if a.geometry.contains(pt)]
+        return min(hits, key=lambda a: a.geometry.area).id if hits else None
+
+    def _clear_annotations(self) -> None:
+        for item in self.annotation_items.values():
+            self.view.scene().removeItem(item)
+        self.annotation_items = {}
+        self.annotations = []
+        if self.overlay is not None:
+            self.view.scene().removeItem(self.overlay)
+            self.overlay = None
+        self._annotations_changed()
 
     def _about(self) -> None:
         QMessageBox.about(
@@ -166,6 +463,9 @@ class MainWindow(QMainWindow):
         self._close_current()
         self.slide = opened.slide
         self.view.set_slide(opened.slide, opened.base)
+        self.editor.model.reset()
+        self._brush_changed(self.editor.brush_um)
+        self.worker.slideRequested.emit(opened.slide)
         self.view.overview.setVisible(self.overview_action.isChecked())
         self.info_panel.show_slide(opened.slide.info(), opened.associated)
         self.setWindowTitle(f"{opened.slide.name} — Delineo")
@@ -197,6 +497,10 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Delineo")
 
     def _close_current(self) -> None:
+        if self.running:
+            self.worker.cancel()
+        self._clear_annotations()
+        self.editor.model.reset()
         self.view.close_slide()
         if self.slide is not None:
             self.slide.close()
@@ -259,11 +563,5 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self._close_current()
+        self.worker.stop()
         super().closeEvent(event)
-
-
-def make_window(slide: str | None) -> QWidget:
-    win = MainWindow()
-    if slide:
-        win.open_slide(slide)
-    return win

@@ -19,6 +19,7 @@ from app.core import scale as scale_math
 from app.core.slide import Slide
 from app.core.tile_grid import TileGrid, TileKey
 from app.ui.overview import Overview
+from app.ui.region_editor import RegionEditor
 from app.ui.tile_loader import TileLoader
 
 GLASS = QColor(244, 244, 242)
@@ -96,6 +97,7 @@ class SlideView(QGraphicsView):
         self._request_timer.setSingleShot(True)
         self._request_timer.setInterval(0)
         self._request_timer.timeout.connect(self._request_tiles)
+        self.editor = RegionEditor(self)
 
     # ------------------------------------------------------------------ slide
 
@@ -189,6 +191,9 @@ class SlideView(QGraphicsView):
         event.accept()
 
     def keyPressEvent(self, event) -> None:
+        if self.slide is not None and self.editor.active.key(event):
+            event.accept()
+            return
         key = event.key()
         vp = self.viewport().rect()
         pan = {
@@ -212,10 +217,37 @@ class SlideView(QGraphicsView):
         else:
             super().keyPressEvent(event)
 
+    def _scene_pos(self, event) -> QPointF:
+        return self.mapToScene(event.position().toPoint())
+
+    def mousePressEvent(self, event) -> None:
+        if self.slide is not None and self.editor.active.press(self._scene_pos(event), event):
+            event.accept()
+            return
+        super().mousePressEvent(event)
+
     def mouseMoveEvent(self, event) -> None:
+        p = self._scene_pos(event)
+        if self.slide is not None:
+            self.editor.active.hover(p)
+            if self.editor.active.move(p, event):
+                event.accept()
+                self.cursorMoved.emit(p.x(), p.y())
+                return
         super().mouseMoveEvent(event)
-        p = self.mapToScene(event.position().toPoint())
         self.cursorMoved.emit(p.x(), p.y())
+
+    def mouseReleaseEvent(self, event) -> None:
+        if self.slide is not None and self.editor.active.release(self._scene_pos(event), event):
+            event.accept()
+            return
+        super().mouseReleaseEvent(event)
+
+    def mouseDoubleClickEvent(self, event) -> None:
+        if self.slide is not None and self.editor.active.double_click(self._scene_pos(event)):
+            event.accept()
+            return
+        super().mouseDoubleClickEvent(event)
 
     def scrollContentsBy(self, dx: int, dy: int) -> None:
         super().scrollContentsBy(dx, dy)

@@ -24,7 +24,7 @@ LARGE_SIDE = 20_000
 def make_large_pyramid(out: Path, side: int = LARGE_SIDE) -> Path:
     """A side x side pyramid repeating the bundled sample slide's tissue, 0.25 µm/px."""
     from app.core.slide import Slide
-    from app.ui.application import SAMPLE_SLIDE
+    from app.paths import SAMPLE_SLIDE
 
     with Slide.open(SAMPLE_SLIDE) as s:
         tissue = s.read_region(400, 600, 0, 1536, 1536)

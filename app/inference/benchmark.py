@@ -1,0 +1,242 @@
+"""`delineo bench model`: the GaNDLF + OpenVINO study's table for our model on this machine.
+
+Every configuration runs in its own process, so peak RSS is that runtime's alone and no
+runtime's thread pool warms or starves another's. All run the same real H&E tile from the
+bundled sample slide, with the same thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = (
+    "torch-fp32",
+    "onnxruntime-fp32",
+    "onnxruntime-int8",
+    "openvino-fp32",
+    "openvino-fp16",
+    "openvino-default",
+    "openvino-int8",
+)
+# Which validation row of the model card holds each configuration's Dice.
+CARD_ROW = {
+    "torch-fp32": "onnxruntime-fp32",
+    "onnxruntime-fp32": "onnxruntime-fp32",
+    "onnxruntime-int8": "onnxruntime-int8",
+    "openvino-fp32": "openvino-fp32",
+    "openvino-fp16": "openvino-fp16",
+    "openvino-default": "openvino-fp32",
+    "openvino-int8": "openvino-int8",
+}
+
+
+def benchmark_tile(side: int) -> np.ndarray:
+    """A real H&E tile (uint8, 1 x side x side x 3) from the bundled sample slide."""
+    from app.core.slide import Slide
+    from app.paths import SAMPLE_SLIDE
+
+    with Slide.open(SAMPLE_SLIDE) as s:
+        w, h = s.dimensions
+        x, y = max(0, w // 2 - side // 2), max(0, h // 2 - side // 2)
+        return s.read_region(x, y, 0, side, side)[None]
+
+
+def peak_rss_mb() -> float:
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
+
+
+def time_predict(predict, batch: np.ndarray, repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        predict(batch)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        predict(batch)
+        times.append((time.perf_counter() - t) * 1000)
+    return times
+
+
+def run_config(config: str, model: str | None, tile: int, repeats: int, threads: int) -> dict:
+    """One configuration, in this process."""
+    from app.inference.engines import ONNXRuntimeEngine, OpenVINOEngine
+    from app.inference.modelcard import ModelCard
+
+    card = ModelCard.load(model)
+    batch = benchmark_tile(tile)
+    runtime, precision = config.split("-", 1)
+    if runtime == "onnxruntime":
+        engine = ONNXRuntimeEngine(card, precision, threads=threads)
+    elif runtime == "openvino":
+        if precision == "default":
+            engine = OpenVINOEngine(card, "fp32", "CPU", threads=threads, inference_precision="default")
+        else:
+            engine = OpenVINOEngine(card, precision, "CPU", threads=threads)
+    else:
+        raise ValueError(f"unknown configuration {config}")
+    times = time_predict(engine.predict, batch, repeats)
+    return result_row(config, times, tile, card)
+
+
+def result_row(config: str, times: list[float], tile: int, card) -> dict:
+    ms = statistics.median(times)
+    row = card.validation.get("rows", {}).get(CARD_ROW.get(config, ""), {})
+    return {
+        "config": config,
+        "ms_per_tile": round(ms, 2),
+        "mpix_per_s": round(tile * tile / 1e6 / (ms / 1000), 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "dice": row.get("dice"),
+        "tile": tile,
+        "repeats": len(times),
+    }
+
+
+def bench_model(
+    model: str | None = None,
+    tile: int = 512,
+    repeats: int = 20,
+    threads: int = 0,
+    configs: list[str] | None = None,
+    progress=None,
+) -> list[dict]:
+    threads = threads or os.cpu_count() or 1
+    rows = []
+    for config in configs or CONFIGS:
+        if config not in CONFIGS:
+            from app.errors import DelineoError
+
+            raise DelineoError(f"unknown configuration '{config}'; choose from {', '.join(CONFIGS)}")
+        module = "app.model.torch_benchmark" if config == "torch-fp32" else "app.inference.benchmark"
+        cmd = [
+            sys.executable,
+            "-m",
+            module,
+            "--config",
+            config,
+            "--tile",
+            str(tile),
+            "--repeats",
+            str(repeats),
+            "--threads",
+            str(threads),
+        ]
+        if model:
+            cmd += ["--model", str(model)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            if progress:
+                progress(f"{config}: skipped ({last})")
+            continue
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        row["threads"] = threads
+        rows.append(row)
+        if progress:
+            progress(f"{config}: {row['ms_per_tile']:.1f} ms/tile")
+    torch_row = next((r for r in rows if r["config"] == "torch-fp32"), None)
+    for r in rows:
+        r["speedup_vs_torch"] = round(torch_row["ms_per_tile"] / r["ms_per_tile"], 2) if torch_row else None
+    return rows
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_model_table(rows: list[dict]) -> str:
+    lines = [
+        f"CPU: {cpu_name()}, {rows[0]['threads'] if rows else '?'} threads, "
+        f"{rows[0]['tile'] if rows else '?'}² tile, median of {rows[0]['repeats'] if rows else '?'}",
+        "",
+        "| configuration | ms / tile | MPix/s | peak RSS MB | val Dice | vs PyTorch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        dice = f"{r['dice']:.4f}" if r.get("dice") is not None else "—"
+        speed = f"{r['speedup_vs_torch']:.1f}x" if r.get("speedup_vs_torch") else "—"
+        lines.append(
+            f"| {r['config']} | {r['ms_per_tile']:.1f} | {r['mpix_per_s']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {dice} | {speed} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the per-configuration subprocess."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", required=True)
+    p.add_argument("--model", default=None)
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    print(json.dumps(run_config(a.config, a.model, a.tile, a.repeats, a.threads)))
+
+
+if __name__ == "__main__":
+    main()
+
+
+def bench_pipeline(slide, region, engine, progress=None) -> dict:
+    """The engine alone against the whole pipeline, on the same tiles of the same region."""
+    from app.core.tissue import tissue_mask
+    from app.inference.pipeline import Delineation, TileReader, delineate, split_background
+
+    tissue = tissue_mask(slide)
+    tile = engine.card.tile
+    engine.predict(np.zeros((1, tile, tile, 3), np.uint8))  # compile/warm-up outside the timings
+    t0 = time.perf_counter()
+    result = None
+    for ev in delineate(slide, region, engine, tissue=tissue):
+        if isinstance(ev, Delineation):
+            result = ev
+    pipeline_s = time.perf_counter() - t0
+    plan = result.plan
+    ran, _ = split_background(plan, tissue)
+    reader = TileReader(slide, plan, 1, 1)
+    tiles = [reader.read(t) for t in ran]
+    reader.close()
+    t1 = time.perf_counter()
+    for rgb in tiles:
+        engine.predict(rgb[None])
+    engine_s = time.perf_counter() - t1
+    mpix = len(tiles) * tile * tile / 1e6
+    out = {
+        "engine": engine.name,
+        "tiles": len(tiles),
+        "tiles_skipped": result.tiles_skipped,
+        "tile": tile,
+        "read_level": plan.choice.level,
+        "resampled": plan.choice.resampled,
+        "engine_mpix_per_s": round(mpix / engine_s, 3),
+        "pipeline_mpix_per_s": round(mpix / pipeline_s, 3),
+        "pipeline_vs_engine": round(engine_s / pipeline_s, 3),
+        "first_tile_s": round(result.first_tile_s, 3) if result.first_tile_s is not None else None,
+        "pipeline_s": round(pipeline_s, 2),
+        "engine_s": round(engine_s, 2),
+        "polygons": len(result.polygons),
+        "cpu": cpu_name(),
+        "threads": os.cpu_count(),
+    }
+    if progress:
+        progress(f"engine {out['engine_mpix_per_s']} MPix/s, pipeline {out['pipeline_mpix_per_s']} MPix/s")
+    return out

@@ -1,0 +1,173 @@
+"""Inference engines: one protocol, several runtimes.
+
+`predict(batch)` takes uint8 RGB tiles (N, H, W, 3) and returns tumour probability (N, H, W)
+float32. Engines normalize with the model card, pad to the model's size multiple and crop back,
+so callers never think about layout or normalization.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from app.errors import DelineoError
+from app.inference.modelcard import ModelCard, to_model_input
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("openvino", "onnxruntime")
+DEVICES = ("AUTO", "CPU", "GPU")
+
+
+class EngineError(DelineoError):
+    """An engine that cannot be created or run; the message says which setting to change."""
+
+
+class Engine(Protocol):
+    name: str  # e.g. "openvino-int8"
+    card: ModelCard
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def _pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
+    _, h, w, _ = batch.shape
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        batch = np.pad(batch, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")
+    return batch, h, w
+
+
+def _check_batch(batch: np.ndarray) -> np.ndarray:
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.ndim != 4 or batch.shape[3] != 3 or batch.dtype != np.uint8:
+        raise EngineError(f"engine input must be uint8 (N, H, W, 3); got {batch.dtype} {batch.shape}")
+    return batch
+
+
+class OpenVINOEngine:
+    """OpenVINO on CPU, iGPU (GPU) or AUTO. `fp32` runs the ONNX file with the f32 precision hint
+    (OpenVINO would otherwise run BF16 on CPUs that have it); `fp16` and `int8` run their IR."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        precision: str = "int8",
+        device: str = "CPU",
+        hint: str = "LATENCY",
+        threads: int = 0,
+        inference_precision: str | None = None,
+        cache_dir: str | Path | None = None,
+    ):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise EngineError(f"OpenVINO is not installed ({e}); pip install openvino") from None
+        self.card = card
+        self.precision = precision
+        self.device = device.upper()
+        self.name = f"openvino-{precision}"
+        key = {"fp32": "onnx-fp32", "fp16": "openvino-fp16", "int8": "openvino-int8"}.get(precision)
+        if key is None:
+            raise EngineError(f"precision '{precision}' is not one of fp32, fp16, int8")
+        path = card.file(key)
+        core = ov.Core()
+        if cache_dir is None:
+            from app.logs import data_dir
+
+            cache_dir = data_dir() / "openvino-cache"
+        try:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        except Exception:  # noqa: BLE001 - a cache is an optimisation only
+            log.warning("OpenVINO cache directory %s not usable", cache_dir)
+        available = core.available_devices
+        if self.device not in ("AUTO", *available) and not self.device.startswith(("AUTO:", "GPU.")):
+            raise EngineError(
+                f"device '{device}' is not available to OpenVINO here (available: "
+                f"{', '.join(available)}); choose CPU or AUTO in Settings"
+            )
+        config: dict = {"PERFORMANCE_HINT": hint}
+        if threads and self.device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if inference_precision is None and precision == "fp32":
+            inference_precision = "f32"  # true FP32; "default" leaves OpenVINO's choice (BF16/FP16)
+        if inference_precision not in (None, "default") and self.device in ("CPU", "GPU"):
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
+        try:
+            model = core.read_model(str(path))
+            self.compiled = core.compile_model(model, self.device, config)
+        except RuntimeError as e:
+            raise EngineError(f"OpenVINO could not compile {path.name} for {self.device}: {e}") from None
+        self.output = self.compiled.output(0)
+        self.request = self.compiled.create_infer_request()
+        self.execution_devices = list(self.compiled.get_property("EXECUTION_DEVICES"))
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch, h, w = _pad_to_multiple(_check_batch(batch), self.card.multiple)
+        x = to_model_input(batch, self.card.normalization)
+        out = self.request.infer({0: x}, share_inputs=True)[self.output]
+        return np.asarray(out[:, 0, :h, :w], dtype=np.float32)
+
+
+class ONNXRuntimeEngine:
+    """ONNX Runtime on the CPU: `fp32` (the ONNX file) or `int8` (QDQ, unsigned activations)."""
+
+    def __init__(
+        self, card: ModelCard, precision: str = "int8", threads: int = 0, providers: list[str] | None = None
+    ):
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise EngineError(f"ONNX Runtime is not installed ({e}); pip install onnxruntime") from None
+        key = {"fp32": "onnx-fp32", "int8": "onnx-int8"}.get(precision)
+        if key is None:
+            raise EngineError(
+                f"ONNX Runtime runs fp32 or int8 here, not '{precision}' (FP16 on a CPU is slower than "
+                "FP32 in ONNX Runtime); choose OpenVINO for fp16"
+            )
+        self.card = card
+        self.precision = precision
+        self.name = f"onnxruntime-{precision}"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        path = card.file(key)
+        try:
+            self.session = ort.InferenceSession(
+                str(path), opts, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise EngineError(f"ONNX Runtime could not load {path}: {e}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch, h, w = _pad_to_multiple(_check_batch(batch), self.card.multiple)
+        x = to_model_input(batch, self.card.normalization)
+        out = self.session.run(None, {self.input_name: x})[0]
+        return np.asarray(out[:, 0, :h, :w], dtype=np.float32)
+
+
+def create_engine(
+    engine: str = "openvino",
+    model: str | Path | None = None,
+    precision: str = "int8",
+    device: str = "CPU",
+    threads: int = 0,
+    **kwargs,
+) -> Engine:
+    """The engine named by settings or CLI flags, with a clear error for a bad combination."""
+    card = model if isinstance(model, ModelCard) else ModelCard.load(model)
+    engine = engine.lower()
+    if engine == "openvino":
+        return OpenVINOEngine(card, precision, device, threads=threads, **kwargs)
+    if engine == "onnxruntime":
+        if device.upper() not in ("CPU", "AUTO"):
+            raise EngineError(f"ONNX Runtime runs on the CPU here; device '{device}' needs OpenVINO")
+        return ONNXRuntimeEngine(card, precision, threads=threads)
+    raise EngineError(f"engine '{engine}' is not one of {', '.join(ENGINES)}")

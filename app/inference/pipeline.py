@@ -1,0 +1,272 @@
+"""`delineate(...)`: the one pipeline the GUI worker, the CLI and the benchmarks iterate.
+
+It yields a `TileEvent` as each tile finishes (so an outline can grow on screen while you
+watch) and finally a `Delineation` with the tumour polygons. Slide reading runs on reader
+threads ahead of inference (OpenSlide and the runtimes release the GIL), so the cores stay busy
+with the model; cancelling is checked between tiles and keeps what is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import shapely
+import shapely.prepared
+from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
+
+from app.core.geometry import mask_to_polygons, polygonal, rasterize
+from app.core.slide import Slide, SlideError
+from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
+from app.core.tissue import TissueMask, tissue_mask
+from app.inference.engines import Engine
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_TISSUE_FRACTION = 0.02  # tiles with less tissue than this are not sent to the model
+
+
+@dataclass
+class TileEvent:
+    tile: Tile
+    done: int  # tiles finished so far, this one included (skipped ones count)
+    total: int
+    core_rect: tuple[float, float, float, float]  # level-0 (x, y, w, h) this tile is authoritative for
+    prob: np.ndarray | None  # (tile, tile) float32 tumour probability; None when skipped
+    skipped: bool = False
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class Delineation:
+    polygons: list[Polygon]
+    plan: TilePlan
+    probability: np.ndarray  # blended canvas (float16, model pixels; see plan)
+    tiles_done: int
+    tiles_skipped: int
+    tiles_failed: int
+    seconds: float
+    first_tile_s: float | None
+    cancelled: bool
+    source: str = ""  # which model drew it, e.g. "ebhi-tumour-resunet 1.0.0 openvino-int8"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tiles_total(self) -> int:
+        return len(self.plan.tiles)
+
+    @property
+    def region_mpix(self) -> float:
+        """Model-resolution megapixels of the tiles processed (inference work, overlap included)."""
+        return self.tiles_done * self.plan.tile**2 / 1e6
+
+    @property
+    def mpix_per_s(self) -> float:
+        return self.region_mpix / self.seconds if self.seconds > 0 else 0.0
+
+
+class TileReader:
+    """Reads tiles at model resolution on a small thread pool, a few tiles ahead."""
+
+    def __init__(self, slide: Slide, plan: TilePlan, workers: int, lookahead: int):
+        self.slide = slide
+        self.plan = plan
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile-reader")
+        self.lookahead = lookahead
+        self.queue: deque[tuple[Tile, Future]] = deque()
+
+    def read(self, t: Tile) -> np.ndarray:
+        x, y, w, h = self.plan.read_rect(t)
+        rgb = self.slide.read_region(x, y, self.plan.choice.level, w, h)
+        if (w, h) != (self.plan.tile, self.plan.tile):
+            interp = cv2.INTER_AREA if self.plan.choice.scale < 1 else cv2.INTER_LINEAR
+            rgb = cv2.resize(rgb, (self.plan.tile, self.plan.tile), interpolation=interp)
+        return rgb
+
+    def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
+        it = iter(tiles)
+        for t in it:
+            self.queue.append((t, self.pool.submit(self.read, t)))
+            if len(self.queue) >= self.lookahead:
+                break
+        while self.queue:
+            t, fut = self.queue.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                self.queue.append((nxt, self.pool.submit(self.read, nxt)))
+            yield t, fut
+
+    def close(self) -> None:
+        for _, fut in self.queue:
+            fut.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def tile_core_rect(plan: TilePlan, t: Tile) -> tuple[float, float, float, float]:
+    """Level-0 (x, y, w, h) of the tile minus half the overlap on each side: the part of the
+    canvas this tile dominates, and the part the live overlay paints."""
+    x, y, w, _ = t.level0_rect(plan)
+    m = plan.overlap / 2 * plan.level0_per_model
+    return x + m, y + m, w - 2 * m, w - 2 * m
+
+
+def split_background(plan: TilePlan, tissue: TissueMask) -> tuple[list[Tile], list[Tile]]:
+    """(tiles to run, tiles skipped as background) by the tissue in each tile's core."""
+    run, skip = [], []
+    for t in plan.tiles:
+        (run if tissue.fraction(*tile_core_rect(plan, t)) >= BACKGROUND_TISSUE_FRACTION else skip).append(t)
+    return run, skip
+
+
+def delineate(
+    slide: Slide,
+    region: BaseGeometry,
+    engine: Engine,
+    *,
+    cancel: threading.Event | None = None,
+    tissue: TissueMask | None = None,
+    threshold: float | None = None,
+    simplify_um: float = 1.0,
+    min_area_um2: float = 1000.0,
+    min_hole_um2: float = 1000.0,
+    slide_mpp: float | None = None,
+    readers: int = 2,
+    lookahead: int = 4,
+) -> Iterator[TileEvent | Delineation]:
+    """Delineate tumour in `region` (level-0 pixels). Yields TileEvents, then one Delineation."""
+    t0 = time.perf_counter()
+    card = engine.card
+    plan = plan_tiles(slide, region, card.mpp, card.tile, card.overlap, card.multiple, slide_mpp)
+    notes = []
+    choice = plan.choice
+    if choice.mpp_assumed:
+        notes.append(
+            f"{slide.name} records no pixel size; assumed {choice.slide_mpp:g} µm/px (the model's own "
+            "resolution), so the slide is read as it is. Pass the slide's real mpp to be exact."
+        )
+    if choice.resampled:
+        notes.append(
+            f"no level within 10% of the model's {card.mpp:g} µm/px; reading level {choice.level} "
+            f"({choice.level_mpp:.3g} µm/px) resampled x{choice.scale:.3g}"
+        )
+    threshold = card.raw.get("output", {}).get("threshold", 0.5) if threshold is None else threshold
+    tissue = tissue if tissue is not None else tissue_mask(slide)
+    blender = Blender(plan)
+    h = plan.overlap / 2
+    s = plan.level0_per_model
+    to_run: list[Tile] = []
+    skipped: list[Tile] = []
+    for t in plan.tiles:
+        x, y, w, _ = t.level0_rect(plan)
+        core = (x + h * s, y + h * s, w - 2 * h * s, w - 2 * h * s)
+        (to_run if tissue.fraction(*core) >= BACKGROUND_TISSUE_FRACTION else skipped).append(t)
+    total = len(plan.tiles)
+    done = failed = 0
+    first_tile_s = None
+    cancelled = False
+
+    def core_rect(t: Tile) -> tuple[float, float, float, float]:
+        x, y, w, _ = t.level0_rect(plan)
+        return (x + h * s, y + h * s, w - 2 * h * s, w - 2 * h * s)
+
+    for t in skipped:
+        done += 1
+        yield TileEvent(t, done, total, core_rect(t), None, skipped=True, elapsed_s=time.perf_counter() - t0)
+    reader = TileReader(slide, plan, readers, lookahead)
+    try:
+        for t, fut in reader.iterate(to_run):
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+            try:
+                rgb = fut.result()
+            except SlideError as e:
+                failed += 1
+                done += 1
+                log.warning("tile %s unreadable: %s", t, e)
+                yield TileEvent(
+                    t, done, total, core_rect(t), None, error=str(e), elapsed_s=time.perf_counter() - t0
+                )
+                continue
+            prob = engine.predict(rgb[None])[0]
+            blender.add(t, prob)
+            done += 1
+            elapsed = time.perf_counter() - t0
+            if first_tile_s is None:
+                first_tile_s = elapsed
+            yield TileEvent(t, done, total, core_rect(t), prob, elapsed_s=elapsed)
+    finally:
+        reader.close()
+    if failed:
+        notes.append(f"{failed} tile(s) could not be read and were left out")
+    probability = blender.probability()
+    del blender
+    polygons = vectorize(
+        probability, plan, region, threshold, choice.slide_mpp, simplify_um, min_area_um2, min_hole_um2
+    )
+    yield Delineation(
+        polygons=polygons,
+        plan=plan,
+        probability=probability,
+        tiles_done=done - len(skipped) - failed,
+        tiles_skipped=len(skipped),
+        tiles_failed=failed,
+        seconds=time.perf_counter() - t0,
+        first_tile_s=first_tile_s,
+        cancelled=cancelled,
+        source=f"{card.name} {card.version} {engine.name}",
+        notes=notes,
+    )
+
+
+def vectorize(
+    canvas: np.ndarray,
+    plan: TilePlan,
+    region: BaseGeometry,
+    threshold: float,
+    slide_mpp: float,
+    simplify_um: float,
+    min_area_um2: float,
+    min_hole_um2: float = 0.0,
+) -> list[Polygon]:
+    """Tumour polygons with holes, in level-0 pixels, inside the painted region only. Parts
+    smaller than `min_area_um2` are dropped and holes smaller than `min_hole_um2` filled: a
+    pathologist outlines tumour, not single cells or lumens."""
+    s = plan.level0_per_model
+    offset = plan.model_to_level0(0, 0)
+    inside = rasterize(region, canvas.shape, s, offset)
+    mask = (canvas >= threshold) & inside
+    px_per_um = 1.0 / slide_mpp
+    polys = mask_to_polygons(
+        mask, s, offset, simplify=simplify_um * px_per_um, min_area=min_area_um2 * px_per_um**2
+    )
+    min_hole = min_hole_um2 * px_per_um**2
+    if min_hole > 0:
+        polys = [Polygon(p.exterior, [h for h in p.interiors if Polygon(h).area >= min_hole]) for p in polys]
+    prepared_region = shapely.prepared.prep(region)
+    out = []
+    for p in polys:
+        if not prepared_region.contains(p):
+            p = polygonal(p.intersection(region))
+        for part in getattr(p, "geoms", [p]):
+            if isinstance(part, Polygon) and not part.is_empty and part.is_valid:
+                out.append(part)
+    return out
+
+
+def run_to_end(events: Iterator[TileEvent | Delineation]) -> Delineation:
+    """Drain a delineation generator and return its result."""
+    result = None
+    for ev in events:
+        result = ev
+    assert isinstance(result, Delineation)
+    return result

@@ -1,0 +1,282 @@
+"""`delineo convert`: checkpoint -> ONNX FP32, OpenVINO IR FP16 and INT8, ONNX Runtime INT8,
+each validated against FP32 on `val`, and the model card that ties them together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.core.dataset import Pair, load_image, read_manifest
+from app.inference.engines import ONNXRuntimeEngine, OpenVINOEngine
+from app.inference.evaluation import compare_to_reference
+from app.inference.modelcard import ModelCard, sha256
+from app.model.train import load_checkpoint
+from app.model.unet import ProbabilityHead, count_parameters
+
+ONNX_EXTERNAL_DATA_THRESHOLD = 2 << 30  # protobuf's 2 GB limit
+TUMOUR_COLOUR = [200, 0, 0]  # QuPath's default "Tumor" colour
+LICENCE = "Apache-2.0 (model weights); trained on EBHI-Seg, CC BY 4.0"
+ATTRIBUTION = (
+    "EBHI-Seg: Shi L, Li X, Hu W, et al. EBHI-Seg: A novel enteroscope biopsy histopathological "
+    "hematoxylin and eosin image dataset for image segmentation tasks. Front. Med. 2023;10:1114673. "
+    "doi:10.3389/fmed.2023.1114673. Licence CC BY 4.0."
+)
+TARGET = (
+    "Tumour = the annotated (white-mask) epithelium of adenocarcinoma images. Every pixel of every "
+    "other EBHI-Seg class is non-tumour: normal mucosa, polyps, low-grade and high-grade "
+    "intraepithelial neoplasia, serrated adenoma. High-grade IN is pre-invasive and is taught as "
+    "non-tumour, so the model marks invasive adenocarcinoma only; some high-grade IN is expected "
+    "to be marked (see the false-positive rate)."
+)
+
+Progress = Callable[[str], None]
+
+
+def export_onnx(model: torch.nn.Module, path: Path, multiple: int) -> Path:
+    """ONNX opset 17 with dynamic batch, height and width (multiples of `multiple`); weights in the
+    file below 2 GB, in `<name>.data` beside it above."""
+    head = ProbabilityHead(model).eval()
+    n_bytes = sum(p.numel() * p.element_size() for p in head.parameters())
+    b = torch.export.Dim("batch", min=1, max=256)
+    h = torch.export.Dim("h", min=1, max=1024)
+    w = torch.export.Dim("w", min=1, max=1024)
+    torch.onnx.export(
+        head,
+        (torch.zeros(1, 3, 8 * multiple, 8 * multiple),),
+        str(path),
+        opset_version=17,
+        input_names=["image"],
+        output_names=["probability"],
+        dynamic_shapes={"x": {0: b, 2: multiple * h, 3: multiple * w}},
+        external_data=n_bytes > ONNX_EXTERNAL_DATA_THRESHOLD,
+        dynamo=True,
+        verbose=False,
+    )
+    _name_dynamic_dims(path)
+    return path
+
+
+def _name_dynamic_dims(path: Path) -> None:
+    """Readable symbolic dims (batch, height, width) for tools that show model metadata."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    for value in (*m.graph.input, *m.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for d, name in zip(dims, ("batch", None, "height", "width"), strict=True):
+            if name and d.dim_param:
+                d.dim_param = name
+    onnx.save(m, str(path))
+
+
+def load_calibration_tiles(data: str | Path, n: int, seed: int = 0) -> list[np.ndarray]:
+    """`n` real train tiles, every class represented in proportion."""
+    pairs = read_manifest(data, "train")
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(pairs))[: min(n, len(pairs))]
+    return [load_image(pairs[i]) for i in sorted(idx)]
+
+
+def quantize_openvino(onnx_path: Path, out_xml: Path, tiles: list[np.ndarray], card_norm: dict) -> None:
+    import nncf
+    import openvino as ov
+
+    from app.inference.modelcard import to_model_input
+
+    model = ov.convert_model(str(onnx_path))
+    dataset = nncf.Dataset(tiles, lambda t: to_model_input(t[None], card_norm))
+    quantized = nncf.quantize(model, dataset, subset_size=len(tiles), preset=nncf.QuantizationPreset.MIXED)
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
+
+
+def save_openvino_fp16(onnx_path: Path, out_xml: Path) -> None:
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(out_xml), compress_to_fp16=True)
+
+
+def quantize_onnxruntime(onnx_path: Path, out_path: Path, tiles: list[np.ndarray], card_norm: dict) -> None:
+    """Static QDQ INT8: signed weights, *unsigned* activations (signed ones leave most convolutions
+    in float on x86 and run slower than FP32)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from app.inference.modelcard import to_model_input
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(tiles)
+
+        def get_next(self):
+            t = next(self.it, None)
+            return None if t is None else {"image": to_model_input(t[None], card_norm)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        quant_pre_process(str(onnx_path), str(prepped), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepped),
+            str(out_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+
+
+def convert(
+    checkpoint: str | Path,
+    out: str | Path,
+    data: str | Path,
+    calibration_tiles: int = 300,
+    name: str | None = None,
+    version: str = "1.0.0",
+    tile: int = 512,
+    overlap: int = 64,
+    mpp: float = 1.0,
+    validation_limit: int | None = None,
+    progress: Progress = print,
+) -> ModelCard:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or out.name
+    model, ckpt = load_checkpoint(checkpoint)
+    norm = ckpt["normalization"]
+    multiple = 2 ** model.config["levels"]
+    t0 = time.time()
+
+    torch.save({"state_dict": model.state_dict(), "config": model.config}, out / "model-fp32.pt")
+    onnx_path = out / "model-fp32.onnx"
+    progress("exporting ONNX (opset 17, dynamic batch/height/width)…")
+    export_onnx(model, onnx_path, multiple)
+
+    progress(f"reading {calibration_tiles} calibration tiles from train…")
+    calib = load_calibration_tiles(data, calibration_tiles)
+    progress("OpenVINO IR FP16…")
+    save_openvino_fp16(onnx_path, out / "model-fp16.xml")
+    progress(f"OpenVINO IR INT8 (NNCF post-training quantization on {len(calib)} tiles)…")
+    quantize_openvino(onnx_path, out / "model-int8.xml", calib, norm)
+    progress("ONNX Runtime INT8 (QDQ, unsigned activations)…")
+    quantize_onnxruntime(onnx_path, out / "model-int8.onnx", calib, norm)
+    del calib
+
+    files = {
+        "torch-fp32": "model-fp32.pt",
+        "onnx-fp32": "model-fp32.onnx",
+        "openvino-fp16": "model-fp16.xml",
+        "openvino-int8": "model-int8.xml",
+        "onnx-int8": "model-int8.onnx",
+    }
+    raw = {
+        "name": name,
+        "version": version,
+        "created": dt.date.today().isoformat(),
+        "task": "Per-pixel tumour (colorectal adenocarcinoma epithelium) vs non-tumour on H&E",
+        "target": TARGET,
+        "architecture": {
+            "type": "ResUNet (residual 2D UNet, GaNDLF-style)",
+            **model.config,
+            "parameters": count_parameters(model),
+        },
+        "classes": [{"name": "Tumor", "index": 1, "color": TUMOUR_COLOUR}],
+        "input": {
+            "name": "image",
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channel_order": "RGB",
+            "tile": tile,
+            "overlap": overlap,
+            "multiple": multiple,
+        },
+        "output": {"name": "probability", "activation": "sigmoid", "threshold": 0.5},
+        "normalization": norm,
+        "mpp": mpp,
+        "mpp_note": (
+            "EBHI-Seg publishes no pixel size ('400x' microscope images); crypt and nucleus sizes "
+            "suggest about 1 µm/px (a slide level near 10x). This is an estimate: slides are read "
+            "at the level nearest this mpp."
+        ),
+        "files": {},
+        "validation": {},
+        "training": {
+            "checkpoint": Path(checkpoint).name,
+            "epoch": ckpt.get("epoch"),
+            "val_dice_torch": ckpt.get("val", {}).get("dice"),
+            "config": ckpt.get("train_config"),
+        },
+        "licence": LICENCE,
+        "data_attribution": ATTRIBUTION,
+    }
+    _write_card(out, raw, files)
+    card = ModelCard.load(out)
+
+    progress("validating every precision against FP32 on val…")
+    pairs = read_manifest(data, "val")
+    if validation_limit:
+        pairs = pairs[:validation_limit]
+    engines = {
+        "onnxruntime-fp32": ONNXRuntimeEngine(card, "fp32"),
+        "openvino-fp32": OpenVINOEngine(card, "fp32", "CPU"),
+        "openvino-fp16": OpenVINOEngine(card, "fp16", "CPU", inference_precision="f32"),
+        "openvino-int8": OpenVINOEngine(card, "int8", "CPU"),
+        "onnxruntime-int8": ONNXRuntimeEngine(card, "int8"),
+    }
+    rows = compare_to_reference(engines, pairs, reference="onnxruntime-fp32")
+    torch_ok = _torch_agreement(model, pairs[:4], engines["onnxruntime-fp32"], norm)
+    raw["validation"] = {
+        "split": "val",
+        "tiles": len(pairs),
+        "tumour_tiles": sum(p.is_tumour_class for p in pairs),
+        "reference": "onnxruntime-fp32",
+        "torch_vs_onnx_max_abs_diff": torch_ok,
+        "note": "fp16 is checked with OpenVINO's f32 precision hint so the table shows the IR's own "
+        "loss; at run time a CPU with BF16 runs it in BF16 (see `delineo evaluate`).",
+        "rows": rows,
+    }
+    _write_card(out, raw, files)
+    progress(f"model card written: {out / 'card.json'} ({time.time() - t0:.0f}s)")
+    for k, r in rows.items():
+        progress(
+            f"  {k:<18} Dice {r['dice']:.4f}  cosine {r['cosine_vs_fp32']:.6f}  "
+            f"max|diff| {r['max_abs_diff_vs_fp32']:.4f}  FP rate {r['fp_rate_non_tumour']:.4f}"
+        )
+    return ModelCard.load(out)
+
+
+def _torch_agreement(model, pairs: list[Pair], engine, norm: dict) -> float:
+    from app.inference.modelcard import to_model_input
+
+    imgs = np.stack([load_image(p) for p in pairs])
+    with torch.no_grad():
+        ref = torch.sigmoid(model(torch.from_numpy(to_model_input(imgs, norm))))[:, 0].numpy()
+    return round(float(np.abs(engine.predict(imgs) - ref).max()), 7)
+
+
+def _write_card(out: Path, raw: dict, files: dict[str, str]) -> None:
+    """Files with sha256 and size (an IR's .bin listed with its .xml), written atomically."""
+    entries = {}
+    for key, rel in files.items():
+        p = out / rel
+        entry = {"path": rel, "sha256": sha256(p), "bytes": p.stat().st_size}
+        if p.suffix == ".xml":
+            b = p.with_suffix(".bin")
+            entry["weights"] = {"path": b.name, "sha256": sha256(b), "bytes": b.stat().st_size}
+        entries[key] = entry
+    raw["files"] = entries
+    tmp = out / ".card.json.tmp"
+    tmp.write_text(json.dumps(raw, indent=2) + "\n")
+    tmp.replace(out / "card.json")

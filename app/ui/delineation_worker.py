@@ -1,0 +1,165 @@
+"""The delineation worker: an object living on its own QThread that iterates the pipeline.
+
+The GUI sends requests by queued signal and gets one signal per finished tile (with the overlay
+image already built), so the GUI thread never touches the slide, the model or the disk. The
+engine is created once per settings and kept warm; the tissue mask is computed when a slide
+opens, so a click on Delineate reaches the first tile quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from PySide6.QtCore import QObject, QRectF, QThread, Signal, Slot
+from shapely.geometry.base import BaseGeometry
+
+from app.core.slide import Slide
+from app.core.tissue import TissueMask, tissue_mask
+from app.errors import is_user_error
+from app.inference.engines import Engine, create_engine
+from app.inference.modelcard import ModelCard
+from app.inference.pipeline import Delineation, TileEvent, delineate
+from app.ui.overlay import tile_mask_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    model: str  # shipped model name or folder
+    engine: str = "openvino"
+    device: str = "CPU"
+    precision: str = "auto"  # auto | int8 | fp16 | fp32
+
+
+@dataclass
+class TileUpdate:
+    rect: QRectF  # level-0 core rectangle
+    image: object  # QImage or None (skipped / failed)
+    done: int
+    total: int
+    ran: int  # tiles actually inferred so far
+    elapsed_s: float
+    error: str | None
+
+
+class DelineationWorker(QObject):
+    tileDone = Signal(object)  # TileUpdate
+    finished = Signal(object)  # Delineation
+    failed = Signal(str)
+    status = Signal(str)
+    engineReady = Signal(str)  # description, e.g. "openvino-int8 on CPU"
+
+    def __init__(self):
+        super().__init__()
+        self.cancel_event = threading.Event()
+        self._engine: Engine | None = None
+        self._engine_key: EngineSettings | None = None
+        self._tissue: dict[str, TissueMask] = {}
+        self.precision_choice: tuple[str, dict] | None = None
+
+    # ------------------------------------------------------------------ preparation
+
+    def engine_for(self, settings: EngineSettings) -> Engine:
+        if self._engine is not None and self._engine_key == settings:
+            return self._engine
+        card = ModelCard.load(settings.model)
+        precision = settings.precision
+        if precision == "auto":
+            from app.inference.autoselect import choose_precision
+
+            self.status.emit("Choosing the fastest precision for this computer (first use only)…")
+            precision, timings = choose_precision(card, settings.engine, settings.device)
+            self.precision_choice = (precision, timings)
+        t = time.perf_counter()
+        engine = create_engine(settings.engine, card, precision, settings.device)
+        engine.predict(_blank(card.tile))  # compile and warm up now, not on the first tile
+        log.info("engine %s ready in %.2fs", engine.name, time.perf_counter() - t)
+        self._engine, self._engine_key = engine, settings
+        self.engineReady.emit(f"{engine.name} on {settings.device}")
+        return engine
+
+    @Slot(object)
+    def prepare(self, settings: EngineSettings) -> None:
+        try:
+            self.engine_for(settings)
+        except Exception as e:  # noqa: BLE001 - reported to the user, the app goes on
+            self._report(e, "could not prepare the model")
+
+    @Slot(object)
+    def prepare_slide(self, slide: Slide) -> None:
+        key = str(slide.path)
+        if key not in self._tissue:
+            try:
+                self._tissue[key] = tissue_mask(slide)
+            except Exception:
+                log.warning("tissue mask of %s failed", key, exc_info=True)
+
+    # ------------------------------------------------------------------ the run
+
+    @Slot(object, object, object)
+    def run(self, slide: Slide, region: BaseGeometry, settings: EngineSettings) -> None:
+        self.cancel_event.clear()
+        try:
+            engine = self.engine_for(settings)
+            self.status.emit(f"Delineating with {engine.name}…")
+            threshold = engine.card.raw.get("output", {}).get("threshold", 0.5)
+            colour = engine.card.tumour_colour
+            tissue = self._tissue.get(str(slide.path))
+            ran = 0
+            for ev in delineate(slide, region, engine, cancel=self.cancel_event, tissue=tissue):
+                if isinstance(ev, Delineation):
+                    self.finished.emit(ev)
+                    return
+                self.tileDone.emit(self._update(ev, threshold, colour, ran := ran + (ev.prob is not None)))
+        except Exception as e:  # noqa: BLE001 - reported to the user, tiles done are kept
+            self._report(e, "delineation failed")
+
+    def _update(self, ev: TileEvent, threshold: float, colour, ran: int) -> TileUpdate:
+        image = None
+        if ev.prob is not None:
+            trim = self._engine.card.overlap // 2  # the core: what ev.core_rect covers
+            n = ev.prob.shape[0]
+            image = tile_mask_image(ev.prob[trim : n - trim, trim : n - trim], threshold, colour)
+        return TileUpdate(QRectF(*ev.core_rect), image, ev.done, ev.total, ran, ev.elapsed_s, ev.error)
+
+    def _report(self, e: Exception, what: str) -> None:
+        if not is_user_error(e):
+            log.exception(what)
+        self.failed.emit(f"{what}: {e}" if is_user_error(e) else f"{what}: {type(e).__name__}: {e}")
+
+
+def _blank(tile: int):
+    import numpy as np
+
+    return np.full((1, tile, tile, 3), 240, np.uint8)
+
+
+class WorkerThread(QObject):
+    """Owns the QThread and the worker on it; the requests are queued signals."""
+
+    runRequested = Signal(object, object, object)
+    prepareRequested = Signal(object)
+    slideRequested = Signal(object)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("delineation")
+        self.worker = DelineationWorker()
+        self.worker.moveToThread(self.thread)
+        self.runRequested.connect(self.worker.run)
+        self.prepareRequested.connect(self.worker.prepare)
+        self.slideRequested.connect(self.worker.prepare_slide)
+        self.thread.start()
+
+    def cancel(self) -> None:
+        self.worker.cancel_event.set()
+
+    def stop(self) -> None:
+        self.worker.cancel_event.set()
+        self.thread.quit()
+        self.thread.wait(10_000)
