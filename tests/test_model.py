@@ -67,7 +67,7 @@ def test_convert_writes_onnx_and_ir_that_agree_with_torch(tiny_model):
     assert dims == ["batch", 3, "height", "width"]
     assert card.verify() == []
 
-    model, ckpt_data = load_checkpoint(ckpt)
+    model, _ = load_checkpoint(ckpt)
     with Slide.open(SAMPLE_SVS) as s:
         tile = s.read_region(900, 1300, 0, 320, 256)[None]  # not square: dynamic H/W
     with torch.no_grad():

@@ -85,15 +85,45 @@ def mask_to_polygons(
             if len(contours[child]) >= 3:
                 holes.append(ring(contours[child]))
             child = hierarchy[child][0]
-        poly = Polygon(ring(c), holes).buffer(0.5 * scale, join_style="mitre", mitre_limit=2.0)
-        if simplify > 0:
+        poly = Polygon(ring(c), holes)
+        if simplify > 0:  # before the buffer: far fewer vertices for it to offset
             poly = poly.simplify(simplify, preserve_topology=True)
+        with np.errstate(divide="ignore", invalid="ignore"):  # one-pixel-wide runs have no area
+            poly = poly.buffer(0.5 * scale, join_style="mitre", mitre_limit=2.0)
         if not poly.is_valid:
             poly = polygonal(shapely.make_valid(poly))
         for part in getattr(poly, "geoms", [poly]):
             if isinstance(part, Polygon) and not part.is_empty and part.area >= min_area:
                 polys.append(part)
     return polys
+
+
+def remove_small(mask: np.ndarray, min_area_px: float, min_hole_px: float) -> np.ndarray:
+    """Drop connected parts smaller than `min_area_px` and fill holes smaller than `min_hole_px`
+    (areas in mask pixels). Done on the raster, so the tracer never sees the specks."""
+    m = mask.astype(np.uint8)
+    if min_area_px > 0:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area_px)
+        small = small[small != 0]
+        if small.size:
+            m[np.isin(labels, small)] = 0
+    if min_hole_px > 0:
+        inv = (m == 0).astype(np.uint8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
+        h, w = m.shape
+        x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+        touches_edge = (
+            (x == 0)
+            | (y == 0)
+            | (x + stats[:, cv2.CC_STAT_WIDTH] == w)
+            | (y + stats[:, cv2.CC_STAT_HEIGHT] == h)
+        )
+        holes = np.flatnonzero((stats[:, cv2.CC_STAT_AREA] < min_hole_px) & ~touches_edge)
+        holes = holes[holes != 0] if inv[0, 0] == 0 else holes
+        if holes.size:
+            m[np.isin(labels, holes) & (inv == 1)] = 1
+    return m.astype(bool)
 
 
 def rasterize(

@@ -23,7 +23,7 @@ import shapely.prepared
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from app.core.geometry import mask_to_polygons, polygonal, rasterize
+from app.core.geometry import mask_to_polygons, polygonal, rasterize, remove_small
 from app.core.slide import Slide, SlideError
 from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
@@ -246,12 +246,11 @@ def vectorize(
     inside = rasterize(region, canvas.shape, s, offset)
     mask = (canvas >= threshold) & inside
     px_per_um = 1.0 / slide_mpp
+    model_px_um2 = (s / px_per_um) ** 2  # µm² of one model pixel
+    mask = remove_small(mask, min_area_um2 / model_px_um2, min_hole_um2 / model_px_um2)
     polys = mask_to_polygons(
         mask, s, offset, simplify=simplify_um * px_per_um, min_area=min_area_um2 * px_per_um**2
     )
-    min_hole = min_hole_um2 * px_per_um**2
-    if min_hole > 0:
-        polys = [Polygon(p.exterior, [h for h in p.interiors if Polygon(h).area >= min_hole]) for p in polys]
     prepared_region = shapely.prepared.prep(region)
     out = []
     for p in polys:

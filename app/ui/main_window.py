@@ -107,6 +107,8 @@ class MainWindow(QMainWindow):
         self.editor.annotation_hit_test = self._annotation_at
         self.editor.annotationClicked.connect(self.annotations_panel.select_id)
         self.overlay: TileOverlay | None = None
+        self._close_after_run: list[Slide] = []
+        self._run_slide: Slide | None = None
         self.running = False
         self._run_started = 0.0
 
@@ -314,6 +316,7 @@ class MainWindow(QMainWindow):
             )
             return
         self.running = True
+        self._run_slide = self.slide
         self.delineate_action.setEnabled(False)
         if self.overlay is not None:
             self.view.scene().removeItem(self.overlay)
@@ -336,6 +339,8 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Cancelling after the current tile…")
 
     def _on_tile(self, u: TileUpdate) -> None:
+        if self._run_slide is not self.slide:
+            return
         if self.overlay is not None and u.image is not None:
             self.overlay.add_tile(u.rect, u.image)
         self.progress.setRange(0, u.total)
@@ -348,6 +353,9 @@ class MainWindow(QMainWindow):
 
     def _end_run(self) -> None:
         self.running = False
+        for slide in self._close_after_run:
+            slide.close()
+        self._close_after_run = []
         self.delineate_action.setEnabled(True)
         self.progress.hide()
         self.cancel_button.hide()
@@ -356,6 +364,8 @@ class MainWindow(QMainWindow):
 
     def _on_delineated(self, result) -> None:
         self._end_run()
+        if self._run_slide is not self.slide:
+            return  # the slide was closed or replaced while the run was being cancelled
         new = [Annotation(p, source=result.source) for p in result.polygons]
         self.add_annotations(new)
         if self.overlay is not None:
@@ -497,13 +507,17 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Delineo")
 
     def _close_current(self) -> None:
-        if self.running:
-            self.worker.cancel()
         self._clear_annotations()
         self.editor.model.reset()
         self.view.close_slide()
         if self.slide is not None:
-            self.slide.close()
+            if self.running:
+                # The worker's readers may be inside OpenSlide right now; closing the handle
+                # under them aborts the process. Close it once the cancelled run has ended.
+                self.worker.cancel()
+                self._close_after_run.append(self.slide)
+            else:
+                self.slide.close()
         self.slide = None
 
     # ------------------------------------------------------------------ recent files & drops
@@ -562,6 +576,10 @@ class MainWindow(QMainWindow):
             )
 
     def closeEvent(self, event) -> None:
+        self.worker.stop()  # cancels a run and waits for the worker thread to finish
+        self.running = False
         self._close_current()
-        self.worker.stop()
+        for slide in self._close_after_run:
+            slide.close()
+        self._close_after_run = []
         super().closeEvent(event)

@@ -110,7 +110,8 @@ class SlideView(QGraphicsView):
         self.loader.tileReady.connect(self._on_tile_ready)
         self.loader.tileFailed.connect(self._on_tile_failed)
         w, h = slide.dimensions
-        margin = max(w, h) * 0.25
+        # Room to pan any point of the slide to the centre of the view, at any zoom we allow.
+        margin = max(w, h) * 2
         self.setSceneRect(QRectF(-margin, -margin, w + 2 * margin, h + 2 * margin))
         self.overview.set_image(base_image, w, h)
         self._place_overlays()

@@ -1,0 +1,186 @@
+"""Paint a region, click Delineate, watch tiles arrive: the real window, the real shipped model."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import pytest
+from conftest import SAMPLE_SVS
+from PySide6.QtCore import QElapsedTimer, QPoint, Qt, QTimer
+
+from app.inference.modelcard import DEFAULT_MODEL
+from app.ui.main_window import MainWindow
+
+MODEL = os.environ.get("DELINEO_TEST_MODEL", DEFAULT_MODEL)
+
+
+@pytest.fixture
+def window(qtbot, qsettings):
+    qsettings.setValue("inference/model", MODEL)
+    qsettings.setValue("inference/precision", "int8")
+    win = MainWindow(qsettings)
+    qtbot.addWidget(win)
+    win.resize(1200, 850)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+
+
+def open_and_wait(qtbot, win, path) -> None:
+    with qtbot.waitSignal(win.slideOpened, timeout=15_000):
+        win.open_slide(path)
+    qtbot.waitUntil(win.view.visible_tiles_loaded, timeout=15_000)
+
+
+def stroke(qtbot, win, points: list[tuple[int, int]]) -> None:
+    vp = win.view.viewport()
+    qtbot.mousePress(vp, Qt.MouseButton.LeftButton, pos=QPoint(*points[0]))
+    for p in points[1:]:
+        qtbot.mouseMove(vp, QPoint(*p))
+    qtbot.mouseRelease(vp, Qt.MouseButton.LeftButton, pos=QPoint(*points[-1]))
+
+
+def test_brush_paints_a_region_of_the_brush_width(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLE_SVS)
+    qtbot.keyClick(window.view, Qt.Key.Key_B)
+    assert window.editor.active.name == "Brush"
+    window.editor.set_brush_um(100)
+    stroke(qtbot, window, [(300 + 10 * i, 300) for i in range(31)])
+    g = window.editor.model.geometry
+    z, mpp = window.view.zoom, 0.499
+    length = 300 / z  # level-0 px
+    width = 100 / mpp
+    expected = length * width + math.pi * (width / 2) ** 2
+    assert g.area == pytest.approx(expected, rel=0.05)
+    # [ and ] resize the brush.
+    qtbot.keyClick(window.view, Qt.Key.Key_BracketRight)
+    assert window.editor.brush_um == pytest.approx(125)
+    assert window.brush_size.value() == pytest.approx(125)
+
+
+def test_eraser_polygon_rectangle_undo_redo(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLE_SVS)
+    model = window.editor.model
+    qtbot.keyClick(window.view, Qt.Key.Key_R)
+    stroke(qtbot, window, [(200, 200), (300, 260), (400, 400)])
+    rect_area = model.geometry.area
+    assert rect_area == pytest.approx((200 / window.view.zoom) ** 2, rel=0.02)
+    qtbot.keyClick(window.view, Qt.Key.Key_E)
+    window.editor.set_brush_um(60)
+    stroke(qtbot, window, [(180, 300), (420, 300)])
+    erased = model.geometry.area
+    assert erased < rect_area * 0.95
+    qtbot.keyClick(window.view, Qt.Key.Key_P)
+    vp = window.view.viewport()
+    for x, y in [(500, 200), (650, 220), (620, 380)]:
+        qtbot.mouseClick(vp, Qt.MouseButton.LeftButton, pos=QPoint(x, y))
+    qtbot.mouseDClick(vp, Qt.MouseButton.LeftButton, pos=QPoint(560, 390))
+    with_polygon = model.geometry.area
+    assert with_polygon > erased
+    qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert model.geometry.area == pytest.approx(erased)
+    qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert model.geometry.area == pytest.approx(rect_area)
+    ctrl_shift = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
+    qtbot.keyClick(window, Qt.Key.Key_Z, ctrl_shift)
+    assert model.geometry.area == pytest.approx(erased)
+
+
+def test_delineate_tiles_arrive_one_by_one_and_annotations_appear(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLE_SVS)
+    qtbot.keyClick(window.view, Qt.Key.Key_R)
+    stroke(qtbot, window, [(250, 150), (600, 500), (700, 650)])
+    assert not window.editor.model.empty
+    # The GUI thread's heartbeat: any stall shows as a long gap between beats. It also samples
+    # how many tiles the overlay shows, to see them arrive one by one.
+    gaps, beat = [], QElapsedTimer()
+    beat.start()
+    last = [0]
+    seen: list[tuple[float, int]] = []
+
+    def tick():
+        now = beat.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+        n = len(window.overlay.tiles) if window.overlay is not None else 0
+        if not seen or seen[-1][1] != n:
+            seen.append((time.perf_counter(), n))
+
+    hb = QTimer()
+    hb.setInterval(5)
+    hb.timeout.connect(tick)
+    hb.start()
+    t0 = time.perf_counter()
+    with qtbot.waitSignal(window.delineationFinished, timeout=120_000) as sig:
+        qtbot.keyClick(window, Qt.Key.Key_D, Qt.KeyboardModifier.ControlModifier)
+        assert window.progress.isVisible() and window.cancel_button.isVisible()
+    hb.stop()
+    result = sig.args[0]
+    assert result.tiles_done >= 4
+    counts = [c for _, c in seen]
+    assert counts == sorted(counts) and counts[-1] == result.tiles_done
+    assert len([c for c in counts if 0 < c < result.tiles_done]) >= 2  # seen part-way, growing
+    first_tile = next(t for t, c in seen if c > 0) - t0
+    longest = max(gaps[1:]) if len(gaps) > 1 else 0
+    print(f"\nfirst tile {first_tile * 1000:.0f} ms after the click; longest GUI gap {longest} ms")
+    # A gap this long would mean the GUI thread did inference or disk work itself.
+    assert longest < 250
+    assert not window.progress.isVisible()
+    # Annotations with their areas in the panel, as many as the result's polygons.
+    assert len(window.annotations) == len(result.polygons)
+    if window.annotations:
+        table = window.annotations_panel.table
+        assert table.rowCount() == len(window.annotations)
+        assert table.item(0, 1).text().endswith(("mm²", "µm²"))
+        a = window.annotations[0]
+        table.selectRow(0)
+        c = window.view.visible_rect().center()
+        assert abs(c.x() - a.geometry.centroid.x) < 2 and abs(c.y() - a.geometry.centroid.y) < 2
+
+
+def test_cancel_stops_within_a_tile_and_keeps_what_is_done(qtbot, window, large_pyramid):
+    open_and_wait(qtbot, window, large_pyramid)
+    qtbot.keyClick(window.view, Qt.Key.Key_R)
+    stroke(qtbot, window, [(100, 100), (500, 400), (800, 700)])  # most of the slide: many tiles
+    done_at_cancel = []
+
+    def on_tile(u):
+        if u.ran == 2 and not done_at_cancel:
+            done_at_cancel.append(u.ran)
+            qtbot.mouseClick(window.cancel_button, Qt.MouseButton.LeftButton)
+
+    window.worker.worker.tileDone.connect(on_tile)
+    with qtbot.waitSignal(window.delineationFinished, timeout=120_000) as sig:
+        window.delineate()
+    result = sig.args[0]
+    assert result.cancelled
+    assert result.tiles_done <= 3  # the tile in flight when Cancel was clicked may finish
+    assert result.tiles_done < result.tiles_total - 10
+    assert len(window.overlay.tiles) == result.tiles_done
+    assert "Cancelled" in window.statusBar().currentMessage()
+    assert window.delineate_action.isEnabled()
+
+
+def test_overlay_toggle_and_opacity(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLE_SVS)
+    qtbot.keyClick(window.view, Qt.Key.Key_R)
+    stroke(qtbot, window, [(300, 300), (500, 500)])
+    with qtbot.waitSignal(window.delineationFinished, timeout=120_000):
+        window.delineate()
+    window.opacity.setValue(80)
+    assert window.overlay.opacity() == pytest.approx(0.8)
+    qtbot.keyClick(window, Qt.Key.Key_H)
+    assert not window.overlay_action.isChecked()
+    assert all(not i.isVisible() for i in window.annotation_items.values())
+    qtbot.keyClick(window, Qt.Key.Key_H)
+    assert all(i.isVisible() for i in window.annotation_items.values())
+
+
+def test_delineate_without_a_region_says_what_to_do(qtbot, window):
+    open_and_wait(qtbot, window, SAMPLE_SVS)
+    window.delineate()
+    assert "Paint a region first" in window.statusBar().currentMessage()
+    assert not window.running
