@@ -6,6 +6,13 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import tempfile
+
+# Tests never touch the real per-user folders (log, autosave fallback, OpenVINO cache, settings).
+_HOME = tempfile.mkdtemp(prefix="delineo-test-home-")
+for _var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+    os.environ[_var] = os.path.join(_HOME, _var.lower())
+
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,17 @@ def large_pyramid(tmp_path_factory) -> Path:
     sizes = level_sizes(LARGE_SIDE, LARGE_SIDE, 2, 256)
     write_pyramidal_tiff(path, periodic_source(tile_mosaic(4), sizes), sizes, mpp=LARGE_MPP)
     return path
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    """The sample slide in a temporary folder, so autosaved annotations land there."""
+    import shutil
+
+    dst = tmp_path / "slides" / SAMPLE_SVS.name
+    dst.parent.mkdir()
+    shutil.copy(SAMPLE_SVS, dst)
+    return dst
 
 
 @pytest.fixture

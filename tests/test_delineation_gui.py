@@ -43,8 +43,8 @@ def stroke(qtbot, win, points: list[tuple[int, int]]) -> None:
     qtbot.mouseRelease(vp, Qt.MouseButton.LeftButton, pos=QPoint(*points[-1]))
 
 
-def test_brush_paints_a_region_of_the_brush_width(qtbot, window):
-    open_and_wait(qtbot, window, SAMPLE_SVS)
+def test_brush_paints_a_region_of_the_brush_width(qtbot, window, sample_copy):
+    open_and_wait(qtbot, window, sample_copy)
     qtbot.keyClick(window.view, Qt.Key.Key_B)
     assert window.editor.active.name == "Brush"
     window.editor.set_brush_um(100)
@@ -61,8 +61,8 @@ def test_brush_paints_a_region_of_the_brush_width(qtbot, window):
     assert window.brush_size.value() == pytest.approx(125)
 
 
-def test_eraser_polygon_rectangle_undo_redo(qtbot, window):
-    open_and_wait(qtbot, window, SAMPLE_SVS)
+def test_eraser_polygon_rectangle_undo_redo(qtbot, window, sample_copy):
+    open_and_wait(qtbot, window, sample_copy)
     model = window.editor.model
     qtbot.keyClick(window.view, Qt.Key.Key_R)
     stroke(qtbot, window, [(200, 200), (300, 260), (400, 400)])
@@ -89,8 +89,8 @@ def test_eraser_polygon_rectangle_undo_redo(qtbot, window):
     assert model.geometry.area == pytest.approx(erased)
 
 
-def test_delineate_tiles_arrive_one_by_one_and_annotations_appear(qtbot, window):
-    open_and_wait(qtbot, window, SAMPLE_SVS)
+def test_delineate_tiles_arrive_one_by_one_and_annotations_appear(qtbot, window, sample_copy):
+    open_and_wait(qtbot, window, sample_copy)
     qtbot.keyClick(window.view, Qt.Key.Key_R)
     stroke(qtbot, window, [(250, 150), (600, 500), (700, 650)])
     assert not window.editor.model.empty
@@ -164,8 +164,8 @@ def test_cancel_stops_within_a_tile_and_keeps_what_is_done(qtbot, window, large_
     assert window.delineate_action.isEnabled()
 
 
-def test_overlay_toggle_and_opacity(qtbot, window):
-    open_and_wait(qtbot, window, SAMPLE_SVS)
+def test_overlay_toggle_and_opacity(qtbot, window, sample_copy):
+    open_and_wait(qtbot, window, sample_copy)
     qtbot.keyClick(window.view, Qt.Key.Key_R)
     stroke(qtbot, window, [(300, 300), (500, 500)])
     with qtbot.waitSignal(window.delineationFinished, timeout=120_000):
@@ -179,8 +179,8 @@ def test_overlay_toggle_and_opacity(qtbot, window):
     assert all(i.isVisible() for i in window.annotation_items.values())
 
 
-def test_delineate_without_a_region_says_what_to_do(qtbot, window):
-    open_and_wait(qtbot, window, SAMPLE_SVS)
+def test_delineate_without_a_region_says_what_to_do(qtbot, window, sample_copy):
+    open_and_wait(qtbot, window, sample_copy)
     window.delineate()
     assert "Paint a region first" in window.statusBar().currentMessage()
     assert not window.running

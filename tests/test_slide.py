@@ -137,3 +137,36 @@ def _write(p, data: bytes):
 def _truncated(p, n: int):
     p.write_bytes(SAMPLE_SVS.read_bytes()[:n])
     return p
+
+
+def test_close_while_other_threads_read_never_crashes(large_pyramid):
+    """OpenSlide aborts the process if its handle is freed under a reader; Slide defers the
+    close until reads in flight are done, and later reads get a clear error."""
+    import threading
+    import time
+
+    s = Slide.open(large_pyramid)
+    errors: list[str] = []
+    reads = [0]
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while True:
+            try:
+                s.read_region(int(rng.integers(0, 18000)), int(rng.integers(0, 18000)), 0, 512, 512)
+                reads[0] += 1
+            except SlideError as e:
+                errors.append(str(e))
+                return
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    s.close()
+    for t in threads:
+        t.join(5)
+    assert reads[0] > 4
+    assert len(errors) == 4 and all("closed" in e for e in errors)
+    with pytest.raises(SlideError, match="closed"):
+        s.read_region(0, 0, 0, 10, 10)

@@ -7,6 +7,7 @@ scanner formats and DICOM WSI; plain PNG/JPEG/TIFF images go through OpenSlide's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -81,6 +82,12 @@ class Slide:
         self._lock = threading.Lock() if isinstance(handle, openslide.ImageSlide) else None
         self._reopen_lock = threading.Lock()
         self._retired: list[openslide.AbstractSlide] = []
+        # Reads in flight, so close() never frees OpenSlide's handle under a reader thread
+        # (OpenSlide aborts the process when that happens).
+        self._use_lock = threading.Lock()
+        self._readers = 0
+        self._closing = False
+        self._closed = False
         props = handle.properties
         self.vendor: str | None = props.get(openslide.PROPERTY_NAME_VENDOR)
         self.dimensions: tuple[int, int] = tuple(handle.dimensions)
@@ -135,9 +142,36 @@ class Slide:
         return slide
 
     def close(self) -> None:
+        """Close now, or as soon as the reads in flight on other threads have finished."""
+        with self._use_lock:
+            self._closing = True
+            if self._readers:
+                return
+        self._really_close()
+
+    def _really_close(self) -> None:
+        with self._use_lock:
+            if self._closed:
+                return
+            self._closed = True
         for h in [*self._retired, self._h]:
             h.close()
         self._retired = []
+
+    @contextlib.contextmanager
+    def _reading(self):
+        with self._use_lock:
+            if self._closing:
+                raise SlideError(f"{self.path}: the slide was closed")
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._use_lock:
+                self._readers -= 1
+                last = self._closing and self._readers == 0
+            if last:
+                self._really_close()
 
     def __enter__(self) -> Slide:
         return self
@@ -169,6 +203,10 @@ class Slide:
     def read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         """RGB uint8 (h, w, 3); (x, y) in level-0 pixels, size at `level`. Outside the slide
         and transparent areas are white, as on glass."""
+        with self._reading():
+            return self._read_region(x, y, level, w, h)
+
+    def _read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         error: Exception | None = None
         for _ in range(2):  # a second try on a fresh handle, see _recover
             handle = self._h
@@ -214,6 +252,10 @@ class Slide:
         return img
 
     def associated_image(self, name: str) -> np.ndarray:
+        with self._reading():
+            return self._associated_image(name)
+
+    def _associated_image(self, name: str) -> np.ndarray:
         try:
             return _rgba_on_white(self._h.associated_images[name])
         except KeyError:

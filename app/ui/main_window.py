@@ -21,15 +21,18 @@ from PySide6.QtWidgets import (
     QPushButton,
     QToolBar,
 )
-from shapely.geometry import Point
+from shapely.geometry import Point, box
 from superqt import QLabeledSlider
 
 from app import __version__
-from app.core.annotations import Annotation
+from app.core import export
+from app.core.annotation_store import AnnotationStore, SavedState
+from app.core.annotations import Annotation, read_geojson
 from app.core.slide import FORMAT_FILTER, Slide
-from app.logs import log_file
+from app.logs import data_dir, log_file
 from app.ui import icons
 from app.ui.annotations_panel import AnnotationsPanel, format_area
+from app.ui.autosave import Autosaver
 from app.ui.background import run_in_background
 from app.ui.delineation_worker import TileUpdate, WorkerThread
 from app.ui.image_convert import array_to_qimage
@@ -74,6 +77,8 @@ class MainWindow(QMainWindow):
     delineationFinished = Signal(object)  # Delineation
     delineationFailed = Signal(str)
     annotationsChanged = Signal()
+    annotationsImported = Signal(int)  # count, -1 on failure
+    exported = Signal(str)  # path, "" on failure
 
     def __init__(self, settings: QSettings | None = None):
         super().__init__()
@@ -83,6 +88,7 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self.slide: Slide | None = None
         self.error_dialog: QMessageBox | None = None
+        self.info_dialog: QMessageBox | None = None
         self._opening: str | None = None
 
         self.view = SlideView(self)
@@ -107,10 +113,19 @@ class MainWindow(QMainWindow):
         self.editor.annotation_hit_test = self._annotation_at
         self.editor.annotationClicked.connect(self.annotations_panel.select_id)
         self.overlay: TileOverlay | None = None
-        self._close_after_run: list[Slide] = []
         self._run_slide: Slide | None = None
         self.running = False
         self._run_started = 0.0
+
+        self.store: AnnotationStore | None = None
+        self.autosaver = Autosaver(self)
+        self.autosaver.saved.connect(self._on_saved)
+        self.autosaver.failed.connect(self._on_save_failed)
+        self.editor.model.changed.connect(self.autosaver.changed)
+        self.annotationsChanged.connect(self.autosaver.changed)
+        self.save_label = QLabel()
+        self.save_label.setWordWrap(True)
+        self.annotations_panel.layout().addWidget(self.save_label)
 
         self.worker = WorkerThread(self)
         w = self.worker.worker
@@ -153,6 +168,21 @@ class MainWindow(QMainWindow):
         file_menu.addAction(self.open_action)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self._refresh_recent()
+        file_menu.addSeparator()
+        import_action = QAction("&Import annotations…", self)
+        import_action.setShortcut(QKeySequence("Ctrl+I"))
+        import_action.triggered.connect(self.import_dialog)
+        file_menu.addAction(import_action)
+        export_menu = file_menu.addMenu("&Export")
+        for fmt, text in (
+            ("geojson", "QuPath &GeoJSON…"),
+            ("asap-xml", "&ASAP XML…"),
+            ("png", "&Picture of the view (PNG)…"),
+            ("tiff-mask", "&TIFF mask…"),
+            ("csv", "&CSV measurements…"),
+        ):
+            a = export_menu.addAction(text)
+            a.triggered.connect(lambda _=False, f=fmt: self.export_dialog(f))
         file_menu.addSeparator()
         close_action = QAction("&Close slide", self, shortcut=QKeySequence.StandardKey.Close)
         close_action.triggered.connect(self.close_slide)
@@ -353,9 +383,6 @@ class MainWindow(QMainWindow):
 
     def _end_run(self) -> None:
         self.running = False
-        for slide in self._close_after_run:
-            slide.close()
-        self._close_after_run = []
         self.delineate_action.setEnabled(True)
         self.progress.hide()
         self.cancel_button.hide()
@@ -437,6 +464,161 @@ class MainWindow(QMainWindow):
             self.overlay = None
         self._annotations_changed()
 
+    # ------------------------------------------------------------------ saving and restoring
+
+    def _offset(self) -> tuple[float, float]:
+        return tuple(self.slide.bounds[:2]) if self.slide is not None and self.slide.bounds else (0, 0)
+
+    def _start_store(self, slide: Slide) -> None:
+        store = AnnotationStore(slide.path, data_dir(), self._mpp(), self._offset())
+        self.store = store
+        run_in_background(
+            store.load,
+            lambda state: self._restored(slide, store, state),
+            lambda e: self._restore_failed(slide, store, e),
+        )
+
+    def _restored(self, slide: Slide, store: AnnotationStore, state: SavedState) -> None:
+        if self.slide is not slide:
+            return
+        if state.annotations:
+            self.add_annotations(state.annotations)
+        if not state.region.is_empty:
+            current = self.editor.model.geometry
+            self.editor.model.reset(state.region.union(current) if not current.is_empty else state.region)
+        self.autosaver.attach(store, lambda: store.document(self.annotations, self.editor.model.geometry))
+        where = (
+            "beside the slide"
+            if store.beside_slide
+            else "in your data folder (the slide's folder is read-only)"
+        )
+        self.save_label.setText(f"Saved automatically {where}:\n{store.path}")
+        self.save_label.setToolTip(str(store.path))
+        if state.annotations or not state.region.is_empty:
+            msg = f"Restored {len(state.annotations)} annotation(s) from {store.existing()}"
+            self.statusBar().showMessage(msg, 8000)
+        for note in state.notes:
+            log.info("restore %s: %s", store.existing(), note)
+
+    def _restore_failed(self, slide: Slide, store: AnnotationStore, exc: BaseException) -> None:
+        if self.slide is not slide:
+            return
+        # Keep the unreadable file: save to a new name so nothing is overwritten.
+        broken = store.existing()
+        if broken is not None:
+            store.path = broken.with_name(
+                broken.name.replace(".annotations.geojson", ".recovered.annotations.geojson")
+            )
+        self.autosaver.attach(store, lambda: store.document(self.annotations, self.editor.model.geometry))
+        self.show_error(
+            "Saved annotations not restored",
+            f"{exc}\n\nThe file was left as it is; new work is saved to {store.path}.",
+        )
+
+    def _on_saved(self, path: str) -> None:
+        self.save_label.setText(f"Saved {time.strftime('%H:%M:%S')} to:\n{path}")
+
+    def _on_save_failed(self, message: str) -> None:
+        self.save_label.setText(f"<b>Not saved:</b> {message}")
+        self.statusBar().showMessage(message, 15_000)
+
+    def import_dialog(self) -> None:
+        if self.slide is None:
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            "Import annotations",
+            str(self.slide.path.parent),
+            "GeoJSON (*.geojson *.json);;All files (*)",
+        )
+        if path:
+            self.import_annotations(path)
+
+    def import_annotations(self, path: str) -> None:
+        """Read in the background; on any error the open annotations stay as they are."""
+        slide, offset = self.slide, self._offset()
+        run_in_background(
+            lambda: read_geojson(path, offset),
+            lambda result: self._imported(slide, path, *result),
+            lambda e: self._import_failed(path, e),
+        )
+
+    def _imported(self, slide: Slide, path: str, annotations: list[Annotation], notes: list[str]) -> None:
+        if self.slide is not slide:
+            return
+        w, h = slide.dimensions
+        outside = export.outside_slide(annotations, slide)
+        if outside:
+            notes.append(f"{len(outside)} annotation(s) reach outside the slide ({w} x {h} px); clipped")
+            annotations = export.clip(annotations, box(0, 0, w, h))
+        self.add_annotations(annotations)
+        msg = f"Imported {len(annotations)} annotation(s) from {Path(path).name}"
+        self.statusBar().showMessage(msg, 8000)
+        if notes:
+            self.show_info("Import notes", msg + ":\n\n" + "\n".join(notes[:20]))
+        self.annotationsImported.emit(len(annotations))
+
+    def _import_failed(self, path: str, exc: BaseException) -> None:
+        self.show_error("Import failed", f"{exc}\n\nThe open annotations are unchanged.")
+        self.annotationsImported.emit(-1)
+
+    def export_dialog(self, fmt: str) -> None:
+        if self.slide is None:
+            return
+        ext = {
+            "geojson": "GeoJSON (*.geojson)",
+            "asap-xml": "ASAP XML (*.xml)",
+            "png": "PNG (*.png)",
+            "tiff-mask": "TIFF (*.tif)",
+            "csv": "CSV (*.csv)",
+        }[fmt]
+        suffix = {
+            "geojson": ".geojson",
+            "asap-xml": ".xml",
+            "png": ".png",
+            "tiff-mask": "_mask.tif",
+            "csv": ".csv",
+        }[fmt]
+        default = str(self.slide.path.parent / (self.slide.path.stem + suffix))
+        path, _ = QFileDialog.getSaveFileName(self, "Export", default, ext)
+        if path:
+            self.export_to(fmt, path)
+
+    def export_to(self, fmt: str, path: str) -> None:
+        """Export on a background thread; a failure says so and leaves no partial file."""
+        slide, mpp, offset = self.slide, self._mpp(), self._offset()
+        anns = list(self.annotations)
+        r = self.view.visible_rect().intersected(QRectF(0, 0, *slide.dimensions))
+        view_rect = (r.x(), r.y(), r.width(), r.height())
+        view_mpp = (mpp / self.view.zoom) if mpp else 1 / self.view.zoom
+
+        def job():
+            if fmt == "geojson":
+                return export.export_geojson(path, anns, mpp, offset)
+            if fmt == "asap-xml":
+                return export.export_asap_xml(path, anns, offset)
+            if fmt == "csv":
+                return export.export_csv(path, anns, mpp)
+            if fmt == "png":  # the current view, at the resolution it is shown
+                return export.export_png(path, slide, anns, view_rect, view_mpp)
+            return export.export_tiff_mask(path, slide, anns)
+
+        run_in_background(job, lambda p: self._exported(fmt, p), lambda e: self._export_failed(path, e))
+
+    def _exported(self, fmt: str, path) -> None:
+        self.statusBar().showMessage(f"Exported {fmt} to {path}", 10_000)
+        self.exported.emit(str(path))
+
+    def _export_failed(self, path: str, exc: BaseException) -> None:
+        self.show_error("Export failed", str(exc))
+        self.exported.emit("")
+
+    def show_info(self, title: str, message: str) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, title, message, QMessageBox.StandardButton.Ok, self)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()
+        self.info_dialog = box
+
     def _about(self) -> None:
         QMessageBox.about(
             self,
@@ -476,6 +658,7 @@ class MainWindow(QMainWindow):
         self.editor.model.reset()
         self._brush_changed(self.editor.brush_um)
         self.worker.slideRequested.emit(opened.slide)
+        self._start_store(opened.slide)
         self.view.overview.setVisible(self.overview_action.isChecked())
         self.info_panel.show_slide(opened.slide.info(), opened.associated)
         self.setWindowTitle(f"{opened.slide.name} — Delineo")
@@ -507,17 +690,16 @@ class MainWindow(QMainWindow):
         self.setWindowTitle("Delineo")
 
     def _close_current(self) -> None:
+        self.autosaver.attach(None, None)  # writes what is pending for this slide first
+        self.store = None
+        self.save_label.setText("")
         self._clear_annotations()
         self.editor.model.reset()
         self.view.close_slide()
         if self.slide is not None:
             if self.running:
-                # The worker's readers may be inside OpenSlide right now; closing the handle
-                # under them aborts the process. Close it once the cancelled run has ended.
                 self.worker.cancel()
-                self._close_after_run.append(self.slide)
-            else:
-                self.slide.close()
+            self.slide.close()  # deferred by Slide itself until reads in flight finish
         self.slide = None
 
     # ------------------------------------------------------------------ recent files & drops
@@ -576,10 +758,8 @@ class MainWindow(QMainWindow):
             )
 
     def closeEvent(self, event) -> None:
+        self.autosaver.shutdown()
         self.worker.stop()  # cancels a run and waits for the worker thread to finish
         self.running = False
         self._close_current()
-        for slide in self._close_after_run:
-            slide.close()
-        self._close_after_run = []
         super().closeEvent(event)

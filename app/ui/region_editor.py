@@ -57,10 +57,10 @@ class RegionModel(QObject):
         if not self.geometry.is_empty:
             self.apply(Polygon(), "Clear region")
 
-    def reset(self) -> None:
-        """A new slide: no region, no history."""
+    def reset(self, geometry: BaseGeometry | None = None) -> None:
+        """A new slide (or one restored from disk): this region, no history."""
         self.undo_stack.clear()
-        self._set(Polygon())
+        self._set(geometry if geometry is not None else Polygon())
 
     @property
     def empty(self) -> bool:
