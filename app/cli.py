@@ -192,6 +192,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             result = bench_pipeline(slide, region, engine, progress=None if args.json else _stderr_progress)
         print(json.dumps(result, indent=2) if args.json else _format_dict(result))
         return 0
+    if args.what == "accuracy":
+        from app.inference.benchmark import bench_accuracy
+
+        data = args.data or "../shared/data/ebhi-seg"
+        result = bench_accuracy(
+            data, _engine_from_args(args), split=args.split, progress=None if args.json else _stderr_progress
+        )
+        print(json.dumps(result, indent=2) if args.json else _format_dict(result))
+        return 0
     if args.what == "slide":
         from app.ui.viewer_benchmark import bench_slide
 
@@ -453,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(x)
 
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
-    b.add_argument("what", choices=["model", "pipeline", "slide"])
+    b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide"])
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
     _add_region_args(b)
     b.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
@@ -465,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=20)
     b.add_argument("--threads", type=int, default=0, help="0: all cores")
     b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
+    b.add_argument("--data", default=None, help="bench accuracy: EBHI-Seg folder or manifest")
+    b.add_argument("--split", default="val", help="bench accuracy: which split's tiles")
     b.add_argument("--json", action="store_true")
     return p
 

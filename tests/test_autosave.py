@@ -98,9 +98,23 @@ def test_failed_import_leaves_the_open_annotations_unchanged(qtbot, window, samp
     window.error_dialog.accept()
     # A good file with a polygon partly off the slide is clipped, with a note.
     good = tmp_path / "qupath.geojson"
-    good.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": box(2000, 2800, 2600, 3200).__geo_interface__,
-         "properties": {"objectType": "annotation", "classification": {"name": "Tumor", "color": [200, 0, 0]}}}]}))
+    good.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": box(2000, 2800, 2600, 3200).__geo_interface__,
+                        "properties": {
+                            "objectType": "annotation",
+                            "classification": {"name": "Tumor", "color": [200, 0, 0]},
+                        },
+                    }
+                ],
+            }
+        )
+    )
     with qtbot.waitSignal(window.annotationsImported, timeout=5000):
         window.import_annotations(str(good))
     assert len(window.annotations) == 2
@@ -123,7 +137,10 @@ def test_sigkill_loses_nothing_older_than_the_last_change(tmp_path, sample_copy)
     settings = tmp_path / "kill.ini"
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "kill_target.py"), str(sample_copy), str(settings)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=HERE.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=HERE.parent,
     )
     changes = 0
     deadline = time.monotonic() + 60

@@ -25,8 +25,10 @@ MPP = 0.499
 
 @pytest.fixture
 def annotations() -> list[Annotation]:
-    with_hole = Polygon([(600, 900), (1500, 950), (1400, 1800), (700, 1700)],
-                        [[(900, 1200), (1100, 1200), (1100, 1400), (900, 1400)]])
+    with_hole = Polygon(
+        [(600, 900), (1500, 950), (1400, 1800), (700, 1700)],
+        [[(900, 1200), (1100, 1200), (1100, 1400), (900, 1400)]],
+    )
     two = MultiPolygon([box(200, 2200, 500, 2500), box(600, 2300, 800, 2600)])
     return [
         Annotation(with_hole, source="ebhi-tumour-resunet 1.0.0 openvino-int8"),
@@ -87,12 +89,24 @@ def test_roundtrip_export_import_export_is_identical(tmp_path, annotations):
 def test_imports_qupath_variants(tmp_path):
     """object_type / type instead of objectType, colorRGB packed ints, a bare feature list."""
     feats = [
-        {"type": "Feature", "geometry": box(0, 0, 100, 100).__geo_interface__,
-         "properties": {"object_type": "annotation", "classification": {"name": "Tumor", "colorRGB": -3670016}}},
-        {"type": "Feature", "geometry": box(200, 0, 300, 100).__geo_interface__,
-         "properties": {"type": "annotation", "classification": {"name": "Stroma", "color": [0, 150, 0]}}},
-        {"type": "Feature", "geometry": box(400, 0, 500, 100).__geo_interface__,
-         "properties": {"objectType": "detection"}},
+        {
+            "type": "Feature",
+            "geometry": box(0, 0, 100, 100).__geo_interface__,
+            "properties": {
+                "object_type": "annotation",
+                "classification": {"name": "Tumor", "colorRGB": -3670016},
+            },
+        },
+        {
+            "type": "Feature",
+            "geometry": box(200, 0, 300, 100).__geo_interface__,
+            "properties": {"type": "annotation", "classification": {"name": "Stroma", "color": [0, 150, 0]}},
+        },
+        {
+            "type": "Feature",
+            "geometry": box(400, 0, 500, 100).__geo_interface__,
+            "properties": {"objectType": "detection"},
+        },
     ]
     p = tmp_path / "qupath.geojson"
     p.write_text(json.dumps(feats))
@@ -105,8 +119,16 @@ def test_imports_qupath_variants(tmp_path):
 def test_self_intersecting_polygon_is_repaired_with_a_note(tmp_path):
     bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [100, 100], [100, 0], [0, 100], [0, 0]]]}
     p = tmp_path / "bowtie.geojson"
-    p.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": bowtie, "properties": {"objectType": "annotation"}}]}))
+    p.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "geometry": bowtie, "properties": {"objectType": "annotation"}}
+                ],
+            }
+        )
+    )
     anns, notes = read_geojson(p)
     assert len(anns) == 1 and anns[0].geometry.is_valid
     assert anns[0].geometry.area == pytest.approx(5000)
@@ -119,8 +141,11 @@ def test_self_intersecting_polygon_is_repaired_with_a_note(tmp_path):
         ('{"type": "FeatureCollection", "features": [', "not valid JSON"),
         ("", "not valid JSON"),
         ('{"type": "Point", "coordinates": [1, 2]}', "not GeoJSON"),
-        ('{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": '
-         '{"type": "Polygon", "coordinates": [[1, 2]]}, "properties": {}}]}', "malformed geometry"),
+        (
+            '{"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": '
+            '{"type": "Polygon", "coordinates": [[1, 2]]}, "properties": {}}]}',
+            "malformed geometry",
+        ),
     ],
     ids=["truncated", "empty", "not-a-collection", "bad-coordinates"],
 )
@@ -218,25 +243,59 @@ def test_unwritable_export_says_so_and_leaves_nothing(tmp_path, annotations):
     with Slide.open(SAMPLE_SVS) as s, pytest.raises(export.ExportError, match="nothing was written"):
         export.export_png(target, s, annotations, mpp=4.0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["missing", "taken.png"] or sorted(
-        p.name for p in tmp_path.iterdir()) == ["taken.png"]
+        p.name for p in tmp_path.iterdir()
+    ) == ["taken.png"]
 
 
 def test_cli_export_formats_from_saved_annotations(tmp_path, sample_copy, annotations):
     from app.core.annotation_store import beside_slide
 
     write_geojson(beside_slide(sample_copy), annotations, MPP)
-    for fmt, name in (("geojson", "o.geojson"), ("asap-xml", "o.xml"), ("csv", "o.csv"),
-                      ("png", "o.png"), ("tiff-mask", "o.tif")):
+    for fmt, name in (
+        ("geojson", "o.geojson"),
+        ("asap-xml", "o.xml"),
+        ("csv", "o.csv"),
+        ("png", "o.png"),
+        ("tiff-mask", "o.tif"),
+    ):
         r = subprocess.run(
-            [sys.executable, "-m", "app", "export", str(sample_copy), "--format", fmt,
-             "--out", str(tmp_path / name), "--mpp", "4"],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "export",
+                str(sample_copy),
+                "--format",
+                fmt,
+                "--out",
+                str(tmp_path / name),
+                "--mpp",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert r.returncode == 0, r.stderr
         assert (tmp_path / name).stat().st_size > 0
-    r = subprocess.run([sys.executable, "-m", "app", "export", str(SAMPLE_SVS), "--format", "csv",
-                        "--out", str(tmp_path / "x.csv"), "--annotations", str(tmp_path / "nope.geojson")],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "export",
+            str(SAMPLE_SVS),
+            "--format",
+            "csv",
+            "--out",
+            str(tmp_path / "x.csv"),
+            "--annotations",
+            str(tmp_path / "nope.geojson"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "nope.geojson" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -245,9 +304,23 @@ def test_cli_likelihood_map_is_named_for_asap(tmp_path, sample_copy, annotations
 
     write_geojson(beside_slide(sample_copy), annotations, MPP)
     r = subprocess.run(
-        [sys.executable, "-m", "app", "export", str(sample_copy), "--format", "tiff-mask",
-         "--out", str(sample_copy.parent / "mask.tif"), "--likelihood", "--region", "600,900,900,900"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "export",
+            str(sample_copy),
+            "--format",
+            "tiff-mask",
+            "--out",
+            str(sample_copy.parent / "mask.tif"),
+            "--likelihood",
+            "--region",
+            "600,900,900,900",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     lik = sample_copy.parent / "CMU-1-Small-Region_likelihood_map.tif"

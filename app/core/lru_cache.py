@@ -48,6 +48,11 @@ class ByteLRU:
                 _, (_, n) = self._items.popitem(last=False)
                 self._bytes -= n
 
+    def keys(self) -> list:
+        """A snapshot of the cached keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -111,7 +111,7 @@ def bench_slide(path: str | None, progress=None, pan_steps: int = 240) -> dict:
     loader = view.loader
     misses = list(loader.fetch_times_ms)
     # Cache hits: look up every cached tile.
-    keys = list(loader.cache._items)
+    keys = loader.cache.keys()
     t = time.perf_counter()
     for k in keys:
         loader.cache.get(k)

@@ -1,0 +1,69 @@
+"""The small pure pieces the viewer stands on."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.core.jpeg_markers import jpeg_colour_space
+from app.core.lru_cache import ByteLRU
+from app.core.scale import magnification, nice_length, scale_bar
+from app.core.tile_grid import TileGrid
+
+
+def test_lru_is_bounded_by_bytes_and_evicts_least_recent():
+    c = ByteLRU(100)
+    c.put("a", 1, 40)
+    c.put("b", 2, 40)
+    assert c.get("a") == 1  # "b" is now the least recently used
+    c.put("c", 3, 40)
+    assert "b" not in c and "a" in c and "c" in c
+    assert c.nbytes == 80
+    c.put("huge", 4, 1000)  # larger than the whole cache: not kept, nothing evicted
+    assert "huge" not in c and len(c) == 2
+    assert c.hits == 1 and c.misses == 0
+
+
+@pytest.mark.parametrize("target, expected", [(123, 100), (250, 200), (999, 500), (0.7, 0.5), (5, 5)])
+def test_nice_length(target, expected):
+    assert nice_length(target) == pytest.approx(expected)
+
+
+def test_scale_bar_length_matches_label():
+    px, label = scale_bar(0.25, zoom=0.1)  # 2.5 µm per screen pixel
+    assert label == "200 µm" and px == pytest.approx(80)
+    px, label = scale_bar(0.5, zoom=0.01)
+    assert label == "5 mm" and px == pytest.approx(100)
+    px, label = scale_bar(None, zoom=0.5)
+    assert label == "200 px" and px == pytest.approx(100)
+    assert magnification(40, 0.25, 0.25) == pytest.approx(10)
+    assert magnification(None, 0.5, 1.0) == pytest.approx(20)
+    assert magnification(None, None, 1.0) is None
+
+
+def test_tile_grid_covers_rectangles_nearest_first():
+    g = TileGrid(((20000, 10000), (10000, 5000), (5000, 2500)), tile=512)
+    assert g.grid_size(0) == (40, 20)
+    keys = g.tiles_in(1, 4000, 2000, 3000, 1000)  # level-0 rect; level 1 is 2x downsampled
+    cols = {k[1] for k in keys}
+    rows = {k[2] for k in keys}
+    assert cols == set(range(3, 7)) and rows == set(range(1, 3))
+    centre = (4000 + 1500) / 1024 - 0.5, (2000 + 500) / 1024 - 0.5
+    d = [(k[1] - centre[0]) ** 2 + (k[2] - centre[1]) ** 2 for k in keys]
+    assert d == sorted(d)
+    assert g.tile_rect((0, 39, 19)) == (39 * 512, 19 * 512, 20000 - 39 * 512, 10000 - 19 * 512)
+    assert g.tiles_in(0, 30000, 0, 100, 100) == []
+
+
+def test_jpeg_colour_space_from_markers():
+    rgb = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG")  # JFIF, YCbCr
+    assert jpeg_colour_space(b"DICM-header" + buf.getvalue()) == "ycbcr"
+    buf = io.BytesIO()
+    Image.fromarray(rgb[..., 0]).save(buf, "JPEG")
+    assert jpeg_colour_space(buf.getvalue()) is None  # grey: one component
+    assert jpeg_colour_space(b"no jpeg here") is None
