@@ -3,16 +3,7 @@
 from __future__ import annotations
 
 import os
-
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
 import tempfile
-
-# Tests never touch the real per-user folders (log, autosave fallback, OpenVINO cache, settings).
-_HOME = tempfile.mkdtemp(prefix="delineo-test-home-")
-for _var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
-    os.environ[_var] = os.path.join(_HOME, _var.lower())
-
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +11,13 @@ import pytest
 
 from app.core.dataset import load_image, read_manifest
 from app.core.pyramid_tiff import level_sizes, periodic_source, write_pyramidal_tiff
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# Tests never touch the real per-user folders (log, autosave fallback, OpenVINO cache, settings).
+_HOME = tempfile.mkdtemp(prefix="delineo-test-home-")
+for _var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+    os.environ[_var] = os.path.join(_HOME, _var.lower())
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"

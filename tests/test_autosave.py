@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
 from shapely.geometry import box, shape
 
 from app.core.annotation_store import SUFFIX, AnnotationStore, beside_slide

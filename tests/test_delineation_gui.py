@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-from conftest import SAMPLE_SVS
 from PySide6.QtCore import QElapsedTimer, QPoint, Qt, QTimer
 
 from app.inference.modelcard import DEFAULT_MODEL
