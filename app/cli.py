@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         lr=args.lr,
         base=args.base,
+        amp=not args.no_amp,
     )
     best = train(cfg, progress=lambda s: print(s, flush=True))
     print(f"best checkpoint: {best}")
@@ -412,14 +413,20 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the tumour UNet ([train] extra)")
     t.add_argument("--data", required=True, help="EBHI-Seg folder (with manifest.csv) or manifest")
     t.add_argument("--out", required=True, help="folder for checkpoints and the log")
-    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--base", type=int, default=16, help="channels at full resolution")
     t.add_argument("--samples-per-epoch", type=int, default=0, help="0: one pass over train")
-    t.add_argument("--max-minutes", type=float, default=0, help="stop after the epoch past this")
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        default=55,
+        help="stop after the epoch past this many minutes, keeping the best (0: no limit)",
+    )
+    t.add_argument("--no-amp", action="store_true", help="train in fp32 even where bf16/fp16 is fast")
 
     c = sub.add_parser("convert", help="export ONNX, OpenVINO FP16/INT8, ORT INT8 + model card")
     c.add_argument("checkpoint")

@@ -183,3 +183,21 @@ def test_delineate_without_a_region_says_what_to_do(qtbot, window, sample_copy):
     window.delineate()
     assert "Paint a region first" in window.statusBar().currentMessage()
     assert not window.running
+
+
+def test_clicking_an_annotation_selects_it_without_moving_the_view(qtbot, window, sample_copy):
+    from shapely.geometry import box
+
+    from app.core.annotations import Annotation
+
+    open_and_wait(qtbot, window, sample_copy)
+    window.add_annotations([Annotation(box(900, 1300, 1300, 1700)), Annotation(box(200, 200, 400, 400))])
+    before = window.view.visible_rect().center()
+    pos = window.view.mapFromScene(1100, 1500)
+    qtbot.mouseClick(window.view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    assert window.annotations_panel.selected_ids() == [window.annotations[0].id]
+    assert window.annotation_items[window.annotations[0].id].zValue() > 25  # highlighted
+    assert window.view.visible_rect().center() == before
+    # Delete from the list removes it from the view and the list.
+    qtbot.keyClick(window.annotations_panel, Qt.Key.Key_Delete)
+    assert len(window.annotations) == 1 and window.annotations_panel.table.rowCount() == 1

@@ -161,22 +161,14 @@ def delineate(
     threshold = card.raw.get("output", {}).get("threshold", 0.5) if threshold is None else threshold
     tissue = tissue if tissue is not None else tissue_mask(slide)
     blender = Blender(plan)
-    h = plan.overlap / 2
-    s = plan.level0_per_model
-    to_run: list[Tile] = []
-    skipped: list[Tile] = []
-    for t in plan.tiles:
-        x, y, w, _ = t.level0_rect(plan)
-        core = (x + h * s, y + h * s, w - 2 * h * s, w - 2 * h * s)
-        (to_run if tissue.fraction(*core) >= BACKGROUND_TISSUE_FRACTION else skipped).append(t)
+    to_run, skipped = split_background(plan, tissue)
     total = len(plan.tiles)
     done = failed = 0
     first_tile_s = None
     cancelled = False
 
     def core_rect(t: Tile) -> tuple[float, float, float, float]:
-        x, y, w, _ = t.level0_rect(plan)
-        return (x + h * s, y + h * s, w - 2 * h * s, w - 2 * h * s)
+        return tile_core_rect(plan, t)
 
     for t in skipped:
         done += 1

@@ -69,9 +69,12 @@ class AnnotationsPanel(QWidget):
             else "No annotations"
         )
 
-    def select_id(self, ann_id: str) -> None:
+    def select_id(self, ann_id: str, quiet: bool = False) -> None:
+        """Select a row; `quiet` does not emit `selected` (the caller handles it)."""
         if ann_id in self.ids:
+            self.table.blockSignals(quiet)
             self.table.selectRow(self.ids.index(ann_id))
+            self.table.blockSignals(False)
 
     def selected_ids(self) -> list[str]:
         return [self.ids[i.row()] for i in self.table.selectionModel().selectedRows()]

@@ -111,7 +111,7 @@ class MainWindow(QMainWindow):
         self.annotations_panel.deleteRequested.connect(self.delete_annotations)
         self.editor = self.view.editor
         self.editor.annotation_hit_test = self._annotation_at
-        self.editor.annotationClicked.connect(self.annotations_panel.select_id)
+        self.editor.annotationClicked.connect(self._annotation_clicked)
         self.overlay: TileOverlay | None = None
         self._run_slide: Slide | None = None
         self.running = False
@@ -441,13 +441,19 @@ class MainWindow(QMainWindow):
         self.annotations_panel.set_annotations(self.annotations, self._mpp())
         self.annotationsChanged.emit()
 
-    def select_annotation(self, ann_id: str) -> None:
+    def select_annotation(self, ann_id: str, centre: bool = True) -> None:
+        """Highlight an annotation; from the list, also bring it to the centre of the view."""
         for i, item in self.annotation_items.items():
             item.set_selected(i == ann_id)
         a = next((a for a in self.annotations if a.id == ann_id), None)
-        if a is not None:
+        if a is not None and centre:
             c = a.geometry.centroid
             self.view.centre_on(c.x, c.y)
+
+    def _annotation_clicked(self, ann_id: str) -> None:
+        """Clicked in the view: select it in the list too, without moving the view."""
+        self.annotations_panel.select_id(ann_id, quiet=True)
+        self.select_annotation(ann_id, centre=False)
 
     def _annotation_at(self, x: float, y: float) -> str | None:
         pt = Point(x, y)
