@@ -93,6 +93,8 @@ def test_delineate_tiles_arrive_one_by_one_and_annotations_appear(qtbot, window,
     qtbot.keyClick(window.view, Qt.Key.Key_R)
     stroke(qtbot, window, [(250, 150), (600, 500), (700, 650)])
     assert not window.editor.model.empty
+    # As a user sees it: the status bar names the engine once it is compiled and warm.
+    qtbot.waitUntil(lambda: window.engine_label.text() != "", timeout=60_000)
     # The GUI thread's heartbeat: any stall shows as a long gap between beats. It also samples
     # how many tiles the overlay shows, to see them arrive one by one.
     gaps, beat = [], QElapsedTimer()

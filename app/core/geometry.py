@@ -55,13 +55,16 @@ def mask_to_polygons(
     offset: tuple[float, float],
     simplify: float = 0.0,
     min_area: float = 0.0,
+    min_hole: float = 0.0,
 ) -> list[Polygon]:
     """Polygons with holes tracing a binary mask; mask pixel (x, y) covers level-0
     [x*scale + ox, (x+1)*scale + ox) and likewise in y.
 
     OpenCV traces pixel centres; a mitred half-pixel buffer moves each outline onto the pixel
     edges, so a traced block has the mask's area. `simplify` and `min_area` are in level-0
-    units (px, px²).
+    units (px, px²); parts smaller than `min_area` are dropped and holes smaller than
+    `min_hole` filled, judged on the traced contours before any polygon is built (cheap, and
+    specks never reach shapely).
     """
     m = np.ascontiguousarray(mask.astype(np.uint8))
     if not m.any():
@@ -75,15 +78,23 @@ def mask_to_polygons(
     def ring(c: np.ndarray) -> np.ndarray:
         return (c[:, 0, :].astype(np.float64) + 0.5) * scale + (ox, oy)
 
+    px_area = scale * scale
+    outer_floor = min_area / px_area  # in mask pixels
     polys = []
     for i, c in enumerate(contours):
         if hierarchy[i][3] != -1 or len(c) < 3:
             continue  # holes are collected with their parent
+        # A centre-line contour misses half a pixel along its edge (the rim): outer parts gain it
+        # back, holes lose it.
+        rim = 0.5 * cv2.arcLength(c, True)
+        if cv2.contourArea(c) + rim < outer_floor:
+            continue
         holes = []
         child = hierarchy[i][2]
         while child != -1:
-            if len(contours[child]) >= 3:
-                holes.append(ring(contours[child]))
+            h = contours[child]
+            if len(h) >= 3 and cv2.contourArea(h) - 0.5 * cv2.arcLength(h, True) >= min_hole / px_area:
+                holes.append(ring(h))
             child = hierarchy[child][0]
         poly = Polygon(ring(c), holes)
         if simplify > 0:  # before the buffer: far fewer vertices for it to offset
@@ -96,34 +107,6 @@ def mask_to_polygons(
             if isinstance(part, Polygon) and not part.is_empty and part.area >= min_area:
                 polys.append(part)
     return polys
-
-
-def remove_small(mask: np.ndarray, min_area_px: float, min_hole_px: float) -> np.ndarray:
-    """Drop connected parts smaller than `min_area_px` and fill holes smaller than `min_hole_px`
-    (areas in mask pixels). Done on the raster, so the tracer never sees the specks."""
-    m = mask.astype(np.uint8)
-    if min_area_px > 0:
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-        small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area_px)
-        small = small[small != 0]
-        if small.size:
-            m[np.isin(labels, small)] = 0
-    if min_hole_px > 0:
-        inv = (m == 0).astype(np.uint8)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(inv, connectivity=4)
-        h, w = m.shape
-        x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-        touches_edge = (
-            (x == 0)
-            | (y == 0)
-            | (x + stats[:, cv2.CC_STAT_WIDTH] == w)
-            | (y + stats[:, cv2.CC_STAT_HEIGHT] == h)
-        )
-        holes = np.flatnonzero((stats[:, cv2.CC_STAT_AREA] < min_hole_px) & ~touches_edge)
-        holes = holes[holes != 0] if inv[0, 0] == 0 else holes
-        if holes.size:
-            m[np.isin(labels, holes) & (inv == 1)] = 1
-    return m.astype(bool)
 
 
 def rasterize(

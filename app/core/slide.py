@@ -312,6 +312,8 @@ def _rgba_on_white(img: Image.Image, ycbcr: bool = False) -> np.ndarray:
     if img.mode != "RGBA":
         return np.asarray(img.convert("RGB"))
     a = np.asarray(img)
+    if not ycbcr and a[..., 3].min() == 255:  # fully opaque, the usual tissue tile: no compositing
+        return np.ascontiguousarray(a[..., :3])
     colour = a[..., :3]
     if ycbcr:  # stored Y, Cb, Cr; OpenCV's converter takes Y, Cr, Cb
         colour = cv2.cvtColor(np.ascontiguousarray(colour[..., [0, 2, 1]]), cv2.COLOR_YCrCb2RGB)

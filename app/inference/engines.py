@@ -99,7 +99,7 @@ class OpenVINOEngine:
         if inference_precision not in (None, "default") and self.device in ("CPU", "GPU"):
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         try:
-            model = core.read_model(str(path))
+            model = _with_preprocessing(ov, core.read_model(str(path)), card.normalization)
             self.compiled = core.compile_model(model, self.device, config)
         except RuntimeError as e:
             raise EngineError(f"OpenVINO could not compile {path.name} for {self.device}: {e}") from None
@@ -109,9 +109,23 @@ class OpenVINOEngine:
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch, h, w = _pad_to_multiple(_check_batch(batch), self.card.multiple)
-        x = to_model_input(batch, self.card.normalization)
-        out = self.request.infer({0: x}, share_inputs=True)[self.output]
-        return np.asarray(out[:, 0, :h, :w], dtype=np.float32)
+        out = self.request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)[self.output]
+        return np.array(out[:, 0, :h, :w], dtype=np.float32)
+
+
+def _with_preprocessing(ov, model, norm: dict):
+    """Take uint8 RGB NHWC and normalize inside the graph, where OpenVINO fuses it with the first
+    convolution: no float copy or transpose in NumPy on the hot path."""
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    scale = norm["scale"]
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean([m / scale for m in norm["mean"]]).scale(
+        [s / scale for s in norm["std"]]
+    )
+    return ppp.build()
 
 
 class ONNXRuntimeEngine:

@@ -23,7 +23,7 @@ import shapely.prepared
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from app.core.geometry import mask_to_polygons, polygonal, rasterize, remove_small
+from app.core.geometry import mask_to_polygons, polygonal, rasterize
 from app.core.slide import Slide, SlideError
 from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
@@ -139,8 +139,8 @@ def delineate(
     min_area_um2: float = 1000.0,
     min_hole_um2: float = 1000.0,
     slide_mpp: float | None = None,
-    readers: int = 2,
-    lookahead: int = 4,
+    readers: int = 1,
+    lookahead: int = 3,
 ) -> Iterator[TileEvent | Delineation]:
     """Delineate tumour in `region` (level-0 pixels). Yields TileEvents, then one Delineation."""
     t0 = time.perf_counter()
@@ -238,10 +238,13 @@ def vectorize(
     inside = rasterize(region, canvas.shape, s, offset)
     mask = (canvas >= threshold) & inside
     px_per_um = 1.0 / slide_mpp
-    model_px_um2 = (s / px_per_um) ** 2  # µm² of one model pixel
-    mask = remove_small(mask, min_area_um2 / model_px_um2, min_hole_um2 / model_px_um2)
     polys = mask_to_polygons(
-        mask, s, offset, simplify=simplify_um * px_per_um, min_area=min_area_um2 * px_per_um**2
+        mask,
+        s,
+        offset,
+        simplify=simplify_um * px_per_um,
+        min_area=min_area_um2 * px_per_um**2,
+        min_hole=min_hole_um2 * px_per_um**2,
     )
     prepared_region = shapely.prepared.prep(region)
     out = []
