@@ -84,3 +84,42 @@ def corrupt_pyramid(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
     data[offset : offset + count] = b"\x5a" * count
     path.write_bytes(bytes(data))
     return path, (512, 1024)
+
+
+# ----------------------------------------------------------------------------- shared GUI helpers
+
+
+@pytest.fixture
+def window(qtbot, qsettings):
+    """The real main window, offscreen, with the shipped model at INT8 (no auto benchmark)."""
+    from app.inference.modelcard import DEFAULT_MODEL
+    from app.ui.main_window import MainWindow
+
+    qsettings.setValue("inference/model", os.environ.get("DELINEO_TEST_MODEL", DEFAULT_MODEL))
+    qsettings.setValue("inference/precision", "int8")
+    win = MainWindow(qsettings)
+    qtbot.addWidget(win)
+    win.resize(1200, 850)
+    win.show()
+    qtbot.waitExposed(win)
+    yield win
+    win.close()
+
+
+def open_and_wait(qtbot, win, path) -> None:
+    """Open a slide and wait until it is on screen and its saved annotations are restored."""
+    with qtbot.waitSignal(win.slideOpened, timeout=15_000):
+        win.open_slide(path)
+    qtbot.waitUntil(win.view.visible_tiles_loaded, timeout=15_000)
+    qtbot.waitUntil(lambda: win.autosaver.store is not None, timeout=5_000)
+    qtbot.wait(50)  # let the queued repaints land
+
+
+def run_delineo(*args: str, timeout: int = 300, cwd=None):
+    """The `delineo` command in a child process (the same interpreter)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )

@@ -10,31 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from conftest import open_and_wait
 from shapely.geometry import box, shape
 
 from app.core.annotation_store import SUFFIX, AnnotationStore, beside_slide
 from app.core.annotations import Annotation
-from app.ui.main_window import MainWindow
 
 HERE = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def window(qtbot, qsettings):
-    win = MainWindow(qsettings)
-    qtbot.addWidget(win)
-    win.resize(1100, 800)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
-
-
-def open_and_wait(qtbot, win, path) -> None:
-    with qtbot.waitSignal(win.slideOpened, timeout=15_000):
-        win.open_slide(path)
-    qtbot.waitUntil(lambda: win.autosaver.store is not None, timeout=5_000)  # restored
 
 
 def saved_features(path: Path) -> list[dict]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import DICOM_DIR, SAMPLE_SVS, TCGA_SVS
+from conftest import DICOM_DIR, SAMPLE_SVS, TCGA_SVS, run_delineo
 
 INFO_KEYS = {
     "path",
@@ -23,8 +21,8 @@ INFO_KEYS = {
 }
 
 
-def delineo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=120)
+def delineo(*args: str):
+    return run_delineo(*args, timeout=120)
 
 
 def test_info_json_has_exactly_the_documented_keys():

@@ -3,35 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import pytest
+from conftest import open_and_wait
 from PySide6.QtCore import QElapsedTimer, QPoint, Qt, QTimer
-
-from app.inference.modelcard import DEFAULT_MODEL
-from app.ui.main_window import MainWindow
-
-MODEL = os.environ.get("DELINEO_TEST_MODEL", DEFAULT_MODEL)
-
-
-@pytest.fixture
-def window(qtbot, qsettings):
-    qsettings.setValue("inference/model", MODEL)
-    qsettings.setValue("inference/precision", "int8")
-    win = MainWindow(qsettings)
-    qtbot.addWidget(win)
-    win.resize(1200, 850)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
-
-
-def open_and_wait(qtbot, win, path) -> None:
-    with qtbot.waitSignal(win.slideOpened, timeout=15_000):
-        win.open_slide(path)
-    qtbot.waitUntil(win.view.visible_tiles_loaded, timeout=15_000)
 
 
 def stroke(qtbot, win, points: list[tuple[int, int]]) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 import uuid
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from conftest import SAMPLE_SVS
+from conftest import SAMPLE_SVS, run_delineo
 from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
@@ -258,42 +256,28 @@ def test_cli_export_formats_from_saved_annotations(tmp_path, sample_copy, annota
         ("png", "o.png"),
         ("tiff-mask", "o.tif"),
     ):
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app",
-                "export",
-                str(sample_copy),
-                "--format",
-                fmt,
-                "--out",
-                str(tmp_path / name),
-                "--mpp",
-                "4",
-            ],
-            capture_output=True,
-            text=True,
+        r = run_delineo(
+            "export",
+            str(sample_copy),
+            "--format",
+            fmt,
+            "--out",
+            str(tmp_path / name),
+            "--mpp",
+            "4",
             timeout=120,
         )
         assert r.returncode == 0, r.stderr
         assert (tmp_path / name).stat().st_size > 0
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "export",
-            str(SAMPLE_SVS),
-            "--format",
-            "csv",
-            "--out",
-            str(tmp_path / "x.csv"),
-            "--annotations",
-            str(tmp_path / "nope.geojson"),
-        ],
-        capture_output=True,
-        text=True,
+    r = run_delineo(
+        "export",
+        str(SAMPLE_SVS),
+        "--format",
+        "csv",
+        "--out",
+        str(tmp_path / "x.csv"),
+        "--annotations",
+        str(tmp_path / "nope.geojson"),
         timeout=60,
     )
     assert r.returncode == 2 and "nope.geojson" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -303,23 +287,16 @@ def test_cli_likelihood_map_is_named_for_asap(tmp_path, sample_copy, annotations
     from app.core.annotation_store import beside_slide
 
     write_geojson(beside_slide(sample_copy), annotations, MPP)
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "export",
-            str(sample_copy),
-            "--format",
-            "tiff-mask",
-            "--out",
-            str(sample_copy.parent / "mask.tif"),
-            "--likelihood",
-            "--region",
-            "600,900,900,900",
-        ],
-        capture_output=True,
-        text=True,
+    r = run_delineo(
+        "export",
+        str(sample_copy),
+        "--format",
+        "tiff-mask",
+        "--out",
+        str(sample_copy.parent / "mask.tif"),
+        "--likelihood",
+        "--region",
+        "600,900,900,900",
         timeout=300,
     )
     assert r.returncode == 0, r.stderr

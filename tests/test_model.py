@@ -4,12 +4,10 @@ matches its card. Uses the bundled EBHI-Seg tiles; torch comes from the [train] 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import EBHI, SAMPLE_SVS
+from conftest import EBHI, SAMPLE_SVS, run_delineo
 
 torch = pytest.importorskip("torch")
 
@@ -127,12 +125,7 @@ def test_shipped_card_is_complete_and_checksums_match(shipped):
 
 
 def test_evaluate_on_bundled_val_tiles_matches_the_card(shipped):
-    r = subprocess.run(
-        [sys.executable, "-m", "app", "evaluate", "--manifest", str(EBHI / "val.csv"), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = run_delineo("evaluate", "--manifest", str(EBHI / "val.csv"), "--json", timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     dice = out["dice"]
@@ -159,23 +152,16 @@ def test_openvino_and_onnxruntime_agree_on_a_real_tile(shipped):
 
 
 def test_bench_model_json_rows():
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "bench",
-            "model",
-            "--json",
-            "--tile",
-            "256",
-            "--repeats",
-            "2",
-            "--configs",
-            "onnxruntime-int8,openvino-int8,torch-fp32",
-        ],
-        capture_output=True,
-        text=True,
+    r = run_delineo(
+        "bench",
+        "model",
+        "--json",
+        "--tile",
+        "256",
+        "--repeats",
+        "2",
+        "--configs",
+        "onnxruntime-int8,openvino-int8,torch-fp32",
         timeout=300,
     )
     assert r.returncode == 0, r.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import shapely
-from conftest import LARGE_MPP, SAMPLE_SVS, TCGA_SVS
+from conftest import LARGE_MPP, SAMPLE_SVS, TCGA_SVS, run_delineo
 from shapely.geometry import Polygon, box, shape
 
 from app.core.geometry import mask_to_polygons, parse_rect, rasterize
@@ -195,22 +193,15 @@ def test_cancel_stops_between_tiles_and_keeps_what_is_done(large_pyramid):
 
 def test_cli_delineate_writes_qupath_geojson(tmp_path):
     out = tmp_path / "tumour.geojson"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "delineate",
-            str(SAMPLE_SVS),
-            "--region",
-            "600,900,1200,1400",
-            "--out",
-            str(out),
-            "--precision",
-            "int8",
-        ],
-        capture_output=True,
-        text=True,
+    r = run_delineo(
+        "delineate",
+        str(SAMPLE_SVS),
+        "--region",
+        "600,900,1200,1400",
+        "--out",
+        str(out),
+        "--precision",
+        "int8",
         timeout=300,
     )
     assert r.returncode == 0, r.stderr
@@ -241,13 +232,7 @@ def test_cli_delineate_writes_qupath_geojson(tmp_path):
     ],
 )
 def test_cli_delineate_bad_arguments_exit_2(tmp_path, args, message):
-    r = subprocess.run(
-        [sys.executable, "-m", "app", "delineate", str(SAMPLE_SVS), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    r = run_delineo("delineate", str(SAMPLE_SVS), *args, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

@@ -7,7 +7,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import SAMPLE_SVS, TCGA_SVS
+from conftest import SAMPLE_SVS, TCGA_SVS, open_and_wait
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 from PySide6.QtWidgets import QApplication
@@ -15,23 +15,6 @@ from PySide6.QtWidgets import QApplication
 from app.core.slide import Slide
 from app.ui.image_convert import qimage_to_array
 from app.ui.main_window import MainWindow
-
-
-@pytest.fixture
-def window(qtbot, qsettings):
-    win = MainWindow(qsettings)
-    qtbot.addWidget(win)
-    win.resize(1100, 800)
-    win.show()
-    qtbot.waitExposed(win)
-    yield win
-    win.close()
-
-
-def open_and_wait(qtbot, win: MainWindow, path) -> None:
-    with qtbot.waitSignal(win.slideOpened, timeout=15_000):
-        win.open_slide(path)
-    wait_tiles(qtbot, win)
 
 
 def wait_tiles(qtbot, win: MainWindow) -> None:

@@ -274,15 +274,12 @@ class EraserTool(BrushTool):
     erase = True
 
 
-class PolygonTool(Tool):
-    """P: click vertices; double-click, Enter or a click on the first vertex closes; Esc cancels."""
+class _OutlineTool(Tool):
+    """A tool that shows the shape being drawn as a dashed outline item until it is added."""
 
-    name, shortcut, tip = "Polygon", "P", "Draw a polygon: click vertices, double-click to close (P)"
-
-    def __init__(self, editor):
+    def __init__(self, editor, item):
         super().__init__(editor)
-        self.vertices: list[QPointF] = []
-        self.item = QGraphicsPathItem()
+        self.item = item
         self.item.setZValue(12)
         pen = QPen(REGION_COLOUR, 2, Qt.PenStyle.DashLine)
         pen.setCosmetic(True)
@@ -292,6 +289,16 @@ class PolygonTool(Tool):
         if self.item.scene() is None:
             self.view.scene().addItem(self.item)
         self.view.viewport().setCursor(Qt.CursorShape.CrossCursor)
+
+
+class PolygonTool(_OutlineTool):
+    """P: click vertices; double-click, Enter or a click on the first vertex closes; Esc cancels."""
+
+    name, shortcut, tip = "Polygon", "P", "Draw a polygon: click vertices, double-click to close (P)"
+
+    def __init__(self, editor):
+        super().__init__(editor, QGraphicsPathItem())
+        self.vertices: list[QPointF] = []
 
     def deactivate(self) -> None:
         self.vertices = []
@@ -352,22 +359,12 @@ class PolygonTool(Tool):
         return True
 
 
-class RectangleTool(Tool):
+class RectangleTool(_OutlineTool):
     name, shortcut, tip = "Rectangle", "R", "Draw a rectangle by dragging (R)"
 
     def __init__(self, editor):
-        super().__init__(editor)
+        super().__init__(editor, QGraphicsRectItem())
         self.start: QPointF | None = None
-        self.item = QGraphicsRectItem()
-        self.item.setZValue(12)
-        pen = QPen(REGION_COLOUR, 2, Qt.PenStyle.DashLine)
-        pen.setCosmetic(True)
-        self.item.setPen(pen)
-
-    def activate(self) -> None:
-        if self.item.scene() is None:
-            self.view.scene().addItem(self.item)
-        self.view.viewport().setCursor(Qt.CursorShape.CrossCursor)
 
     def deactivate(self) -> None:
         self.start = None
