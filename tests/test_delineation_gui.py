@@ -65,12 +65,16 @@ def test_eraser_polygon_rectangle_undo_redo(qtbot, window, sample_copy):
 
 
 def test_delineate_tiles_arrive_one_by_one_and_annotations_appear(qtbot, window, sample_copy):
+    ready: list[str] = []
+    window.worker.worker.slideReady.connect(ready.append)
     open_and_wait(qtbot, window, sample_copy)
     qtbot.keyClick(window.view, Qt.Key.Key_R)
     stroke(qtbot, window, [(250, 150), (600, 500), (700, 650)])
     assert not window.editor.model.empty
-    # As a user sees it: the status bar names the engine once it is compiled and warm.
+    # As a user sees it, a few seconds after opening: the status bar names the engine once it is
+    # compiled and warm, and the slide's tissue mask has been computed in the background.
     qtbot.waitUntil(lambda: window.engine_label.text() != "", timeout=60_000)
+    qtbot.waitUntil(lambda: str(sample_copy) in ready, timeout=30_000)
     # The GUI thread's heartbeat: any stall shows as a long gap between beats. It also samples
     # how many tiles the overlay shows, to see them arrive one by one.
     gaps, beat = [], QElapsedTimer()

@@ -52,6 +52,7 @@ class DelineationWorker(QObject):
     failed = Signal(str)
     status = Signal(str)
     engineReady = Signal(str)  # description, e.g. "openvino-int8 on CPU"
+    slideReady = Signal(str)  # path: the slide's tissue mask is computed
 
     def __init__(self):
         super().__init__()
@@ -95,8 +96,10 @@ class DelineationWorker(QObject):
         if key not in self._tissue:
             try:
                 self._tissue[key] = tissue_mask(slide)
-            except Exception:
+            except Exception:  # the pipeline computes it again if it is needed
                 log.warning("tissue mask of %s failed", key, exc_info=True)
+                return
+        self.slideReady.emit(key)
 
     # ------------------------------------------------------------------ the run
 
