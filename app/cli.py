@@ -15,6 +15,7 @@ from pathlib import Path
 from app import __version__
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+EXPORT_FORMATS = ("geojson", "asap-xml", "png", "tiff-mask", "csv")
 
 
 class UsageError(Exception):
@@ -107,17 +108,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(
             f"conversion needs the [train] extra ({e.name} is missing): pip install -e '.[train]'"
         ) from None
-    if args.target == "ascend":
-        convert.convert_for_ascend(args.checkpoint, args.out, progress=_stderr_progress)
-    else:
-        convert.convert(
-            args.checkpoint,
-            args.out,
-            data=args.data,
-            calibration_tiles=args.calibration_tiles,
-            name=args.name,
-            progress=_stderr_progress,
-        )
+    convert.convert(
+        args.checkpoint,
+        args.out,
+        data=args.data,
+        calibration_tiles=args.calibration_tiles,
+        name=args.name,
+        progress=_stderr_progress,
+    )
     return 0
 
 
@@ -438,7 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--calibration-tiles", type=int, default=300)
     c.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
-    c.add_argument("--target", choices=["desktop", "ascend"], default="desktop")
 
     e = sub.add_parser("evaluate", help="tumour Dice of the shipped model on a manifest")
     e.add_argument("--manifest", required=True)
@@ -456,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export annotations: QuPath GeoJSON, ASAP XML, PNG, TIFF mask, CSV")
     x.add_argument("slide")
-    x.add_argument("--format", required=True, choices=["geojson", "asap-xml", "png", "tiff-mask", "csv"])
+    x.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     x.add_argument("--out", required=True)
     x.add_argument("--annotations", help="GeoJSON to export (default: the slide's saved annotations)")
     x.add_argument("--region", help="X,Y,W,H in level-0 pixels: clip to / picture this region")

@@ -32,7 +32,6 @@ from app.core.scale import format_length_um, nice_length
 from app.core.slide import Slide
 from app.errors import DelineoError
 
-FORMATS = ("geojson", "asap-xml", "png", "tiff-mask", "csv")
 EXCLUSION_GROUP = "Exclusion"  # ASAP/CAMELYON convention for holes inside an annotation
 MAX_PNG_SIDE = 16_384
 

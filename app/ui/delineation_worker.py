@@ -17,7 +17,7 @@ from PySide6.QtCore import QObject, QRectF, QThread, Signal, Slot
 from shapely.geometry.base import BaseGeometry
 
 from app.core.slide import Slide
-from app.core.tissue import TissueMask, tissue_mask
+from app.core.tissue import TissueMask, tissue_mask, tissue_mask_from_rgb
 from app.errors import is_user_error
 from app.inference.engines import Engine, create_engine
 from app.inference.modelcard import ModelCard
@@ -90,12 +90,17 @@ class DelineationWorker(QObject):
         except Exception as e:  # noqa: BLE001 - reported to the user, the app goes on
             self._report(e, "could not prepare the model")
 
-    @Slot(object)
-    def prepare_slide(self, slide: Slide) -> None:
+    @Slot(object, object)
+    def prepare_slide(self, slide: Slide, thumbnail=None) -> None:
+        """Tissue mask from the thumbnail the window already read (or from the slide)."""
         key = str(slide.path)
         if key not in self._tissue:
             try:
-                self._tissue[key] = tissue_mask(slide)
+                self._tissue[key] = (
+                    tissue_mask(slide)
+                    if thumbnail is None
+                    else TissueMask(tissue_mask_from_rgb(thumbnail), thumbnail.shape[1] / slide.dimensions[0])
+                )
             except Exception:  # the pipeline computes it again if it is needed
                 log.warning("tissue mask of %s failed", key, exc_info=True)
                 return
@@ -146,7 +151,7 @@ class WorkerThread(QObject):
 
     runRequested = Signal(object, object, object)
     prepareRequested = Signal(object)
-    slideRequested = Signal(object)
+    slideRequested = Signal(object, object)  # slide, its thumbnail (RGB array)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)

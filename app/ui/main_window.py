@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QRectF, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QActionGroup, QDragEnterEvent, QDropEvent, QImage, QKeySequence
 from PySide6.QtWidgets import (
@@ -50,6 +51,7 @@ BASE_IMAGE_SIDE = 2048
 @dataclass
 class OpenedSlide:
     slide: Slide
+    thumbnail: np.ndarray  # shown under the tiles, and the tissue mask is made from it
     base: QImage
     associated: dict[str, QImage]
 
@@ -58,7 +60,8 @@ def open_slide_job(path: str) -> OpenedSlide:
     """Everything opening a slide reads from disk, done off the GUI thread."""
     slide = Slide.open(path)
     try:
-        base = array_to_qimage(slide.thumbnail(BASE_IMAGE_SIDE))
+        thumbnail = slide.thumbnail(BASE_IMAGE_SIDE)
+        base = array_to_qimage(thumbnail)
         associated = {}
         for name in slide.associated_image_names:
             try:
@@ -68,7 +71,7 @@ def open_slide_job(path: str) -> OpenedSlide:
     except BaseException:
         slide.close()
         raise
-    return OpenedSlide(slide, base, associated)
+    return OpenedSlide(slide, thumbnail, base, associated)
 
 
 class MainWindow(QMainWindow):
@@ -115,7 +118,6 @@ class MainWindow(QMainWindow):
         self.overlay: TileOverlay | None = None
         self._run_slide: Slide | None = None
         self.running = False
-        self._run_started = 0.0
 
         self.store: AnnotationStore | None = None
         self.autosaver = Autosaver(self)
@@ -359,7 +361,6 @@ class MainWindow(QMainWindow):
         self.progress.setValue(0)
         self.progress.show()
         self.cancel_button.show()
-        self._run_started = time.perf_counter()
         self.worker.worker.cancel_event.clear()
         self.worker.runRequested.emit(self.slide, self.editor.model.geometry, load_settings(self.settings))
 
@@ -663,7 +664,7 @@ class MainWindow(QMainWindow):
         self.view.set_slide(opened.slide, opened.base)
         self.editor.model.reset()
         self._brush_changed(self.editor.brush_um)
-        self.worker.slideRequested.emit(opened.slide)
+        self.worker.slideRequested.emit(opened.slide, opened.thumbnail)
         self._start_store(opened.slide)
         self.view.overview.setVisible(self.overview_action.isChecked())
         self.info_panel.show_slide(opened.slide.info(), opened.associated)

@@ -298,9 +298,6 @@ class SlideView(QGraphicsView):
         self._on_tile_ready(key)
         self.tileFailed.emit(f"Tile at level {key[0]} ({key[1]}, {key[2]}) could not be read: {message}")
 
-    def tiles_pending(self) -> bool:
-        return self.loader is not None and self.loader.busy
-
     def visible_tiles_loaded(self) -> bool:
         """True when every tile of the current level in view is cached (or has failed)."""
         if self.loader is None or self.grid is None:

@@ -52,10 +52,6 @@ class TileLoader(QObject):
             if self._pending:
                 self._cond.notify_all()
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._pending or self._inflight)
-
     def close(self) -> None:
         with self._cond:
             self._stop = True
