@@ -240,3 +240,26 @@ def test_cli_delineate_bad_arguments_exit_2(tmp_path, args, message):
 def test_large_pyramid_mpp_is_what_the_fixture_says(large_pyramid):
     with Slide.open(large_pyramid) as s:
         assert s.mpp[0] == pytest.approx(LARGE_MPP, rel=1e-3)
+
+
+def test_openvino_stream_matches_predict_in_order_and_can_be_abandoned():
+    """Several tiles in flight (AsyncInferQueue) give the same probabilities, in the order the
+    tiles went in; a read error keeps its place; closing mid-run (Cancel) leaves the engine usable."""
+    from app.inference.engines import create_engine, predict_stream
+
+    engine = create_engine("openvino", precision="int8")
+    with Slide.open(SAMPLE_SVS) as slide:
+        tiles = [slide.read_region(x, 400, 0, 512, 512) for x in (0, 300, 600, 900, 1200)]
+    items: list = [(i, t) for i, t in enumerate(tiles)]
+    items.insert(2, ("unreadable", OSError("tile 2 unreadable")))
+    out = list(predict_stream(engine, items))
+    assert [k for k, _ in out] == [0, 1, "unreadable", 2, 3, 4]
+    assert isinstance(out[2][1], OSError)
+    for (_, prob), rgb in zip([o for o in out if o[0] != "unreadable"], tiles, strict=True):
+        np.testing.assert_allclose(prob, engine.predict(rgb[None])[0], atol=1e-5)
+
+    stream = predict_stream(engine, ((i, t) for i, t in enumerate(tiles * 4)))
+    assert next(stream)[0] == 0
+    stream.close()  # abandons what is in flight
+    again = list(predict_stream(engine, enumerate(tiles[:2])))
+    assert [k for k, _ in again] == [0, 1]

@@ -3,12 +3,18 @@
 `predict(batch)` takes uint8 RGB tiles (N, H, W, 3) and returns tumour probability (N, H, W)
 float32. Engines normalize with the model card, pad to the model's size multiple and crop back,
 so callers never think about layout or normalization.
+
+`predict_stream(engine, items)` runs a sequence of tiles with several in flight where the engine
+can (OpenVINO's AsyncInferQueue, concurrent requests to a server), yielding results in order:
+the caller's own work on one tile (reading the next, blending, drawing) overlaps the model's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +38,23 @@ class Engine(Protocol):
     card: ModelCard
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+StreamItem = tuple[Hashable, "np.ndarray | BaseException"]
+
+
+def predict_stream(engine: Engine, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
+    """(key, uint8 tile (H, W, 3)) in, (key, probability (H, W)) out, in the same order.
+
+    An item whose payload is an exception (a tile that could not be read) passes through in
+    its place. Engines with a `stream` method keep several tiles in flight; closing the
+    returned generator abandons what is in flight (Cancel)."""
+    stream = getattr(engine, "stream", None)
+    if stream is not None:
+        yield from stream(items)
+        return
+    for key, rgb in items:
+        yield key, rgb if isinstance(rgb, BaseException) else engine.predict(rgb[None])[0]
 
 
 def _pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
@@ -63,6 +86,7 @@ class OpenVINOEngine:
         threads: int = 0,
         inference_precision: str | None = None,
         cache_dir: str | Path | None = None,
+        streams: bool = True,
     ):
         try:
             import openvino as ov
@@ -101,16 +125,67 @@ class OpenVINOEngine:
         try:
             model = _with_preprocessing(ov, core.read_model(str(path)), card.normalization)
             self.compiled = core.compile_model(model, self.device, config)
+            # A second compilation for runs of many tiles: THROUGHPUT gives each core its own
+            # stream, which keeps them busy while the caller reads and blends (see `stream`).
+            self.streaming = (
+                core.compile_model(model, self.device, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+                if streams
+                else None
+            )
         except RuntimeError as e:
             raise EngineError(f"OpenVINO could not compile {path.name} for {self.device}: {e}") from None
         self.output = self.compiled.output(0)
         self.request = self.compiled.create_infer_request()
         self.execution_devices = list(self.compiled.get_property("EXECUTION_DEVICES"))
+        self._queue = None
+        if self.streaming is not None:
+            jobs = int(self.streaming.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._queue = ov.AsyncInferQueue(self.streaming, max(2, jobs))
+            self._queue.set_callback(self._on_done)
+            self._done: dict[int, np.ndarray] = {}
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch, h, w = _pad_to_multiple(_check_batch(batch), self.card.multiple)
         out = self.request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)[self.output]
         return np.array(out[:, 0, :h, :w], dtype=np.float32)
+
+    def _on_done(self, request, userdata: tuple[int, int, int]) -> None:
+        seq, h, w = userdata  # runs on an OpenVINO thread: copy out and return
+        self._done[seq] = np.array(request.get_output_tensor(0).data[0, 0, :h, :w], dtype=np.float32)
+
+    def stream(self, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
+        """Tiles through the AsyncInferQueue: `start_async` returns at once while a request is
+        free, so the next tile is read while the model runs on the others."""
+        if self._queue is None:
+            for key, rgb in items:
+                yield key, rgb if isinstance(rgb, BaseException) else self.predict(rgb[None])[0]
+            return
+        queue, done = self._queue, self._done
+        pending: deque[tuple[int, Hashable, BaseException | None]] = deque()
+        first = True
+        try:
+            for seq, (key, rgb) in enumerate(items):
+                if first and not isinstance(rgb, BaseException):
+                    # The first tile on all cores (LATENCY): on screen as soon as possible.
+                    first = False
+                    yield key, self.predict(rgb[None])[0]
+                    continue
+                if isinstance(rgb, BaseException):
+                    pending.append((seq, key, rgb))
+                else:
+                    batch, h, w = _pad_to_multiple(_check_batch(rgb), self.card.multiple)
+                    queue.start_async({0: batch}, (seq, h, w))  # waits while every request is busy
+                    pending.append((seq, key, None))
+                while pending and (pending[0][2] is not None or pending[0][0] in done):
+                    s, k, err = pending.popleft()
+                    yield k, err if err is not None else done.pop(s)
+            queue.wait_all()
+            while pending:
+                s, k, err = pending.popleft()
+                yield k, err if err is not None else done.pop(s)
+        finally:
+            queue.wait_all()  # abandoned (cancelled) requests finish; their results are dropped
+            done.clear()
 
 
 def _with_preprocessing(ov, model, norm: dict):

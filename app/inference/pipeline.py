@@ -1,9 +1,10 @@
 """`delineate(...)`: the one pipeline the GUI worker, the CLI and the benchmarks iterate.
 
 It yields a `TileEvent` as each tile finishes (so an outline can grow on screen while you
-watch) and finally a `Delineation` with the tumour polygons. Slide reading runs on reader
-threads ahead of inference (OpenSlide and the runtimes release the GIL), so the cores stay busy
-with the model; cancelling is checked between tiles and keeps what is done.
+watch) and finally a `Delineation` with the tumour polygons. Slide reading runs on a reader
+thread ahead of inference and the engine keeps several tiles in flight (`predict_stream`;
+OpenSlide and the runtimes release the GIL), so the cores stay busy with the model while tiles
+are read and blended; cancelling is checked between tiles and keeps what is done.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from app.core.geometry import mask_to_polygons, polygonal, rasterize
 from app.core.slide import Slide, SlideError
 from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
-from app.inference.engines import Engine
+from app.inference.engines import Engine, predict_stream
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,6 @@ def delineate(
     total = len(plan.tiles)
     done = failed = 0
     first_tile_s = None
-    cancelled = False
 
     def core_rect(t: Tile) -> tuple[float, float, float, float]:
         return tile_core_rect(plan, t)
@@ -174,30 +174,36 @@ def delineate(
         done += 1
         yield TileEvent(t, done, total, core_rect(t), None, skipped=True, elapsed_s=time.perf_counter() - t0)
     reader = TileReader(slide, plan, readers, lookahead)
-    try:
+
+    def tiles_read() -> Iterator[tuple[Tile, np.ndarray | BaseException]]:
         for t, fut in reader.iterate(to_run):
             if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
+                return
             try:
-                rgb = fut.result()
+                yield t, fut.result()
             except SlideError as e:
-                failed += 1
-                done += 1
-                log.warning("tile %s unreadable: %s", t, e)
-                yield TileEvent(
-                    t, done, total, core_rect(t), None, error=str(e), elapsed_s=time.perf_counter() - t0
-                )
-                continue
-            prob = engine.predict(rgb[None])[0]
-            blender.add(t, prob)
+                yield t, e
+
+    results = predict_stream(engine, tiles_read())
+    try:
+        for t, prob in results:
+            if cancel is not None and cancel.is_set():
+                break
             done += 1
             elapsed = time.perf_counter() - t0
+            if isinstance(prob, BaseException):
+                failed += 1
+                log.warning("tile %s unreadable: %s", t, prob)
+                yield TileEvent(t, done, total, core_rect(t), None, error=str(prob), elapsed_s=elapsed)
+                continue
+            blender.add(t, prob)
             if first_tile_s is None:
                 first_tile_s = elapsed
             yield TileEvent(t, done, total, core_rect(t), prob, elapsed_s=elapsed)
     finally:
+        results.close()  # abandons tiles still in the engine
         reader.close()
+    cancelled = cancel is not None and cancel.is_set() and done < total
     if failed:
         notes.append(f"{failed} tile(s) could not be read and were left out")
     probability = blender.probability()
