@@ -278,11 +278,34 @@ def cmd_delineate(args: argparse.Namespace) -> int:
         annotations = [Annotation(p, source=result.source) for p in result.polygons]
         offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
         write_geojson(out, annotations, mpp, offset)
+    if result.engine_error:
+        print(
+            f"delineo: error: {result.engine_error}. {result.tiles_done} of {result.tiles_total} tiles were "
+            f"finished and their outline is in {out}; {len(result.pending)} tile(s) were not run. Run again "
+            "with --engine openvino to delineate the whole region on this computer.",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"{result.tiles_done} tiles done, {result.tiles_skipped} skipped as background, "
         f"{result.tiles_failed} unreadable; {len(annotations)} tumour polygon(s) -> {out}; "
         f"{result.seconds:.1f} s, {result.mpix_per_s:.2f} MPix/s at model resolution",
         file=sys.stderr,
+    )
+    return 0
+
+
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.serve.server import read_token, serve
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: give a port between 1 and 65535")
+    if args.max_batch < 1 or args.max_wait_ms < 0:
+        raise UsageError("--max-batch must be at least 1 and --max-wait-ms not negative")
+    token = read_token(args.token, args.token_file)
+    serve(
+        args.model, args.host, args.port, token, args.provider, args.max_batch, args.max_wait_ms, args.threads
     )
     return 0
 
@@ -358,8 +381,18 @@ def _export_likelihood(args: argparse.Namespace, slide, region, annotations) -> 
 
 
 def _engine_from_args(args: argparse.Namespace):
+    import os
+
     from app.inference.engines import create_engine
 
+    url = getattr(args, "url", None)
+    if args.engine == "remote" and not url:
+        raise UsageError("--engine remote needs --url (the endpoint, e.g. http://npu-host:8080)")
+    if url and args.engine != "remote":
+        raise UsageError(f"--url is for --engine remote, not {args.engine}")
+    if args.engine == "remote":
+        token = getattr(args, "token", None) or os.environ.get("DELINEO_TOKEN")
+        return create_engine("remote", args.model, url=url, token=token)
     return create_engine(
         args.engine,
         args.model,
@@ -385,7 +418,9 @@ def _add_region_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
+    p.add_argument("--engine", choices=["openvino", "onnxruntime", "remote"], default="openvino")
+    p.add_argument("--url", default=None, help="remote engine: the endpoint, e.g. http://npu-host:8080")
+    p.add_argument("--token", default=None, help="remote engine: bearer token (or $DELINEO_TOKEN)")
     p.add_argument("--device", choices=["AUTO", "CPU", "GPU", "auto", "cpu", "gpu"], default="CPU")
     p.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8")
     p.add_argument("--model", default=None, help="shipped model name or folder with card.json")
@@ -464,6 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with tiff-mask: also write <slide>_likelihood_map.tif (runs the model)",
     )
     _add_engine_args(x)
+
+    v = sub.add_parser("serve", help="serve the model over the Open Inference Protocol ([serve] extra)")
+    v.add_argument("--model", default=None, help="shipped model name or folder with card.json")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all)")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
+    v.add_argument("--token-file", default=None, help="read the token from this file")
+    v.add_argument("--provider", default="auto", choices=["auto", "cann", "cuda", "openvino", "cpu"])
+    v.add_argument("--max-batch", type=int, default=16, help="tiles merged into one model run")
+    v.add_argument("--max-wait-ms", type=float, default=20.0, help="longest a request waits for others")
+    v.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0: all cores)")
 
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
     b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide"])

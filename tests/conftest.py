@@ -123,3 +123,69 @@ def run_delineo(*args: str, timeout: int = 300, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
+
+
+class RunningServer:
+    """`delineo serve` in a child process on a free loopback port."""
+
+    def __init__(self, *args: str, token: str | None = None):
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = token
+        cmd = [sys.executable, "-m", "app", "serve", "--port", str(self.port), *args]
+        if token:
+            cmd += ["--token", token]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready in {timeout}s: {self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except Exception:  # noqa: BLE001 - a server that ignores SIGTERM is killed
+                self.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The shipped model served with a token, batching up to 8 tiles within 50 ms."""
+    s = RunningServer("--max-batch", "8", "--max-wait-ms", "50", "--threads", "1", token="test-token-123")
+    yield s
+    s.stop()

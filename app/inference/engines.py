@@ -25,7 +25,7 @@ from app.inference.modelcard import ModelCard, to_model_input
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("openvino", "onnxruntime")
+ENGINES = ("openvino", "onnxruntime", "remote")
 DEVICES = ("AUTO", "CPU", "GPU")
 
 
@@ -57,7 +57,7 @@ def predict_stream(engine: Engine, items: Iterable[StreamItem]) -> Iterator[Stre
         yield key, rgb if isinstance(rgb, BaseException) else engine.predict(rgb[None])[0]
 
 
-def _pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
+def pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int, int]:
     _, h, w, _ = batch.shape
     ph, pw = -h % multiple, -w % multiple
     if ph or pw:
@@ -65,7 +65,7 @@ def _pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int,
     return batch, h, w
 
 
-def _check_batch(batch: np.ndarray) -> np.ndarray:
+def check_batch(batch: np.ndarray) -> np.ndarray:
     if batch.ndim == 3:
         batch = batch[None]
     if batch.ndim != 4 or batch.shape[3] != 3 or batch.dtype != np.uint8:
@@ -145,7 +145,7 @@ class OpenVINOEngine:
             self._done: dict[int, np.ndarray] = {}
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch, h, w = _pad_to_multiple(_check_batch(batch), self.card.multiple)
+        batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)
         out = self.request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)[self.output]
         return np.array(out[:, 0, :h, :w], dtype=np.float32)
 
@@ -173,7 +173,7 @@ class OpenVINOEngine:
                 if isinstance(rgb, BaseException):
                     pending.append((seq, key, rgb))
                 else:
-                    batch, h, w = _pad_to_multiple(_check_batch(rgb), self.card.multiple)
+                    batch, h, w = pad_to_multiple(check_batch(rgb), self.card.multiple)
                     queue.start_async({0: batch}, (seq, h, w))  # waits while every request is busy
                     pending.append((seq, key, None))
                 while pending and (pending[0][2] is not None or pending[0][0] in done):
@@ -236,7 +236,7 @@ class ONNXRuntimeEngine:
         self.input_name = self.session.get_inputs()[0].name
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        batch, h, w = _pad_to_multiple(_check_batch(batch), self.card.multiple)
+        batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)
         x = to_model_input(batch, self.card.normalization)
         out = self.session.run(None, {self.input_name: x})[0]
         return np.asarray(out[:, 0, :h, :w], dtype=np.float32)
@@ -248,11 +248,19 @@ def create_engine(
     precision: str = "int8",
     device: str = "CPU",
     threads: int = 0,
+    url: str | None = None,
+    token: str | None = None,
     **kwargs,
 ) -> Engine:
     """The engine named by settings or CLI flags, with a clear error for a bad combination."""
-    card = model if isinstance(model, ModelCard) else ModelCard.load(model)
     engine = engine.lower()
+    if engine == "remote":
+        from app.inference.remote import RemoteEngine
+
+        if not url:
+            raise EngineError("the remote engine needs an endpoint URL (Settings, or --url)")
+        return RemoteEngine(url, token, model, **kwargs)
+    card = model if isinstance(model, ModelCard) else ModelCard.load(model)
     if engine == "openvino":
         return OpenVINOEngine(card, precision, device, threads=threads, **kwargs)
     if engine == "onnxruntime":

@@ -28,7 +28,7 @@ from app.core.geometry import mask_to_polygons, polygonal, rasterize
 from app.core.slide import Slide, SlideError
 from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
-from app.inference.engines import Engine, predict_stream
+from app.inference.engines import Engine, EngineError, predict_stream
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,13 @@ class Delineation:
     cancelled: bool
     source: str = ""  # which model drew it, e.g. "ebhi-tumour-resunet 1.0.0 openvino-int8"
     notes: list[str] = field(default_factory=list)
+    engine_error: str | None = None  # the engine failed mid-run (a remote endpoint went away)
+    pending: list[Tile] = field(default_factory=list)  # tiles not run (cancelled or failed engine)
+    blender: Blender | None = field(default=None, repr=False)  # kept after an engine error, to resume
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending
 
     @property
     def tiles_total(self) -> int:
@@ -142,11 +149,22 @@ def delineate(
     slide_mpp: float | None = None,
     readers: int = 1,
     lookahead: int = 3,
+    resume: Delineation | None = None,
 ) -> Iterator[TileEvent | Delineation]:
-    """Delineate tumour in `region` (level-0 pixels). Yields TileEvents, then one Delineation."""
+    """Delineate tumour in `region` (level-0 pixels). Yields TileEvents, then one Delineation.
+
+    If the engine fails mid-run, the Delineation keeps the finished tiles and says why
+    (`engine_error`); `resume=` that result runs only its pending tiles, on this engine, into the
+    same map (finish locally what a remote endpoint left)."""
     t0 = time.perf_counter()
     card = engine.card
-    plan = plan_tiles(slide, region, card.mpp, card.tile, card.overlap, card.multiple, slide_mpp)
+    if resume is not None and (resume.blender is None or resume.plan.tile != card.tile):
+        raise ValueError("resume needs an unfinished Delineation made with a model of the same tile size")
+    plan = (
+        resume.plan
+        if resume is not None
+        else plan_tiles(slide, region, card.mpp, card.tile, card.overlap, card.multiple, slide_mpp)
+    )
     notes = []
     choice = plan.choice
     if choice.mpp_assumed:
@@ -161,11 +179,18 @@ def delineate(
         )
     threshold = card.raw.get("output", {}).get("threshold", 0.5) if threshold is None else threshold
     tissue = tissue if tissue is not None else tissue_mask(slide)
-    blender = Blender(plan)
-    to_run, skipped = split_background(plan, tissue)
     total = len(plan.tiles)
-    done = failed = 0
+    if resume is None:
+        blender = Blender(plan)
+        to_run, skipped = split_background(plan, tissue)
+        done = failed = 0
+    else:
+        blender, to_run, skipped = resume.blender, list(resume.pending), []
+        done, failed = total - len(to_run), resume.tiles_failed
+        notes.append(f"finished {len(to_run)} tile(s) with {engine.name} after {resume.source}")
     first_tile_s = None
+    engine_error = None
+    finished: set[Tile] = set()
 
     def core_rect(t: Tile) -> tuple[float, float, float, float]:
         return tile_core_rect(plan, t)
@@ -190,6 +215,7 @@ def delineate(
             if cancel is not None and cancel.is_set():
                 break
             done += 1
+            finished.add(t)
             elapsed = time.perf_counter() - t0
             if isinstance(prob, BaseException):
                 failed += 1
@@ -200,14 +226,17 @@ def delineate(
             if first_tile_s is None:
                 first_tile_s = elapsed
             yield TileEvent(t, done, total, core_rect(t), prob, elapsed_s=elapsed)
+    except EngineError as e:  # the finished tiles stay; the caller may finish on another engine
+        engine_error = str(e)
+        log.warning("engine %s failed after %d of %d tiles: %s", engine.name, done, total, e)
     finally:
         results.close()  # abandons tiles still in the engine
         reader.close()
-    cancelled = cancel is not None and cancel.is_set() and done < total
+    pending = [t for t in to_run if t not in finished]
+    cancelled = cancel is not None and cancel.is_set() and bool(pending)
     if failed:
         notes.append(f"{failed} tile(s) could not be read and were left out")
     probability = blender.probability()
-    del blender
     polygons = vectorize(
         probability, plan, region, threshold, choice.slide_mpp, simplify_um, min_area_um2, min_hole_um2
     )
@@ -215,14 +244,17 @@ def delineate(
         polygons=polygons,
         plan=plan,
         probability=probability,
-        tiles_done=done - len(skipped) - failed,
-        tiles_skipped=len(skipped),
+        tiles_done=done - failed - (resume.tiles_skipped if resume else len(skipped)),
+        tiles_skipped=resume.tiles_skipped if resume else len(skipped),
         tiles_failed=failed,
-        seconds=time.perf_counter() - t0,
-        first_tile_s=first_tile_s,
+        seconds=time.perf_counter() - t0 + (resume.seconds if resume else 0.0),
+        first_tile_s=first_tile_s if resume is None else resume.first_tile_s,
         cancelled=cancelled,
         source=f"{card.name} {card.version} {engine.name}",
-        notes=notes,
+        notes=[*(resume.notes if resume else []), *notes],
+        engine_error=engine_error,
+        pending=pending,
+        blender=blender if engine_error else None,
     )
 
 

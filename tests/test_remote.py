@@ -1,0 +1,265 @@
+"""The remote endpoint: `delineo serve` started on 127.0.0.1, the remote engine, and an
+independent client (tritonclient) checking the protocol."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import numpy as np
+import pytest
+import shapely
+from conftest import SAMPLE_SVS, RunningServer, run_delineo
+from shapely.geometry import box
+
+from app.core.geometry import rasterize
+from app.core.slide import Slide
+from app.inference.engines import create_engine
+from app.inference.pipeline import Delineation, TileEvent, delineate, run_to_end
+from app.inference.remote import RemoteEngine, RemoteError, encode_request
+
+MODEL = "ebhi-tumour-resunet"
+REGION = box(0, 0, 2220, 2967)  # the whole sample slide
+
+
+def tiles_from_sample(n: int) -> np.ndarray:
+    with Slide.open(SAMPLE_SVS) as slide:
+        return np.stack([slide.read_region(200 * i, 300, 0, 512, 512) for i in range(n)])
+
+
+def dice(a, b, shape) -> float:
+    ma = rasterize(shapely.union_all(a), shape, 4.0, (0.0, 0.0))
+    mb = rasterize(shapely.union_all(b), shape, 4.0, (0.0, 0.0))
+    return float(2 * (ma & mb).sum() / max(1, ma.sum() + mb.sum()))
+
+
+def test_remote_delineation_agrees_with_local_onnxruntime(server):
+    remote = RemoteEngine(server.url, server.token)
+    assert remote.card.name == MODEL and remote.nhwc  # the card came from the server's metadata
+    local = create_engine("onnxruntime", MODEL, "int8")
+    with Slide.open(SAMPLE_SVS) as slide:
+        r = run_to_end(delineate(slide, REGION, remote))
+        l_ = run_to_end(delineate(slide, REGION, local))
+    assert r.finished and r.engine_error is None and r.tiles_done == l_.tiles_done > 0
+    assert r.polygons
+    assert dice(r.polygons, l_.polygons, (750, 560)) >= 0.99
+    assert np.abs(r.probability.astype(np.float32) - l_.probability.astype(np.float32)).max() < 0.02
+
+
+def test_concurrent_requests_are_batched(server):
+    engine = RemoteEngine(server.url, server.token)
+    tiles = tiles_from_sample(8)
+    before = _stats(server)
+    out = [None] * len(tiles)
+
+    def one(i):
+        out[i] = engine.predict(tiles[i][None])[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(tiles))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = _stats(server)
+    assert after["inference_count"] - before["inference_count"] == 8
+    new = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    old = {b["batch_size"]: b["compute_infer"]["count"] for b in before["batch_stats"]}
+    merged = {size: count - old.get(size, 0) for size, count in new.items() if size > 1}
+    assert any(count > 0 for count in merged.values()), after  # batches of more than one tile ran
+    assert after["execution_count"] - before["execution_count"] < 8
+    # Batched answers are each request's own: the same as one tile at a time.
+    for i in (0, 5):
+        np.testing.assert_allclose(out[i], engine.predict(tiles[i][None])[0], atol=1e-5)
+
+
+def _stats(server) -> dict:
+    r = httpx.get(f"{server.url}/v2/models/{MODEL}/stats", headers=server.headers())
+    return r.json()["model_stats"][0]
+
+
+def test_token_is_required_except_for_health(server):
+    infer = f"{server.url}/v2/models/{MODEL}/infer"
+    body, head = encode_request("tiles", np.zeros((1, 32, 32, 3), np.uint8), "UINT8", "probability")
+    headers = {"Inference-Header-Content-Length": str(head)}
+    assert httpx.post(infer, content=body, headers=headers).status_code == 401
+    wrong = {**headers, "Authorization": "Bearer nope"}
+    r = httpx.post(infer, content=body, headers=wrong)
+    assert r.status_code == 401 and "token" in r.json()["error"]
+    assert httpx.get(f"{server.url}/v2/models").status_code == 401
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert httpx.post(infer, content=body, headers={**headers, **server.headers()}).status_code == 200
+    with pytest.raises(RemoteError, match="token"):
+        RemoteEngine(server.url, "nope")
+
+
+def _bad_requests(url: str) -> list[tuple[str, dict, bytes | str, int]]:
+    infer = f"{url}/v2/models/{MODEL}/infer"
+    j = {"Content-Type": "application/json"}
+
+    def js(inp):
+        return json.dumps({"inputs": [inp]})
+
+    good_head, good_len = encode_request("tiles", np.zeros((1, 16, 16, 3), np.uint8), "UINT8", "probability")
+    return [
+        ("malformed JSON", j, "{not json", 400),
+        ("not an object", j, "[]", 400),
+        ("inputs not a list", j, '{"inputs": 3}', 400),
+        (
+            "wrong datatype",
+            j,
+            js({"name": "tiles", "datatype": "FP32", "shape": [1, 16, 16, 3], "data": [0.5] * 768}),
+            400,
+        ),
+        (
+            "wrong shape",
+            j,
+            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 16, 16], "data": [1] * 256}),
+            400,
+        ),
+        (
+            "data short of shape",
+            j,
+            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 16, 16, 3], "data": [1, 2]}),
+            400,
+        ),
+        (
+            "oversized shape",
+            j,
+            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 100000, 100000, 3], "data": [1]}),
+            400,
+        ),
+        (
+            "too many tiles",
+            j,
+            js({"name": "tiles", "datatype": "UINT8", "shape": [10000, 16, 16, 3], "data": [1]}),
+            400,
+        ),
+        (
+            "wrong input name",
+            j,
+            js({"name": "image", "datatype": "UINT8", "shape": [1, 16, 16, 3], "data": [1] * 768}),
+            400,
+        ),
+        ("binary header past the body", {"Inference-Header-Content-Length": "999999"}, good_head, 400),
+        ("binary header not a number", {"Inference-Header-Content-Length": "abc"}, good_head, 400),
+        (
+            "binary data cut short",
+            {"Inference-Header-Content-Length": str(good_len)},
+            good_head[: good_len + 100],
+            400,
+        ),
+        (
+            "unknown model",
+            j,
+            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 16, 16, 3], "data": [1] * 768}),
+            404,
+        ),
+    ]
+
+
+def test_bad_requests_get_clear_errors_and_the_server_lives_on(server):
+    cases = _bad_requests(server.url)
+    for _ in range(3):  # a bounded run of bad requests, repeated
+        for what, headers, body, status in cases:
+            url = f"{server.url}/v2/models/{'nope' if what == 'unknown model' else MODEL}/infer"
+            r = httpx.post(url, content=body, headers={**headers, **server.headers()})
+            assert r.status_code == status, (what, r.status_code, r.text)
+            assert r.json()["error"], what
+    # A body announced as 1 TB is refused before it is read (raw socket: httpx would not send it).
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        auth = server.headers()["Authorization"]
+        sock.sendall(
+            f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+            f"Content-Length: {1 << 40}\r\n\r\n".encode()
+        )
+        answer = b""
+        while b"}" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+        answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 413") and "limit" in answer
+    assert server.proc.poll() is None
+    assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
+    engine = RemoteEngine(server.url, server.token)
+    assert engine.predict(tiles_from_sample(1)).shape == (1, 512, 512)
+
+
+def test_protocol_conformance_with_tritonclient(server):
+    """Triton's own HTTP client (binary tensors both ways) agrees with the server."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    headers = server.headers()  # tritonclient adds its own headers to the dict it is given: copy it
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL, headers=headers)
+    meta = client.get_model_metadata(MODEL, headers=headers)
+    assert meta["name"] == MODEL
+    assert meta["inputs"] == [{"name": "tiles", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    assert meta["outputs"][0]["name"] == "probability"
+    tiles = tiles_from_sample(2)
+    inp = triton.InferInput("tiles", list(tiles.shape), "UINT8")
+    inp.set_data_from_numpy(tiles, binary_data=True)
+    out = triton.InferRequestedOutput("probability", binary_data=True)
+    result = client.infer(MODEL, [inp], outputs=[out], headers=dict(headers))
+    prob = result.as_numpy("probability")
+    assert prob.shape == (2, 512, 512) and prob.dtype == np.float32
+    local = create_engine("onnxruntime", MODEL, "int8")
+    np.testing.assert_allclose(prob, local.predict(tiles), atol=1e-4)
+    # JSON tensors (no binary extension) give the same numbers.
+    small = tiles[:1, :32, :32]
+    inp = triton.InferInput("tiles", list(small.shape), "UINT8")
+    inp.set_data_from_numpy(small, binary_data=False)
+    out = triton.InferRequestedOutput("probability", binary_data=False)
+    json_prob = client.infer(MODEL, [inp], outputs=[out], headers=dict(headers)).as_numpy("probability")
+    np.testing.assert_allclose(json_prob, local.predict(small), atol=1e-4)
+    models = httpx.get(f"{server.url}/v2/models", headers=headers).json()
+    assert models["models"][0]["name"] == MODEL
+
+
+def test_killing_the_server_mid_run_keeps_finished_tiles_and_can_finish_locally(large_pyramid):
+    own = RunningServer("--threads", "1")
+    try:
+        engine = RemoteEngine(own.url, retries=1, in_flight=2)
+        events = []
+        with Slide.open(large_pyramid) as slide:
+            region = box(2000, 2000, 9000, 9000)
+            for ev in delineate(slide, region, engine):
+                events.append(ev)
+                ran = [e for e in events if isinstance(e, TileEvent) and e.prob is not None]
+                if len(ran) == 3 and own.proc.poll() is None:
+                    own.kill()
+            result = events[-1]
+            assert isinstance(result, Delineation)
+            assert result.engine_error and "stopped answering" in result.engine_error
+            assert result.tiles_done >= 3 and result.pending and not result.cancelled
+            done_before = result.tiles_done
+            local = create_engine("openvino", precision="int8")
+            finished = run_to_end(delineate(slide, region, local, resume=result))
+        assert finished.finished and finished.engine_error is None
+        assert finished.tiles_done == done_before + len(result.pending)
+        assert finished.tiles_done + finished.tiles_skipped == finished.tiles_total
+    finally:
+        own.stop()
+
+
+def test_cli_delineate_remote(server, tmp_path):
+    out = tmp_path / "remote.geojson"
+    r = run_delineo(
+        "delineate", str(SAMPLE_SVS), "--region", "0,0,2220,2967", "--out", str(out),
+        "--engine", "remote", "--url", server.url, "--token", server.token,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    features = json.loads(out.read_text())["features"]
+    assert features and all(f["properties"]["classification"]["name"] == "Tumor" for f in features)
+    r = run_delineo(
+        "delineate", str(SAMPLE_SVS), "--region", "0,0,10,10", "--out", str(out), "--engine", "remote"
+    )
+    assert r.returncode == 2 and "--url" in r.stderr
+    r = run_delineo(
+        "delineate", str(SAMPLE_SVS), "--region", "0,0,100,100", "--out", str(out),
+        "--engine", "remote", "--url", "http://127.0.0.1:9",
+    )  # fmt: skip
+    assert r.returncode == 2 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
