@@ -102,6 +102,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @command("convert")
 def cmd_convert(args: argparse.Namespace) -> int:
+    if args.target == "ascend":
+        try:
+            from app.model.ascend import convert_for_ascend
+        except ImportError as e:
+            raise UsageError(
+                f"conversion needs the [train] extra ({e.name} is missing): pip install -e '.[train]'"
+            ) from None
+        convert_for_ascend(
+            args.checkpoint, args.out, data=args.data, soc=args.soc_version, progress=_stderr_progress
+        )
+        return 0
     try:
         from app.model import convert
     except ImportError as e:
@@ -461,8 +472,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-amp", action="store_true", help="train in fp32 even where bf16/fp16 is fast")
 
-    c = sub.add_parser("convert", help="export ONNX, OpenVINO FP16/INT8, ORT INT8 + model card")
-    c.add_argument("checkpoint")
+    c = sub.add_parser(
+        "convert",
+        help="export ONNX, OpenVINO FP16/INT8, ORT INT8 + model card; or --target ascend: FP16 ONNX for ATC",
+    )
+    c.add_argument("checkpoint", help="a training checkpoint; with --target ascend, a model name or folder")
+    c.add_argument("--target", choices=["desktop", "ascend"], default="desktop")
+    c.add_argument("--soc-version", default="Ascend910B", help="--target ascend: the NPU for the ATC command")
     c.add_argument("--out", required=True)
     c.add_argument(
         "--data",

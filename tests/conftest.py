@@ -141,7 +141,7 @@ class RunningServer:
         cmd = [sys.executable, "-m", "app", "serve", "--port", str(self.port), *args]
         if token:
             cmd += ["--token", token]
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
 

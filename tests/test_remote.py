@@ -94,73 +94,33 @@ def test_token_is_required_except_for_health(server):
         RemoteEngine(server.url, "nope")
 
 
-def _bad_requests(url: str) -> list[tuple[str, dict, bytes | str, int]]:
-    infer = f"{url}/v2/models/{MODEL}/infer"
+def _bad_requests() -> list[tuple[str, dict, bytes | str, int]]:
     j = {"Content-Type": "application/json"}
 
-    def js(inp):
-        return json.dumps({"inputs": [inp]})
+    def js(name="tiles", datatype="UINT8", shape=(1, 16, 16, 3), data=(1,) * 768):
+        return json.dumps({"inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": data}]})
 
-    good_head, good_len = encode_request("tiles", np.zeros((1, 16, 16, 3), np.uint8), "UINT8", "probability")
+    head, n = encode_request("tiles", np.zeros((1, 16, 16, 3), np.uint8), "UINT8", "probability")
+    binary = "Inference-Header-Content-Length"
     return [
         ("malformed JSON", j, "{not json", 400),
         ("not an object", j, "[]", 400),
         ("inputs not a list", j, '{"inputs": 3}', 400),
-        (
-            "wrong datatype",
-            j,
-            js({"name": "tiles", "datatype": "FP32", "shape": [1, 16, 16, 3], "data": [0.5] * 768}),
-            400,
-        ),
-        (
-            "wrong shape",
-            j,
-            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 16, 16], "data": [1] * 256}),
-            400,
-        ),
-        (
-            "data short of shape",
-            j,
-            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 16, 16, 3], "data": [1, 2]}),
-            400,
-        ),
-        (
-            "oversized shape",
-            j,
-            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 100000, 100000, 3], "data": [1]}),
-            400,
-        ),
-        (
-            "too many tiles",
-            j,
-            js({"name": "tiles", "datatype": "UINT8", "shape": [10000, 16, 16, 3], "data": [1]}),
-            400,
-        ),
-        (
-            "wrong input name",
-            j,
-            js({"name": "image", "datatype": "UINT8", "shape": [1, 16, 16, 3], "data": [1] * 768}),
-            400,
-        ),
-        ("binary header past the body", {"Inference-Header-Content-Length": "999999"}, good_head, 400),
-        ("binary header not a number", {"Inference-Header-Content-Length": "abc"}, good_head, 400),
-        (
-            "binary data cut short",
-            {"Inference-Header-Content-Length": str(good_len)},
-            good_head[: good_len + 100],
-            400,
-        ),
-        (
-            "unknown model",
-            j,
-            js({"name": "tiles", "datatype": "UINT8", "shape": [1, 16, 16, 3], "data": [1] * 768}),
-            404,
-        ),
+        ("wrong datatype", j, js(datatype="FP32", data=[0.5] * 768), 400),
+        ("wrong shape", j, js(shape=[1, 16, 16], data=[1] * 256), 400),
+        ("data short of shape", j, js(data=[1, 2]), 400),
+        ("oversized shape", j, js(shape=[1, 100000, 100000, 3], data=[1]), 400),
+        ("too many tiles", j, js(shape=[10000, 16, 16, 3], data=[1]), 400),
+        ("wrong input name", j, js(name="image"), 400),
+        ("binary header past the body", {binary: "999999"}, head, 400),
+        ("binary header not a number", {binary: "abc"}, head, 400),
+        ("binary data cut short", {binary: str(n)}, head[: n + 100], 400),
+        ("unknown model", j, js(), 404),
     ]
 
 
 def test_bad_requests_get_clear_errors_and_the_server_lives_on(server):
-    cases = _bad_requests(server.url)
+    cases = _bad_requests()
     for _ in range(3):  # a bounded run of bad requests, repeated
         for what, headers, body, status in cases:
             url = f"{server.url}/v2/models/{'nope' if what == 'unknown model' else MODEL}/infer"

@@ -203,21 +203,27 @@ def _with_preprocessing(ov, model, norm: dict):
     return ppp.build()
 
 
+ONNX_FILES = {"fp32": "onnx-fp32", "int8": "onnx-int8", "fp16": "onnx-fp16"}  # precision -> card key
+
+
 class ONNXRuntimeEngine:
-    """ONNX Runtime on the CPU: `fp32` (the ONNX file) or `int8` (QDQ, unsigned activations)."""
+    """ONNX Runtime: `fp32` (the ONNX file), `int8` (QDQ, unsigned activations) or `fp16` (the
+    FP16 ONNX that `delineo convert --target ascend` writes), on the CPU unless `providers` say."""
 
     def __init__(
-        self, card: ModelCard, precision: str = "int8", threads: int = 0, providers: list[str] | None = None
+        self, card: ModelCard, precision: str = "int8", threads: int = 0, providers: list | None = None
     ):
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise EngineError(f"ONNX Runtime is not installed ({e}); pip install onnxruntime") from None
-        key = {"fp32": "onnx-fp32", "int8": "onnx-int8"}.get(precision)
+        key = ONNX_FILES.get(precision)
         if key is None:
+            raise EngineError(f"precision '{precision}' is not one of fp32, fp16, int8")
+        if key not in card.files and precision == "fp16":
             raise EngineError(
-                f"ONNX Runtime runs fp32 or int8 here, not '{precision}' (FP16 on a CPU is slower than "
-                "FP32 in ONNX Runtime); choose OpenVINO for fp16"
+                "ONNX Runtime runs fp16 only with an FP16 ONNX model (delineo convert --target ascend "
+                "writes one); on a CPU it is slower than FP32 anyway: choose OpenVINO for fp16"
             )
         self.card = card
         self.precision = precision
@@ -226,18 +232,20 @@ class ONNXRuntimeEngine:
         opts.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = card.file(key)
+        self.path = card.file(key)
         try:
             self.session = ort.InferenceSession(
-                str(path), opts, providers=providers or ["CPUExecutionProvider"]
+                str(self.path), opts, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-            raise EngineError(f"ONNX Runtime could not load {path}: {e}") from None
-        self.input_name = self.session.get_inputs()[0].name
+            raise EngineError(f"ONNX Runtime could not load {self.path}: {e}") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)
-        x = to_model_input(batch, self.card.normalization)
+        x = to_model_input(batch, self.card.normalization).astype(self.input_dtype, copy=False)
         out = self.session.run(None, {self.input_name: x})[0]
         return np.asarray(out[:, 0, :h, :w], dtype=np.float32)
 

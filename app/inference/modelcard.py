@@ -131,3 +131,21 @@ class ModelCard:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise ModelCardError(f"{p}: not a valid model card ({e})") from None
+
+
+def write_card(out: Path, raw: dict, files: dict[str, str]) -> None:
+    """Write `out/card.json` listing `files` (key -> path relative to `out`) with sha256 and size
+    (an IR's .bin, or ONNX external data, listed with its model), atomically."""
+    entries = {}
+    for key, rel in files.items():
+        p = out / rel
+        entry = {"path": rel, "sha256": sha256(p), "bytes": p.stat().st_size}
+        weights = p.with_suffix(".bin") if p.suffix == ".xml" else p.with_name(p.name + ".data")
+        if weights.is_file():
+            size = weights.stat().st_size
+            entry["weights"] = {"path": weights.name, "sha256": sha256(weights), "bytes": size}
+        entries[key] = entry
+    raw["files"] = entries
+    tmp = out / ".card.json.tmp"
+    tmp.write_text(json.dumps(raw, indent=2) + "\n")
+    tmp.replace(out / "card.json")

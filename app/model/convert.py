@@ -5,7 +5,6 @@ each validated against FP32 on `val`, and the model card that ties them together
 from __future__ import annotations
 
 import datetime as dt
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import torch
 from app.core.dataset import Pair, load_image, read_manifest
 from app.inference.engines import ONNXRuntimeEngine, OpenVINOEngine
 from app.inference.evaluation import compare_to_reference
-from app.inference.modelcard import ModelCard, sha256
+from app.inference.modelcard import ModelCard, write_card
 from app.model.train import load_checkpoint
 from app.model.unet import ProbabilityHead, count_parameters
 
@@ -221,7 +220,7 @@ def convert(
         "licence": LICENCE,
         "data_attribution": ATTRIBUTION,
     }
-    _write_card(out, raw, files)
+    write_card(out, raw, files)
     card = ModelCard.load(out)
 
     progress("validating every precision against FP32 on val…")
@@ -247,7 +246,7 @@ def convert(
         "loss; at run time a CPU with BF16 runs it in BF16 (see `delineo evaluate`).",
         "rows": rows,
     }
-    _write_card(out, raw, files)
+    write_card(out, raw, files)
     progress(f"model card written: {out / 'card.json'} ({time.time() - t0:.0f}s)")
     for k, r in rows.items():
         progress(
@@ -264,19 +263,3 @@ def _torch_agreement(model, pairs: list[Pair], engine, norm: dict) -> float:
     with torch.no_grad():
         ref = torch.sigmoid(model(torch.from_numpy(to_model_input(imgs, norm))))[:, 0].numpy()
     return round(float(np.abs(engine.predict(imgs) - ref).max()), 7)
-
-
-def _write_card(out: Path, raw: dict, files: dict[str, str]) -> None:
-    """Files with sha256 and size (an IR's .bin listed with its .xml), written atomically."""
-    entries = {}
-    for key, rel in files.items():
-        p = out / rel
-        entry = {"path": rel, "sha256": sha256(p), "bytes": p.stat().st_size}
-        if p.suffix == ".xml":
-            b = p.with_suffix(".bin")
-            entry["weights"] = {"path": b.name, "sha256": sha256(b), "bytes": b.stat().st_size}
-        entries[key] = entry
-    raw["files"] = entries
-    tmp = out / ".card.json.tmp"
-    tmp.write_text(json.dumps(raw, indent=2) + "\n")
-    tmp.replace(out / "card.json")
