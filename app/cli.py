@@ -211,13 +211,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         print(json.dumps(result, indent=2) if args.json else _format_dict(result))
         return 0
+    if args.what == "remote":
+        import os
+
+        from app.inference.benchmark import bench_remote
+
+        token = args.token or os.environ.get("DELINEO_TOKEN")
+        result = bench_remote(
+            args.url,
+            token,
+            args.model,
+            in_flight=args.in_flight,
+            progress=None if args.json else _stderr_progress,
+        )
+        print(json.dumps(result, indent=2) if args.json else _format_dict(result))
+        return 0
     if args.what == "slide":
         from app.ui.viewer_benchmark import bench_slide
 
         result = bench_slide(args.target, progress=None if args.json else _stderr_progress)
         print(json.dumps(result, indent=2) if args.json else _format_dict(result))
         return 0
-    raise UsageError(f"bench: unknown target '{args.what}' (model, slide)")
+    raise UsageError(f"bench: unknown target '{args.what}'")
 
 
 # --------------------------------------------------------------------------- delineate
@@ -528,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0: all cores)")
 
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
-    b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide"])
+    b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide", "remote"])
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
     _add_region_args(b)
     b.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
@@ -542,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
     b.add_argument("--data", default=None, help="bench accuracy: EBHI-Seg folder or manifest")
     b.add_argument("--split", default="val", help="bench accuracy: which split's tiles")
+    b.add_argument("--url", default=None, help="bench remote: the endpoint (default: start one on 127.0.0.1)")
+    b.add_argument("--token", default=None, help="bench remote: bearer token")
+    b.add_argument("--in-flight", type=int, default=4, help="bench remote: tiles in flight at once")
     b.add_argument("--json", action="store_true")
     return p
 

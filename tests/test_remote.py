@@ -223,3 +223,13 @@ def test_cli_delineate_remote(server, tmp_path):
         "--engine", "remote", "--url", "http://127.0.0.1:9",
     )  # fmt: skip
     assert r.returncode == 2 and "cannot connect" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_remote_reports_latency_and_throughput(server):
+    r = run_delineo("bench", "remote", "--url", server.url, "--token", server.token, "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    remote = result["engines"][f"remote ({server.url})"]
+    local = result["engines"]["local onnxruntime-int8"]
+    assert remote["latency_ms_median"] > 0 and remote["mpix_per_s"] > 0 and local["mpix_per_s"] > 0
+    assert sum(result["server_batch_sizes"].values()) > 0

@@ -322,3 +322,104 @@ def bench_accuracy(
     if tmp is not None:
         tmp.cleanup()
     return out
+
+
+def bench_remote(
+    url: str | None = None,
+    token: str | None = None,
+    model: str | None = None,
+    tiles: int = 24,
+    tile: int = 512,
+    in_flight: int = 4,
+    progress=None,
+) -> dict:
+    """The remote engine against the local engines on the same real tiles: per-tile latency one
+    at a time (the round trip), and throughput with several tiles in flight (batched on the
+    server). Without a URL a `delineo serve` is started on 127.0.0.1 for the run (loopback:
+    on one machine the server and the client share its cores)."""
+    from app.inference.engines import create_engine, predict_stream
+    from app.inference.remote import RemoteEngine
+
+    say = progress or (lambda _: None)
+    server = None
+    if url is None:
+        server = _start_local_server(model, token)
+        url = server[1]
+    try:
+        base = benchmark_tile(max(tile, 1024))
+        batch = np.stack(
+            [base[0, y : y + tile, x : x + tile] for y, x in _offsets(base.shape[1], tile, tiles)]
+        )
+        remote = RemoteEngine(url, token, model, in_flight=in_flight)
+        rows = {}
+        engines = {
+            "local onnxruntime-int8": create_engine("onnxruntime", model, "int8"),
+            "local openvino-int8": create_engine("openvino", model, "int8"),
+            f"remote ({url})": remote,
+        }
+        for name, engine in engines.items():
+            say(f"{name}…")
+            engine.predict(batch[:1])  # warm-up
+            times = []
+            for t in batch[: min(len(batch), 10)]:
+                t0 = time.perf_counter()
+                engine.predict(t[None])
+                times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for _ in predict_stream(engine, enumerate(batch)):
+                pass
+            seconds = time.perf_counter() - t0
+            rows[name] = {
+                "latency_ms_median": round(statistics.median(times) * 1000, 1),
+                "latency_ms_max": round(max(times) * 1000, 1),
+                "mpix_per_s": round(len(batch) * tile * tile / 1e6 / seconds, 3),
+                "tiles_per_s": round(len(batch) / seconds, 2),
+            }
+        r = remote.client.get(f"{remote.model_url}/stats")  # Delineo's and Triton's servers have it
+        batches = r.json().get("model_stats", [{}])[0].get("batch_stats", []) if r.status_code == 200 else []
+        return {
+            "tiles": len(batch),
+            "tile": tile,
+            "in_flight": in_flight,
+            "server": "started on 127.0.0.1 for this run" if server else url,
+            "engines": rows,
+            "server_batch_sizes": {b["batch_size"]: b["compute_infer"]["count"] for b in batches},
+            "cpu": cpu_name(),
+            "threads": os.cpu_count(),
+        }
+    finally:
+        if server is not None:
+            server[0].terminate()
+            server[0].wait(15)
+
+
+def _offsets(side: int, tile: int, n: int) -> list[tuple[int, int]]:
+    step = max(1, (side - tile) // 4)
+    grid = [(y, x) for y in range(0, side - tile + 1, step) for x in range(0, side - tile + 1, step)]
+    return [grid[i % len(grid)] for i in range(n)]
+
+
+def _start_local_server(model: str | None, token: str | None):
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "app", "serve", "--port", str(port)]
+    cmd += ["--model", model] if model else []
+    cmd += ["--token", token] if token else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    from app.inference.engines import EngineError
+
+    raise EngineError("delineo serve did not become ready within 120 s (is the [serve] extra installed?)")

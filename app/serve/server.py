@@ -111,7 +111,10 @@ def make_model_class(kserve):
 
         async def predict(self, payload, headers=None, response_headers=None):
             prob = await self.batcher.infer(self.tiles(payload))
-            binary = bool(payload.use_binary_outputs)
+            # Binary when the request asks for it, as a whole or for this output (then the data
+            # is never turned into a Python list).
+            asked = [o.binary_data for o in payload.request_outputs or [] if o.name == OUTPUT]
+            binary = bool(asked[0]) if asked and asked[0] is not None else bool(payload.use_binary_outputs)
             out = InferOutput(name=OUTPUT, shape=list(prob.shape), datatype="FP32")
             out.set_data_from_numpy(prob, binary_data=binary)
             return InferResponse(
@@ -208,19 +211,26 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _decode_errors_are_400(dataplane) -> None:
-    """Two fixes to KServe's request decoding: a body that contradicts its own header (binary
-    data cut short, say) escapes as ValueError, answered with 500, when it is the client's error
-    (400); and a JSON body without Content-Type is refused as binary."""
+def _fix_decoding(dataplane) -> None:
+    """Three fixes to KServe 0.21's REST request decoding:
+
+    - binary tensors are turned into Python lists (one `.item()` per value: half a second for a
+      512² tile) and back; here they stay bytes, read with `np.frombuffer` (`raw_inputs`);
+    - a body that contradicts its own header (binary data cut short) escapes as ValueError,
+      answered 500, when it is the client's error: 400;
+    - a JSON body without Content-Type (tritonclient sends none) is refused as binary.
+    """
     from kserve.errors import InvalidInput
 
     decode = dataplane.decode
 
     def decode_checked(body, headers, *args, **kwargs):
-        if isinstance(body, bytes) and headers is not None and INFERENCE_HEADER not in headers:
-            # The protocol: without this header the whole body is JSON. KServe reads a body sent
-            # without Content-Type: application/json (tritonclient's) as binary and refuses it.
-            headers = {**headers, INFERENCE_HEADER: str(len(body))}
+        if isinstance(body, bytes) and headers is not None:
+            if INFERENCE_HEADER not in headers:  # the protocol: no header, the body is all JSON
+                headers = {**headers, INFERENCE_HEADER: str(len(body))}
+            fast = _decode_binary(body, int(headers[INFERENCE_HEADER]), kwargs.get("model_name"))
+            if fast is not None:
+                return fast, {}
         try:
             return decode(body, headers, *args, **kwargs)
         except InvalidInput:
@@ -229,6 +239,59 @@ def _decode_errors_are_400(dataplane) -> None:
             raise InvalidInput(f"malformed request: {e}") from None
 
     dataplane.decode = decode_checked
+
+
+def _decode_binary(body: bytes, json_length: int, model_name: str | None):
+    """An InferRequest whose binary inputs stay bytes; None when some input is JSON data (then
+    KServe's own decoder takes it)."""
+    import orjson
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+    try:
+        head = orjson.loads(body[:json_length])
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"malformed request: the JSON header is not JSON ({e})") from None
+    if not isinstance(head, dict) or not isinstance(head.get("inputs"), list):
+        raise InvalidInput("malformed request: expected an object with a list of 'inputs'")
+    inputs, raws, offset = [], [], json_length
+    for spec in head["inputs"]:
+        if not isinstance(spec, dict):
+            raise InvalidInput("malformed request: each input must be an object")
+        params = spec.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is None:
+            return None
+        if not isinstance(size, int) or size < 0 or offset + size > len(body):
+            raise InvalidInput(f"binary data of input '{spec.get('name')}' is cut short or its size is wrong")
+        try:
+            inputs.append(
+                InferInput(
+                    name=spec["name"], shape=spec["shape"], datatype=spec["datatype"], parameters=params
+                )
+            )
+        except KeyError as e:
+            raise InvalidInput(f"malformed request: an input lacks {e}") from None
+        raws.append(body[offset : offset + size])
+        offset += size
+    outputs = head.get("outputs")
+    requested = (
+        [
+            RequestedOutput(name=o["name"], parameters=o.get("parameters"))
+            for o in outputs
+            if isinstance(o, dict)
+        ]
+        if isinstance(outputs, list)
+        else None
+    )
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=inputs,
+        request_id=head.get("id"),
+        raw_inputs=raws,
+        parameters=head.get("parameters"),
+        request_outputs=requested or None,
+    )
 
 
 def build_app(
@@ -252,7 +315,7 @@ def build_app(
     tile_model = make_model_class(kserve)(card, batcher, limits, f"onnxruntime_{runtime.provider}")
     server = model_server.ModelServer(enable_grpc=False, workers=1, enable_docs_url=False)
     server.register_model(tile_model)
-    _decode_errors_are_400(server.dataplane)
+    _fix_decoding(server.dataplane)
     app = model_server.app
 
     # Routes registered before KServe's take precedence: the listing in the protocol's object
