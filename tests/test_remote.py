@@ -233,3 +233,23 @@ def test_bench_remote_reports_latency_and_throughput(server):
     local = result["engines"]["local onnxruntime-int8"]
     assert remote["latency_ms_median"] > 0 and remote["mpix_per_s"] > 0 and local["mpix_per_s"] > 0
     assert sum(result["server_batch_sizes"].values()) > 0
+
+
+def test_kserve_manifest_runs_a_valid_delineo_serve():
+    """The InferenceService's container command is one `delineo serve` accepts, and its probes
+    hit the paths that need no token."""
+    import yaml
+    from conftest import ROOT
+
+    from app.cli import parse_args
+    from app.serve.server import OPEN_PATHS
+
+    doc = yaml.safe_load((ROOT / "packaging" / "kserve" / "inferenceservice.yaml").read_text())
+    assert doc["kind"] == "InferenceService" and doc["apiVersion"] == "serving.kserve.io/v1beta1"
+    container = doc["spec"]["predictor"]["containers"][0]
+    args = parse_args(container["args"])
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.provider == "cann"
+    assert args.token_file == container["volumeMounts"][0]["mountPath"] + "/token"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in OPEN_PATHS
+        assert container[probe]["httpGet"]["port"] == args.port

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
@@ -219,7 +220,9 @@ class RemoteEngine:
         x = to_model_input(tiles, self.card.normalization).astype(DTYPES[self.input_type])
         return (*encode_request(self.input_name, x, self.input_type, self.output_name), h, w)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, abandon: threading.Event | None = None) -> np.ndarray:
+        """One request, retried with backoff on connection errors and 5xx/429 (not on our own
+        4xx); `abandon` set stops the retries (Cancel, or a stream that was closed)."""
         import httpx
 
         body, head_len, h, w = self._body(batch)
@@ -244,9 +247,14 @@ class RemoteEngine:
                 problem = f"HTTP {r.status_code} {_error_text(r)}"
                 if r.status_code < 500 and r.status_code != 429:
                     raise RemoteError(f"{url}: {problem}")  # our request is wrong: retrying will not help
+            if abandon is not None and abandon.is_set():
+                raise RemoteError(f"{url}: abandoned ({problem})")
             if attempt < self.retries:
                 log.warning("%s: %s; retrying in %.2fs", url, problem, delay)
-                time.sleep(delay)
+                if abandon is not None and abandon.wait(delay):
+                    raise RemoteError(f"{url}: abandoned ({problem})")
+                if abandon is None:
+                    time.sleep(delay)
                 delay *= 2
         raise RemoteError(f"{self.base} stopped answering ({problem}, {self.retries + 1} attempts)")
 
@@ -254,10 +262,16 @@ class RemoteEngine:
         """Up to `in_flight` requests at once, results in order; closing abandons the rest."""
         pool = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="remote")
         pending: deque[tuple[Hashable, Future | BaseException]] = deque()
+        abandon = threading.Event()
         try:
             for key, rgb in items:
                 pending.append(
-                    (key, rgb if isinstance(rgb, BaseException) else pool.submit(self.predict, rgb[None]))
+                    (
+                        key,
+                        rgb
+                        if isinstance(rgb, BaseException)
+                        else pool.submit(self.predict, rgb[None], abandon),
+                    )
                 )
                 while pending and (len(pending) > self.in_flight or _ready(pending[0][1])):
                     k, f = pending.popleft()
@@ -266,6 +280,7 @@ class RemoteEngine:
                 k, f = pending.popleft()
                 yield k, f if isinstance(f, BaseException) else f.result()[0]
         finally:
+            abandon.set()  # requests in flight finish or fail on their own; none is retried
             pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:

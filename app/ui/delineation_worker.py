@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PySide6.QtCore import QObject, QRectF, QThread, Signal, Slot
 from shapely.geometry.base import BaseGeometry
@@ -33,6 +33,16 @@ class EngineSettings:
     engine: str = "openvino"
     device: str = "CPU"
     precision: str = "auto"  # auto | int8 | fp16 | fp32
+    url: str = ""  # remote engine: the endpoint
+    token: str = field(default="", repr=False)  # remote engine: bearer token (never logged)
+
+    @property
+    def remote(self) -> bool:
+        return self.engine == "remote"
+
+    def local(self) -> EngineSettings:
+        """The same model on this computer (to finish what a remote endpoint left)."""
+        return EngineSettings(self.model, "openvino", "CPU", "auto")
 
 
 @dataclass
@@ -67,6 +77,14 @@ class DelineationWorker(QObject):
     def engine_for(self, settings: EngineSettings) -> Engine:
         if self._engine is not None and self._engine_key == settings:
             return self._engine
+        t = time.perf_counter()
+        if settings.remote:
+            self.status.emit(f"Connecting to {settings.url}…")
+            engine = create_engine("remote", None, url=settings.url, token=settings.token or None)
+            log.info("remote engine %s ready in %.2fs", engine.model_url, time.perf_counter() - t)
+            self._engine, self._engine_key = engine, settings
+            self.engineReady.emit(f"{engine.info.model} at {settings.url}")
+            return engine
         card = ModelCard.load(settings.model)
         precision = settings.precision
         if precision == "auto":
@@ -75,7 +93,6 @@ class DelineationWorker(QObject):
             self.status.emit("Choosing the fastest precision for this computer (first use only)…")
             precision, timings = choose_precision(card, settings.engine, settings.device)
             self.precision_choice = (precision, timings)
-        t = time.perf_counter()
         engine = create_engine(settings.engine, card, precision, settings.device)
         engine.predict(_blank(card.tile))  # compile and warm up now, not on the first tile
         log.info("engine %s ready in %.2fs", engine.name, time.perf_counter() - t)
@@ -108,8 +125,9 @@ class DelineationWorker(QObject):
 
     # ------------------------------------------------------------------ the run
 
-    @Slot(object, object, object)
-    def run(self, slide: Slide, region: BaseGeometry, settings: EngineSettings) -> None:
+    @Slot(object, object, object, object)
+    def run(self, slide: Slide, region: BaseGeometry, settings: EngineSettings, resume=None) -> None:
+        """A run over the region, or with `resume` (an unfinished Delineation) its pending tiles."""
         self.cancel_event.clear()
         try:
             engine = self.engine_for(settings)
@@ -118,7 +136,8 @@ class DelineationWorker(QObject):
             colour = engine.card.tumour_colour
             tissue = self._tissue.get(str(slide.path))
             ran = 0
-            for ev in delineate(slide, region, engine, cancel=self.cancel_event, tissue=tissue):
+            events = delineate(slide, region, engine, cancel=self.cancel_event, tissue=tissue, resume=resume)
+            for ev in events:
                 if isinstance(ev, Delineation):
                     self.finished.emit(ev)
                     return
@@ -149,7 +168,7 @@ def _blank(tile: int):
 class WorkerThread(QObject):
     """Owns the QThread and the worker on it; the requests are queued signals."""
 
-    runRequested = Signal(object, object, object)
+    runRequested = Signal(object, object, object, object)  # slide, region, settings, resume
     prepareRequested = Signal(object)
     slideRequested = Signal(object, object)  # slide, its thumbnail (RGB array)
 

@@ -117,6 +117,9 @@ class MainWindow(QMainWindow):
         self.editor.annotationClicked.connect(self._annotation_clicked)
         self.overlay: TileOverlay | None = None
         self._run_slide: Slide | None = None
+        self._run_region = None
+        self._run_settings = None
+        self._unfinished = None  # a Delineation an endpoint left unfinished, awaiting the user's choice
         self.running = False
 
         self.store: AnnotationStore | None = None
@@ -362,7 +365,9 @@ class MainWindow(QMainWindow):
         self.progress.show()
         self.cancel_button.show()
         self.worker.worker.cancel_event.clear()
-        self.worker.runRequested.emit(self.slide, self.editor.model.geometry, load_settings(self.settings))
+        self._run_region = self.editor.model.geometry
+        self._run_settings = load_settings(self.settings)
+        self.worker.runRequested.emit(self.slide, self._run_region, self._run_settings, None)
 
     def cancel_delineation(self) -> None:
         self.worker.cancel()
@@ -394,13 +399,56 @@ class MainWindow(QMainWindow):
         self._end_run()
         if self._run_slide is not self.slide:
             return  # the slide was closed or replaced while the run was being cancelled
+        if result.engine_error:
+            self._offer_to_finish_locally(result)
+            return
+        self._keep(result)
+
+    def _offer_to_finish_locally(self, result) -> None:
+        """The engine (a remote endpoint) failed mid-run: say so, keep the finished tiles on
+        screen, and let the user choose. Nothing switches engines silently."""
+        done = result.tiles_done + result.tiles_skipped
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("The inference endpoint stopped")
+        box.setText(
+            f"{result.engine_error}\n\n{done} of {result.tiles_total} tiles are finished and kept. "
+            f"Finish the remaining {len(result.pending)} tile(s) on this computer?"
+        )
+        self.finish_locally_button = box.addButton(
+            "Finish on this computer", QMessageBox.ButtonRole.AcceptRole
+        )
+        box.addButton("Keep what is done", QMessageBox.ButtonRole.RejectRole)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.buttonClicked.connect(self._remote_choice)
+        self.remote_failure_box = box
+        self._unfinished = result
+        self.statusBar().showMessage(f"Endpoint failed after {done} of {result.tiles_total} tiles", 20_000)
+        box.open()
+
+    def _remote_choice(self, button) -> None:
+        result, self._unfinished = self._unfinished, None
+        if result is None or self._run_slide is not self.slide:
+            return
+        if button is not self.finish_locally_button:
+            self._keep(result)
+            return
+        self.running = True
+        self.delineate_action.setEnabled(False)
+        self.progress.show()
+        self.cancel_button.show()
+        self.worker.worker.cancel_event.clear()
+        self._run_settings = self._run_settings.local()
+        self.worker.runRequested.emit(self.slide, self._run_region, self._run_settings, result)
+
+    def _keep(self, result) -> None:
         new = [Annotation(p, source=result.source) for p in result.polygons]
         self.add_annotations(new)
         if self.overlay is not None:
             self.overlay.setVisible(False)  # the annotations now show the same outline
         mpp = self._mpp()
         area = sum(a.geometry.area for a in new)
-        what = "Cancelled; kept" if result.cancelled else "Delineated"
+        what = "Cancelled; kept" if result.cancelled else "Kept" if result.pending else "Delineated"
         msg = (
             f"{what} {result.tiles_done} tiles ({result.tiles_skipped} background skipped) in "
             f"{result.seconds:.1f} s: {len(new)} tumour region(s), {format_area(area, mpp)}"
@@ -413,7 +461,11 @@ class MainWindow(QMainWindow):
     def _on_delineation_failed(self, message: str) -> None:
         was_running = self.running
         self._end_run()
-        self.show_error("Delineation failed" if was_running else "Model not ready", message)
+        if was_running:
+            self.show_error("Delineation failed", message)
+        else:  # preparing in the background (say, an endpoint that is off): no dialog at startup
+            self.statusBar().showMessage(f"Model not ready: {message}", 20_000)
+            self.engine_label.setText("model not ready")
         self.delineationFailed.emit(message)
 
     # ------------------------------------------------------------------ annotations

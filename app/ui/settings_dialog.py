@@ -1,8 +1,9 @@
-"""Inference settings: model, engine, device, precision. Persisted with QSettings."""
+"""Inference settings: model, engine, device, precision, the remote endpoint. Persisted with
+QSettings; the endpoint's token in the OS keyring where there is one."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSettings
+from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -11,33 +12,42 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QWidget,
 )
 
 from app.inference.modelcard import DEFAULT_MODEL
 from app.paths import MODELS_DIR
+from app.ui.background import run_in_background
 from app.ui.delineation_worker import EngineSettings
+from app.ui.endpoint_token import PLAIN_TEXT_WARNING, keyring_available, load_token, save_token
 
-ENGINES = [("OpenVINO", "openvino"), ("ONNX Runtime", "onnxruntime")]
+ENGINES = [("OpenVINO", "openvino"), ("ONNX Runtime", "onnxruntime"), ("Remote endpoint", "remote")]
 DEVICES = [("Auto (iGPU when present)", "AUTO"), ("CPU", "CPU"), ("Integrated GPU", "GPU")]
 PRECISIONS = [("Auto (fastest measured)", "auto"), ("INT8", "int8"), ("FP16", "fp16"), ("FP32", "fp32")]
 
 
 def load_settings(settings: QSettings) -> EngineSettings:
+    url = str(settings.value("remote/url", "") or "")
     return EngineSettings(
         model=str(settings.value("inference/model", DEFAULT_MODEL)),
         engine=str(settings.value("inference/engine", "openvino")),
         device=str(settings.value("inference/device", "CPU")),
         precision=str(settings.value("inference/precision", "auto")),
+        url=url,
+        token=load_token(settings, url),
     )
 
 
-def save_settings(settings: QSettings, s: EngineSettings) -> None:
+def save_settings(settings: QSettings, s: EngineSettings) -> str | None:
+    """Persist; returns a warning when the token had to go to the settings file."""
     settings.setValue("inference/model", s.model)
     settings.setValue("inference/engine", s.engine)
     settings.setValue("inference/device", s.device)
     settings.setValue("inference/precision", s.precision)
+    settings.setValue("remote/url", s.url)
+    return save_token(settings, s.url, s.token)
 
 
 def shipped_models() -> list[str]:
@@ -74,6 +84,29 @@ class SettingsDialog(QDialog):
         form.addRow("Engine", self.engine)
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
+
+        self.url = QLineEdit(current.url)
+        self.url.setPlaceholderText("http://npu-host:8080")
+        self.url.setToolTip(
+            "An Open Inference Protocol (KServe v2) server: delineo serve, Triton, OpenVINO Model Server"
+        )
+        self.token = QLineEdit(current.token)
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("bearer token, if the server needs one")
+        self.test_button = QPushButton("Test connection")
+        self.test_button.clicked.connect(self.test_connection)
+        self.test_result = QLabel()
+        self.test_result.setWordWrap(True)
+        self.test_result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.token_warning = QLabel("" if keyring_available() else f"⚠ {PLAIN_TEXT_WARNING}")
+        self.token_warning.setWordWrap(True)
+        self.token_warning.setStyleSheet("color: #a15c00")
+        form.addRow("Endpoint URL", self.url)
+        form.addRow("Token", self.token)
+        form.addRow("", self.test_button)
+        form.addRow("", self.test_result)
+        form.addRow(self.token_warning)
+        self.setMinimumWidth(480)
         self.note = QLabel(auto_note)
         self.note.setWordWrap(True)
         form.addRow(self.note)
@@ -94,6 +127,12 @@ class SettingsDialog(QDialog):
         return c
 
     def _engine_changed(self) -> None:
+        remote = self.engine.currentData() == "remote"
+        for w in (self.url, self.token, self.test_button):
+            w.setEnabled(remote)
+        self.token_warning.setVisible(remote and bool(self.token_warning.text()))
+        self.device.setEnabled(not remote)  # the server decides where its model runs
+        self.precision.setEnabled(not remote)
         ort = self.engine.currentData() == "onnxruntime"
         # ONNX Runtime runs on the CPU here, in FP32 or INT8.
         for i in range(self.device.count()):
@@ -117,8 +156,44 @@ class SettingsDialog(QDialog):
             engine=self.engine.currentData(),
             device=self.device.currentData(),
             precision=self.precision.currentData(),
+            url=self.url.text().strip(),
+            token=self.token.text().strip(),
         )
 
+    def test_connection(self) -> None:
+        """Model metadata and round trip, fetched off the GUI thread."""
+        from app.inference.remote import RemoteEngine
+
+        url, token = self.url.text().strip(), self.token.text().strip() or None
+        self.test_button.setEnabled(False)
+        self.test_result.setText(f"Connecting to {url}…")
+
+        def probe():
+            engine = RemoteEngine(url, token, timeout_s=10, retries=0)
+            try:
+                return engine.info, engine.describe(engine.info.model).round_trip_ms
+            finally:
+                engine.close()
+
+        run_in_background(probe, self._tested, self._test_failed)
+
+    def _tested(self, result) -> None:
+        info, rtt = result
+        inp = info.input
+        self.test_result.setText(
+            f"✓ {info.model} {info.version} on {info.platform or 'a v2 server'}\n"
+            f"input {inp['name']}: {inp['datatype']} {inp.get('shape')} · round trip {rtt:.0f} ms"
+        )
+        self.test_button.setEnabled(True)
+
+    def _test_failed(self, error: BaseException) -> None:
+        self.test_result.setText(f"✗ {error}")
+        self.test_button.setEnabled(True)
+
     def accept(self) -> None:
-        save_settings(self.settings, self.value())
+        value = self.value()
+        if value.remote and not value.url:
+            self.test_result.setText("✗ Give the endpoint URL, or choose a local engine")
+            return
+        save_settings(self.settings, value)
         super().accept()
