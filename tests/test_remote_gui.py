@@ -48,6 +48,7 @@ def test_endpoint_dying_mid_run_offers_to_finish_locally(qtbot, qsettings, large
         win.show()
         qtbot.waitExposed(win)
         open_and_wait(qtbot, win, large_pyramid)
+        before = len(win.annotations)  # other tests' outlines on this shared slide are restored
         qtbot.keyClick(win.view, Qt.Key.Key_R)
         stroke(qtbot, win, [(300, 250), (500, 400), (700, 550)])
         win.delineate()
@@ -57,7 +58,7 @@ def test_endpoint_dying_mid_run_offers_to_finish_locally(qtbot, qsettings, large
         box = win.remote_failure_box
         assert box.isVisible() and "stopped answering" in box.text() and "on this computer" in box.text()
         kept = len(win.overlay.tiles)
-        assert kept >= 3 and not win.annotations  # nothing switched silently, nothing lost
+        assert kept >= 3 and len(win.annotations) == before  # nothing switched silently, nothing lost
         with qtbot.waitSignal(win.delineationFinished, timeout=120_000) as sig:
             qtbot.mouseClick(win.finish_locally_button, Qt.MouseButton.LeftButton)
         result = sig.args[0]
@@ -65,7 +66,7 @@ def test_endpoint_dying_mid_run_offers_to_finish_locally(qtbot, qsettings, large
         assert result.tiles_done + result.tiles_skipped == result.tiles_total
         assert "openvino" in result.source and any("finished" in n for n in result.notes)
         assert len(win.overlay.tiles) == result.tiles_done >= kept
-        assert win.annotations and win.delineate_action.isEnabled()
+        assert len(win.annotations) > before and win.delineate_action.isEnabled()
         win.close()
     finally:
         own.stop()
