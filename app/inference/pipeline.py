@@ -101,17 +101,17 @@ class TileReader:
         return rgb
 
     def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
+        """Tiles with their reads in flight. Read-ahead starts only once the first tile has been
+        taken: until then the cores belong to the first tile's inference (on screen soonest)."""
         it = iter(tiles)
-        for t in it:
-            self.queue.append((t, self.pool.submit(self.read, t)))
-            if len(self.queue) >= self.lookahead:
-                break
+        first = next(it, None)
+        if first is not None:
+            self.queue.append((first, self.pool.submit(self.read, first)))
         while self.queue:
             t, fut = self.queue.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                self.queue.append((nxt, self.pool.submit(self.read, nxt)))
             yield t, fut
+            while len(self.queue) < self.lookahead and (nxt := next(it, None)) is not None:
+                self.queue.append((nxt, self.pool.submit(self.read, nxt)))
 
     def close(self) -> None:
         for _, fut in self.queue:
