@@ -89,19 +89,26 @@ def corrupt_pyramid(tmp_path_factory) -> tuple[Path, tuple[int, int]]:
 # ----------------------------------------------------------------------------- shared GUI helpers
 
 
-@pytest.fixture
-def window(qtbot, qsettings):
-    """The real main window, offscreen, with the shipped model at INT8 (no auto benchmark)."""
+def make_window(qtbot, qsettings):
+    """The real main window, offscreen, shown, with the shipped model at INT8 (no auto
+    benchmark) unless `qsettings` already say otherwise."""
     from app.inference.modelcard import DEFAULT_MODEL
     from app.ui.main_window import MainWindow
 
-    qsettings.setValue("inference/model", os.environ.get("DELINEO_TEST_MODEL", DEFAULT_MODEL))
+    if not qsettings.contains("inference/model"):
+        qsettings.setValue("inference/model", os.environ.get("DELINEO_TEST_MODEL", DEFAULT_MODEL))
     qsettings.setValue("inference/precision", "int8")
     win = MainWindow(qsettings)
     qtbot.addWidget(win)
     win.resize(1200, 850)
     win.show()
     qtbot.waitExposed(win)
+    return win
+
+
+@pytest.fixture
+def window(qtbot, qsettings):
+    win = make_window(qtbot, qsettings)
     yield win
     win.close()
 

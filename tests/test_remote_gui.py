@@ -3,7 +3,7 @@ endpoint dies, finished on this computer at the user's word."""
 
 from __future__ import annotations
 
-from conftest import RunningServer, open_and_wait
+from conftest import RunningServer, make_window, open_and_wait
 from PySide6.QtCore import Qt
 from test_delineation_gui import stroke
 
@@ -35,18 +35,11 @@ def test_settings_test_connection_shows_metadata_and_round_trip(qtbot, qsettings
 
 
 def test_endpoint_dying_mid_run_offers_to_finish_locally(qtbot, qsettings, large_pyramid):
-    from app.ui.main_window import MainWindow
-
     own = RunningServer("--threads", "1")
     try:
         qsettings.setValue("inference/engine", "remote")
         qsettings.setValue("remote/url", own.url)
-        qsettings.setValue("inference/precision", "int8")
-        win = MainWindow(qsettings)
-        qtbot.addWidget(win)
-        win.resize(1200, 850)
-        win.show()
-        qtbot.waitExposed(win)
+        win = make_window(qtbot, qsettings)
         open_and_wait(qtbot, win, large_pyramid)
         before = len(win.annotations)  # other tests' outlines on this shared slide are restored
         qtbot.keyClick(win.view, Qt.Key.Key_R)

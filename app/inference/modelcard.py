@@ -117,20 +117,28 @@ class ModelCard:
             )
         try:
             raw = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelCardError(f"{p}: not a valid model card ({e})") from None
+        return cls.from_dict(raw, p.parent, where=p)
+
+    @classmethod
+    def from_dict(cls, raw: dict, folder: Path, where: object = "model card") -> ModelCard:
+        """A card from its JSON (a file's, or a server's metadata: then without files)."""
+        try:
             return cls(
-                path=p.parent,
+                path=folder,
                 name=raw["name"],
                 version=raw["version"],
                 classes=raw["classes"],
                 input=raw["input"],
                 normalization=raw["normalization"],
                 mpp=float(raw["mpp"]),
-                files=raw["files"],
+                files=raw.get("files", {}),
                 validation=raw.get("validation", {}),
                 raw=raw,
             )
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ModelCardError(f"{p}: not a valid model card ({e})") from None
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelCardError(f"{where}: not a valid model card ({e})") from None
 
 
 def write_card(out: Path, raw: dict, files: dict[str, str]) -> None:

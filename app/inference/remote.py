@@ -193,18 +193,7 @@ class RemoteEngine:
     @staticmethod
     def _card(info: ServerInfo, local: ModelCard | None, model) -> ModelCard:
         if info.card is not None:
-            raw = info.card
-            return ModelCard(
-                path=Path("."),
-                name=raw["name"],
-                version=raw["version"],
-                classes=raw["classes"],
-                input=raw["input"],
-                normalization=raw["normalization"],
-                mpp=float(raw["mpp"]),
-                files={},
-                raw=raw,
-            )
+            return ModelCard.from_dict(info.card, Path("."), where=f"{info.url}/v2/models/{info.model}")
         # Another vendor's server: tile and normalize by the local card of the same model.
         card = local or ModelCard.load(model if model is not None else info.model)
         if card.name != info.model:
