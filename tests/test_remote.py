@@ -253,3 +253,20 @@ def test_kserve_manifest_runs_a_valid_delineo_serve():
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["path"] in OPEN_PATHS
         assert container[probe]["httpGet"]["port"] == args.port
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "0"], "--port 0"),
+        (["--token-file", "/no/such/token"], "/no/such/token"),
+        (["--token", "a", "--token-file", "b"], "not both"),
+        (["--provider", "cann"], "CANNExecutionProvider"),
+        (["--max-batch", "0"], "--max-batch"),
+        (["--model", "no-such-model"], "no-such-model"),
+    ],
+)
+def test_serve_bad_arguments_exit_2_with_a_clear_line(args, message):
+    r = run_delineo("serve", *args, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
