@@ -331,7 +331,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--max-batch must be at least 1 and --max-wait-ms not negative")
     token = read_token(args.token, args.token_file)
     serve(
-        args.model, args.host, args.port, token, args.provider, args.max_batch, args.max_wait_ms, args.threads
+        args.model,
+        args.host,
+        args.port,
+        token,
+        args.provider,
+        args.max_batch,
+        args.max_wait_ms,
+        args.threads,
+        raw_input=args.raw_input,
+        precision=args.precision,
     )
     return 0
 
@@ -538,9 +547,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--token", default=None, help="require 'Authorization: Bearer TOKEN'")
     v.add_argument("--token-file", default=None, help="read the token from this file")
     v.add_argument("--provider", default="auto", choices=["auto", "cann", "cuda", "openvino", "cpu"])
+    v.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "int8", "fp16", "fp32"],
+        help="which of the card's ONNX models (auto: FP16 on an NPU/GPU, INT8 on a CPU)",
+    )
     v.add_argument("--max-batch", type=int, default=16, help="tiles merged into one model run")
     v.add_argument("--max-wait-ms", type=float, default=20.0, help="longest a request waits for others")
     v.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0: all cores)")
+    v.add_argument(
+        "--raw-input",
+        action="store_true",
+        help="take the model's own input (normalized FP16/FP32 NCHW, as Triton serves it), not uint8",
+    )
 
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
     b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide", "remote"])

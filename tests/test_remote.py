@@ -270,3 +270,33 @@ def test_serve_bad_arguments_exit_2_with_a_clear_line(args, message):
     r = run_delineo("serve", *args, timeout=120)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_remote_engine_sends_fp16_to_a_server_taking_the_models_own_input(tmp_path):
+    """The Ascend flow: the FP16 ONNX served with its own input (normalized FP16 NCHW, as Triton
+    would serve it); the remote engine normalizes and sends FP16, and agrees with local FP32."""
+    from conftest import DATA
+
+    from app.model.ascend import convert_for_ascend
+
+    out = tmp_path / "ascend"
+    convert_for_ascend(MODEL, out, data=DATA / "ebhi", tiles=4)
+    own = RunningServer("--model", str(out), "--precision", "fp16", "--raw-input", "--threads", "1")
+    try:
+        remote = RemoteEngine(own.url)
+        assert (remote.input_name, remote.input_type, remote.nhwc) == ("image", "FP16", False)
+        local = create_engine("onnxruntime", MODEL, "fp32")
+        with Slide.open(SAMPLE_SVS) as slide:
+            r = run_to_end(delineate(slide, REGION, remote))
+            l_ = run_to_end(delineate(slide, REGION, local))
+        assert r.finished and dice(r.polygons, l_.polygons, (750, 560)) >= 0.99
+        # A uint8 tile sent to this server is refused with what it takes instead.
+        body, n = encode_request("tiles", np.zeros((1, 16, 16, 3), np.uint8), "UINT8", "probability")
+        rr = httpx.post(
+            f"{own.url}/v2/models/{MODEL}/infer",
+            content=body,
+            headers={"Inference-Header-Content-Length": str(n)},
+        )
+        assert rr.status_code == 400 and "image" in rr.json()["error"]
+    finally:
+        own.stop()

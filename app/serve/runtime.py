@@ -65,12 +65,17 @@ def choose_provider(requested: str = "auto") -> str:
 class TileRuntime:
     """The card's model in ONNX Runtime on the chosen provider, fed uint8 tiles of any batch size."""
 
-    def __init__(self, card: ModelCard, provider: str = "auto", threads: int = 0):
+    def __init__(self, card: ModelCard, provider: str = "auto", threads: int = 0, precision: str = "auto"):
         self.card = card
         self.provider = choose_provider(provider)
-        have = [p for p in PRECISIONS[self.provider] if ONNX_FILES[p] in card.files]
+        wanted = PRECISIONS[self.provider] if precision == "auto" else (precision,)
+        have = [p for p in wanted if ONNX_FILES.get(p) in card.files]
         if not have:
-            raise EngineError(f"{card.path / 'card.json'}: no ONNX model for {PROVIDERS[self.provider]}")
+            listed = ", ".join(sorted(card.files)) or "none"
+            raise EngineError(
+                f"{card.path / 'card.json'}: no {'/'.join(wanted)} ONNX model for {PROVIDERS[self.provider]} "
+                f"(the card lists: {listed})"
+            )
         providers = [(PROVIDERS[self.provider], PROVIDER_OPTIONS[self.provider])]
         if self.provider != "cpu":
             providers.append(("CPUExecutionProvider", {}))
@@ -90,3 +95,13 @@ class TileRuntime:
     def run(self, tiles: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) -> float32 probability (N, H, W)."""
         return self.engine.predict(tiles)
+
+    def raw_input(self) -> dict:
+        """The model's own input, for `--raw-input`: normalized NCHW in its float type."""
+        dtype = "FP16" if self.engine.input_dtype == np.float16 else "FP32"
+        return {"name": self.engine.input_name, "datatype": dtype, "shape": [-1, 3, -1, -1]}
+
+    def run_raw(self, x: np.ndarray) -> np.ndarray:
+        """Normalized (N, 3, H, W) as the model takes it -> float32 probability (N, H, W)."""
+        out = self.engine.session.run(None, {self.engine.input_name: x})[0]
+        return np.asarray(out[:, 0], dtype=np.float32)

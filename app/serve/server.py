@@ -70,44 +70,60 @@ def make_model_class(kserve):
     from kserve.protocol.infer_type import InferOutput, InferResponse
 
     class TileModel(kserve.Model):
-        def __init__(self, card: ModelCard, batcher: DynamicBatcher, limits: Limits, platform: str):
+        def __init__(
+            self,
+            card: ModelCard,
+            batcher: DynamicBatcher,
+            limits: Limits,
+            platform: str,
+            raw: dict | None = None,
+        ):
             super().__init__(card.name)
             self.card, self.batcher, self.limits, self.platform = card, batcher, limits, platform
+            # The input contract: uint8 RGB tiles (normalized here), or with `raw` the model's own
+            # input (normalized NCHW in its float type), as Triton would serve the ONNX.
+            self.raw = raw
+            self.input = raw or {"name": INPUT, "datatype": "UINT8", "shape": [-1, -1, -1, 3]}
+            self.channel_axis = 1 if raw else 3
             self.ready = True
 
         def get_input_types(self) -> list[dict]:
-            return [{"name": INPUT, "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+            return [self.input]
 
         def get_output_types(self) -> list[dict]:
             return [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1, -1]}]
 
         def tiles(self, request) -> np.ndarray:
-            """The request's tiles, or InvalidInput (400) saying what is wrong and what is expected."""
+            """The request's tensor, or InvalidInput (400) saying what is wrong and what is expected."""
+            name, datatype = self.input["name"], self.input["datatype"]
+            layout = "[N, 3, H, W]" if self.raw else "[N, H, W, 3]"
             inputs = request.inputs or []
-            if len(inputs) != 1 or inputs[0].name != INPUT:
+            if len(inputs) != 1 or inputs[0].name != name:
                 names = ", ".join(repr(i.name) for i in inputs) or "none"
-                raise InvalidInput(f"expected one input named '{INPUT}' (UINT8, [N, H, W, 3]); got {names}")
+                raise InvalidInput(f"expected one input named '{name}' ({datatype}, {layout}); got {names}")
             t = inputs[0]
-            if t.datatype != "UINT8":
-                raise InvalidInput(f"input '{INPUT}' must be UINT8 RGB; got {t.datatype}")
+            if t.datatype != datatype:
+                raise InvalidInput(f"input '{name}' must be {datatype}; got {t.datatype}")
             shape = list(t.shape)
             lim = self.limits
-            if len(shape) != 4 or shape[3] != 3:
-                raise InvalidInput(f"input '{INPUT}' must have shape [N, H, W, 3]; got {shape}")
-            n, h, w = shape[:3]
+            if len(shape) != 4 or shape[self.channel_axis] != 3:
+                raise InvalidInput(f"input '{name}' must have shape {layout}; got {shape}")
+            n, (h, w) = shape[0], (shape[2:] if self.raw else shape[1:3])
             if not 1 <= n <= lim.max_tiles:
                 raise InvalidInput(f"{n} tiles in one request; send 1 to {lim.max_tiles}")
             if not (lim.min_side <= h <= lim.max_side and lim.min_side <= w <= lim.max_side):
                 raise InvalidInput(f"tile size {h} x {w} outside {lim.min_side}..{lim.max_side} px")
+            if self.raw and (h % self.card.multiple or w % self.card.multiple):
+                raise InvalidInput(f"tile size {h} x {w}: pad to a multiple of {self.card.multiple}")
             try:
                 arr = t.as_numpy()
             except Exception as e:  # noqa: BLE001 - kserve raises several kinds for bad data
                 raise InvalidInput(
-                    f"input '{INPUT}': data does not match shape {shape} UINT8 ({e})"
+                    f"input '{name}': data does not match shape {shape} {datatype} ({e})"
                 ) from None
-            if arr.dtype != np.uint8 or arr.size != n * h * w * 3:
-                raise InvalidInput(f"input '{INPUT}': {arr.size} values for shape {shape}")
-            return np.ascontiguousarray(arr.reshape(n, h, w, 3))
+            if arr.size != n * h * w * 3:
+                raise InvalidInput(f"input '{name}': {arr.size} values for shape {shape}")
+            return np.ascontiguousarray(arr.reshape(shape))
 
         async def predict(self, payload, headers=None, response_headers=None):
             prob = await self.batcher.infer(self.tiles(payload))
@@ -302,6 +318,8 @@ def build_app(
     max_wait_ms: float = 20.0,
     limits: Limits = Limits(),
     threads: int = 0,
+    raw_input: bool = False,
+    precision: str = "auto",
 ):
     """The KServe model server with our model, routes and middleware; not started yet."""
     kserve, model_server, _ = _kserve()
@@ -310,9 +328,10 @@ def build_app(
     from fastapi.responses import JSONResponse
 
     card = ModelCard.load(model)
-    runtime = TileRuntime(card, provider, threads)
-    batcher = DynamicBatcher(runtime.run, max_batch, max_wait_ms)
-    tile_model = make_model_class(kserve)(card, batcher, limits, f"onnxruntime_{runtime.provider}")
+    runtime = TileRuntime(card, provider, threads, precision)
+    batcher = DynamicBatcher(runtime.run_raw if raw_input else runtime.run, max_batch, max_wait_ms)
+    raw = runtime.raw_input() if raw_input else None
+    tile_model = make_model_class(kserve)(card, batcher, limits, f"onnxruntime_{runtime.provider}", raw)
     server = model_server.ModelServer(enable_grpc=False, workers=1, enable_docs_url=False)
     server.register_model(tile_model)
     _fix_decoding(server.dataplane)
@@ -361,9 +380,20 @@ def serve(
     max_batch: int = 16,
     max_wait_ms: float = 20.0,
     threads: int = 0,
+    raw_input: bool = False,
+    precision: str = "auto",
 ) -> None:
     """Run until interrupted (SIGINT/SIGTERM end it cleanly)."""
-    server, tile_model, runtime = build_app(model, provider, token, max_batch, max_wait_ms, threads=threads)
+    server, tile_model, runtime = build_app(
+        model,
+        provider,
+        token,
+        max_batch,
+        max_wait_ms,
+        threads=threads,
+        raw_input=raw_input,
+        precision=precision,
+    )
     _, _, RESTServer = _kserve()
     rest = RESTServer(
         "kserve.model_server:app",
