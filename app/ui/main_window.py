@@ -399,9 +399,11 @@ class MainWindow(QMainWindow):
         self._end_run()
         if self._run_slide is not self.slide:
             return  # the slide was closed or replaced while the run was being cancelled
-        if result.engine_error:
+        if result.engine_error and self._run_settings is not None and self._run_settings.remote:
             self._offer_to_finish_locally(result)
             return
+        if result.engine_error:  # a local engine failed mid-run: say so, keep what it finished
+            self.show_error("Delineation stopped", f"{result.engine_error}\n\nThe finished tiles are kept.")
         self._keep(result)
 
     def _offer_to_finish_locally(self, result) -> None:
