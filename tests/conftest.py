@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -196,3 +197,12 @@ def server():
     s = RunningServer("--max-batch", "8", "--max-wait-ms", "50", "--threads", "1", token="test-token-123")
     yield s
     s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _collect_cycles_on_the_main_thread():
+    """The window turns automatic collection off and collects on a GUI timer
+    (app/ui/garbage_collection.py); tests that run no event loop collect here instead."""
+    yield
+    if not gc.isenabled():
+        gc.collect()

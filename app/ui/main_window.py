@@ -36,6 +36,7 @@ from app.ui.annotations_panel import AnnotationsPanel, format_area
 from app.ui.autosave import Autosaver
 from app.ui.background import run_in_background
 from app.ui.delineation_worker import TileUpdate, WorkerThread
+from app.ui.garbage_collection import collect_garbage_on_gui_thread
 from app.ui.image_convert import array_to_qimage
 from app.ui.info_panel import SlideInfoPanel
 from app.ui.overlay import AnnotationItem, TileOverlay
@@ -85,6 +86,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self, settings: QSettings | None = None):
         super().__init__()
+        collect_garbage_on_gui_thread()  # before any worker thread starts: see garbage_collection
         self.settings = settings or QSettings()
         self.setWindowTitle("Delineo")
         self.resize(1280, 820)
