@@ -78,6 +78,18 @@ def mask_to_polygons(
     def ring(c: np.ndarray) -> np.ndarray:
         return (c[:, 0, :].astype(np.float64) + 0.5) * scale + (ox, oy)
 
+    # Douglas-Peucker on the traced rings, before the buffer: far fewer vertices for it to
+    # offset, and 10x faster than GEOS' topology-preserving simplifier on a whole slide. Rings
+    # are simplified one by one, so a hole may cross its outline: the validity check below
+    # repairs that rare case.
+    tolerance = simplify / scale  # in mask pixels
+
+    def thin(c: np.ndarray) -> np.ndarray:
+        if tolerance <= 0 or len(c) <= 4:
+            return c
+        simplified = cv2.approxPolyDP(c, tolerance, True)
+        return simplified if len(simplified) >= 3 else c
+
     px_area = scale * scale
     outer_floor = min_area / px_area  # in mask pixels
     polys = []
@@ -94,11 +106,9 @@ def mask_to_polygons(
         while child != -1:
             h = contours[child]
             if len(h) >= 3 and cv2.contourArea(h) - 0.5 * cv2.arcLength(h, True) >= min_hole / px_area:
-                holes.append(ring(h))
+                holes.append(ring(thin(h)))
             child = hierarchy[child][0]
-        poly = Polygon(ring(c), holes)
-        if simplify > 0:  # before the buffer: far fewer vertices for it to offset
-            poly = poly.simplify(simplify, preserve_topology=True)
+        poly = Polygon(ring(thin(c)), holes)
         with np.errstate(divide="ignore", invalid="ignore"):  # one-pixel-wide runs have no area
             poly = poly.buffer(0.5 * scale, join_style="mitre", mitre_limit=2.0)
         if not poly.is_valid:

@@ -193,14 +193,18 @@ class Blender:
         self.acc[ys, xs] += contribution.astype(np.uint16)
         self.weight[ys, xs] += self._window16
 
-    def probability(self, rows: int = 1024) -> np.ndarray:
-        """The blended map (float16; 0 where no tile ran), computed in float32 bands so the
-        temporary memory stays small."""
+    def probability(self, rows: int = 256) -> np.ndarray:
+        """The blended map (float16; 0 where no tile ran), normalized in float32 bands reused
+        from band to band, so the temporary memory stays small and cache-resident."""
         out = np.empty(self.acc.shape, np.float16)
+        acc = np.empty((rows, self.acc.shape[1]), np.float32)
+        weight = np.empty_like(acc)
         for y in range(0, self.acc.shape[0], rows):
-            acc = self.acc[y : y + rows].astype(np.float32)
-            weight = self.weight[y : y + rows].astype(np.float32)
-            band = np.zeros_like(acc)
-            np.divide(acc, weight, out=band, where=weight > 0)
-            out[y : y + rows] = band
+            n = min(rows, self.acc.shape[0] - y)
+            a, w = acc[:n], weight[:n]
+            np.copyto(a, self.acc[y : y + n])
+            np.copyto(w, self.weight[y : y + n])
+            np.maximum(w, 1, out=w)  # no tile ran here: acc is 0 too
+            np.divide(a, w, out=a)
+            out[y : y + n] = a
         return out

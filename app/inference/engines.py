@@ -143,6 +143,13 @@ class OpenVINOEngine:
             self._queue = ov.AsyncInferQueue(self.streaming, max(2, jobs))
             self._queue.set_callback(self._on_done)
             self._done: dict[int, np.ndarray] = {}
+            # Each request's first inference sets up its stream (a few times slower): do it now,
+            # not on a pathologist's first tiles.
+            blank = np.full((1, card.tile, card.tile, 3), 240, np.uint8)
+            for i in range(len(self._queue)):
+                self._queue.start_async({0: blank}, (-1 - i, card.tile, card.tile))
+            self._queue.wait_all()
+            self._done.clear()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)

@@ -9,6 +9,7 @@ are read and blended; cancelling is checked between tiles and keeps what is done
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -101,12 +102,12 @@ class TileReader:
         return rgb
 
     def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
-        """Tiles with their reads in flight. Read-ahead starts only once the first tile has been
-        taken: until then the cores belong to the first tile's inference (on screen soonest)."""
+        """Tiles with their reads in flight. Until the first tile is on screen only the second
+        is read ahead (behind the first on the reader thread), so the cores belong to the first
+        tile's inference while the model's streams still find work waiting when it is done."""
         it = iter(tiles)
-        first = next(it, None)
-        if first is not None:
-            self.queue.append((first, self.pool.submit(self.read, first)))
+        for t in itertools.islice(it, min(2, self.lookahead)):
+            self.queue.append((t, self.pool.submit(self.read, t)))
         while self.queue:
             t, fut = self.queue.popleft()
             yield t, fut
@@ -274,7 +275,7 @@ def vectorize(
     s = plan.level0_per_model
     offset = plan.model_to_level0(0, 0)
     inside = rasterize(region, canvas.shape, s, offset)
-    mask = (canvas >= threshold) & inside
+    mask = above(canvas, threshold) & inside
     px_per_um = 1.0 / slide_mpp
     polys = mask_to_polygons(
         mask,
@@ -293,6 +294,14 @@ def vectorize(
             if isinstance(part, Polygon) and not part.is_empty and part.is_valid:
                 out.append(part)
     return out
+
+
+def above(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """probability >= threshold, 10x faster for float16: non-negative IEEE floats order as
+    their bit patterns do, so the comparison runs on uint16 (NumPy's float16 has no SIMD)."""
+    if probability.dtype == np.float16 and threshold >= 0:
+        return probability.view(np.uint16) >= np.float16(threshold).view(np.uint16)
+    return probability >= threshold
 
 
 def run_to_end(events: Iterator[TileEvent | Delineation]) -> Delineation:
