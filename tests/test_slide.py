@@ -197,3 +197,34 @@ def test_direct_tile_decoding_is_pixel_identical_to_openslide(large_pyramid):
                     want = np.minimum(rgba[..., :3] + (255 - rgba[..., 3:]), 255)
                     assert np.array_equal(got, want), (path, level, lx, ly)
             ref.close()
+
+
+def test_reduced_jpeg_decoding_matches_a_full_read_resized(large_pyramid):
+    """A level read smaller (as the pipeline reads a 0.5 µm/px slide at 1 µm/px) is decoded by
+    libjpeg at 1/2 or 1/4 size: the same picture as OpenSlide's pixels resized, in the same
+    colours and not shifted, for Aperio's RGB JPEG tiles and tifffile's YCbCr ones."""
+    import cv2
+
+    for path, level, (x, y, w, h), out in [
+        (SAMPLE_SVS, 0, (100, 200, 1027, 1027), 512),
+        (SAMPLE_SVS, 0, (1500, 2300, 1027, 1027), 512),  # past the bottom edge: white
+        (SAMPLE_SVS, 0, (-300, 37, 1027, 1027), 512),  # left of the slide, off the tile grid
+        (large_pyramid, 1, (4000, 6000, 1030, 1030), 256),  # a 1/4 read on level 1
+    ]:
+        with Slide.open(path) as slide:
+            got = slide.read_region_resized(x, y, level, w, h, out, out)
+            cached = slide._direct.decoded.keys()  # (level, tile, reduction) of decoded tiles
+            factors = {key[2] for key in cached}
+            full = slide.read_region(x, y, level, w, h)
+        want = cv2.resize(full, (out, out), interpolation=cv2.INTER_AREA)
+        assert got.shape == want.shape == (out, out, 3)
+        assert factors == {w // out}, (path, factors)  # the reduced path was taken
+        diff = got.astype(np.int32) - want
+        assert np.abs(diff.mean(axis=(0, 1))).max() < 1.0, (path, x, y)  # no colour cast
+        if path == SAMPLE_SVS:  # real tissue (the pyramid's pasted tiles have hard edges)
+            assert np.abs(diff).mean() < 2.0 and np.percentile(np.abs(diff), 95) < 12, (x, y)
+        shift, _ = cv2.phaseCorrelate(
+            cv2.cvtColor(want, cv2.COLOR_RGB2GRAY).astype(np.float32),
+            cv2.cvtColor(got, cv2.COLOR_RGB2GRAY).astype(np.float32),
+        )
+        assert np.hypot(*shift) < 0.15, (path, shift)

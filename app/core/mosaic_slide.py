@@ -36,12 +36,15 @@ class MosaicSlide:
 def build_mosaic_slide(
     manifest: str | Path,
     out_dir: str | Path,
-    split: str = "val",
+    split: str | None = "val",
     tile_mpp: float = 1.0,
     upscale: int = 4,
     seed: int = 0,
     limit: int | None = None,
+    pyramid: bool = True,
 ) -> MosaicSlide:
+    """The mosaic slide of `split`'s tiles at `tile_mpp / upscale`; `pyramid=False` writes only
+    the full-resolution level, as single-level scans are, so the pipeline must resample."""
     pairs = read_manifest(manifest, split)
     rng = np.random.default_rng(seed)
     pairs = [pairs[i] for i in rng.permutation(len(pairs))]
@@ -65,6 +68,8 @@ def build_mosaic_slide(
     out.mkdir(parents=True, exist_ok=True)
     slide_path = out / f"mosaic-{split}.tif"
     sizes = level_sizes(big.shape[1], big.shape[0], 2, 256)
+    if not pyramid:
+        sizes = sizes[:1]
     slide_mpp = tile_mpp / upscale
     write_pyramidal_tiff(slide_path, array_source(big, sizes), sizes, mpp=slide_mpp, quality=92)
     (out / f"mosaic-{split}.json").write_text(

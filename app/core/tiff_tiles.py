@@ -2,12 +2,16 @@
 
 OpenSlide spends most of a large region read outside the JPEG decoder (compositing through
 ARGB, premultiplied alpha, its tile cache): a 1027² region of the CMU-1 sample takes 26 ms
-through OpenSlide, ~9 ms decoding the same tiles with libjpeg-turbo (imagecodecs, via
-tifffile). The pipeline reads such regions for every tile when a slide must be resampled, so
-for those reads this decodes the tiles itself. Neighbouring model tiles overlap and share
-JPEG tiles at their edges, so decoded tiles are kept in a small LRU. Anything unusual (another
-compression, planar data, a page whose size does not match the level) is left to OpenSlide.
-"""
+through OpenSlide, ~5 ms decoding the same tiles with libjpeg-turbo (imagecodecs, via
+tifffile), pixel for pixel the same. The pipeline reads such a region for every model tile, so
+it decodes the tiles itself. Neighbouring model tiles overlap and share JPEG tiles at their
+edges, so decoded tiles are kept in a small LRU.
+
+Where a slide must be shrunk to the model's resolution (a 0.5 µm/px scan read at 1 µm/px),
+`read_reduced` decodes each JPEG tile at 1/2, 1/4 or 1/8 size with libjpeg's DCT scaling
+(through OpenCV): fewer pixels to convert and almost nothing left to resize. Anything unusual
+(another compression, planar data, a page whose size does not match the level) is left to
+OpenSlide."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import logging
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from app.core.lru_cache import ByteLRU
@@ -23,6 +28,13 @@ log = logging.getLogger(__name__)
 
 JPEG = 7  # TIFF compression tag value
 DECODED_CACHE_BYTES = 48 * 2**20
+REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _adobe_marker(transform: int) -> bytes:
+    """An APP14 "Adobe" segment: it tells libjpeg the components' colour space. TIFF says it in
+    PhotometricInterpretation instead, and libjpeg would guess YCbCr for an Aperio RGB tile."""
+    return b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00" + bytes([transform])
 
 
 class JpegTiffLevels:
@@ -37,49 +49,60 @@ class JpegTiffLevels:
     @classmethod
     def probe(cls, path: str | Path, level_dimensions: list[tuple[int, int]]) -> JpegTiffLevels | None:
         """The levels this decoder can read exactly as OpenSlide would, or None."""
-        try:
-            import tifffile
+        import tifffile
 
+        try:
             tiff = tifffile.TiffFile(path)
         except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: OpenSlide does it all
             return None
-        pages = {}
-        for level, (w, h) in enumerate(level_dimensions):
-            for page in tiff.pages:
-                if (
-                    page.is_tiled
-                    and page.compression == JPEG
-                    and page.photometric in (2, 6)  # RGB, YCbCr
-                    and page.planarconfig == 1
-                    and page.bitspersample == 8
-                    and page.samplesperpixel == 3
-                    and (page.imagewidth, page.imagelength) == (w, h)
-                ):
-                    pages[level] = page
+        try:
+            pages = {}
+            for level, size in enumerate(level_dimensions):
+                page = next((p for p in tiff.pages if _plain_jpeg_tiles(p, size)), None)
+                if page is not None:
                     _ = page.decode  # tifffile builds the decoder lazily: once, here, not racing
-                    break
-        if not pages:
-            tiff.close()
-            return None
-        return cls(Path(path), pages, tiff)
+                    pages[level] = page
+            if pages:
+                return cls(Path(path), pages, tiff)
+        except Exception:
+            log.debug("%s: not decoded directly", path, exc_info=True)
+        tiff.close()
+        return None
 
     def read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray | None:
         """RGB (h, w, 3) at `level` from level pixel (lx, ly); white outside the image. None
         when this level is not one this decoder reads."""
+        return self._assemble(level, lx, ly, w, h, 1)
+
+    def read_reduced(
+        self, level: int, lx: int, ly: int, w: int, h: int, factor: int
+    ) -> tuple[np.ndarray, float, float] | None:
+        """The level region (lx, ly, w, h) decoded at 1/`factor` size (2, 4 or 8): the reduced
+        pixels covering it, and where (lx, ly) falls in them (fractional). None when this
+        level or factor is not one this decoder reads."""
+        page = self.pages.get(level)
+        if page is None or factor not in REDUCED_FLAGS or page.tilewidth % factor or page.tilelength % factor:
+            return None
+        rx0, ry0 = lx // factor, ly // factor
+        rx1, ry1 = -(-(lx + w) // factor), -(-(ly + h) // factor)
+        rgb = self._assemble(level, rx0, ry0, rx1 - rx0, ry1 - ry0, factor)
+        return rgb, lx / factor - rx0, ly / factor - ry0
+
+    def _assemble(self, level: int, lx: int, ly: int, w: int, h: int, factor: int) -> np.ndarray | None:
+        """(lx, ly, w, h) in the level's pixels divided by `factor`, tile by tile."""
         page = self.pages.get(level)
         if page is None:
             return None
-        tw, th = page.tilewidth, page.tilelength
-        iw, ih = page.imagewidth, page.imagelength
-        across = -(-iw // tw)
+        tw, th = page.tilewidth // factor, page.tilelength // factor
+        iw, ih = -(-page.imagewidth // factor), -(-page.imagelength // factor)
+        across = -(-page.imagewidth // page.tilewidth)
         out = np.full((h, w, 3), 255, np.uint8)
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, iw), min(ly + h, ih)
         if x0 >= x1 or y0 >= y1:
             return out
         for row in range(y0 // th, (y1 - 1) // th + 1):
             for col in range(x0 // tw, (x1 - 1) // tw + 1):
-                index = row * across + col
-                tile = self._tile(level, page, index)
+                tile = self._tile(level, page, row * across + col, factor)
                 if tile is None:
                     continue  # a tile never written: background
                 tx, ty = col * tw, row * th
@@ -90,8 +113,9 @@ class JpegTiffLevels:
                 ]
         return out
 
-    def _tile(self, level: int, page, index: int) -> np.ndarray | None:
-        tile = self.decoded.get((level, index))
+    def _tile(self, level: int, page, index: int, factor: int) -> np.ndarray | None:
+        key = (level, index, factor)
+        tile = self.decoded.get(key)
         if tile is not None:
             return tile
         count = page.databytecounts[index]
@@ -100,9 +124,14 @@ class JpegTiffLevels:
         with self._file_lock:
             self._file.seek(page.dataoffsets[index])
             data = self._file.read(count)
-        tile = page.decode(data, index, jpegtables=page.jpegtables)[0][0]
+        if factor == 1:
+            tile = page.decode(data, index, jpegtables=page.jpegtables)[0][0]
+        else:
+            tile = _decode_reduced(data, page.jpegtables, page.photometric, factor)
+            if tile.shape[:2] != (page.tilelength // factor, page.tilewidth // factor):
+                raise ValueError(f"reduced tile {index} decoded as {tile.shape}")
         tile.flags.writeable = False  # shared by every read that needs it
-        self.decoded.put((level, index), tile, tile.nbytes)
+        self.decoded.put(key, tile, tile.nbytes)
         return tile
 
     def close(self) -> None:
@@ -111,3 +140,32 @@ class JpegTiffLevels:
         finally:
             self._tiff.close()
             self.decoded.clear()
+
+
+def _decode_reduced(data: bytes, tables: bytes | None, photometric: int, factor: int) -> np.ndarray:
+    """One abbreviated TIFF JPEG tile, completed with the page's tables and its colour space,
+    decoded by libjpeg at 1/factor size."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG tile")
+    stream = b"\xff\xd8" + _adobe_marker(0 if photometric == 2 else 1)
+    if tables:
+        stream += tables[2:-2]  # the tables' own SOI and EOI dropped
+    stream += data[2:]
+    flags = REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(stream, np.uint8), flags)
+    if bgr is None:
+        raise ValueError("libjpeg could not decode the tile")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _plain_jpeg_tiles(page, size: tuple[int, int]) -> bool:
+    """A tiled, interleaved 8-bit RGB/YCbCr JPEG page of this size."""
+    return (
+        page.is_tiled
+        and page.compression == JPEG
+        and page.photometric in (2, 6)  # RGB, YCbCr
+        and page.planarconfig == 1
+        and page.bitspersample == 8
+        and page.samplesperpixel == 3
+        and (page.imagewidth, page.imagelength) == tuple(size)
+    )

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import shapely
 import shapely.prepared
@@ -95,11 +94,9 @@ class TileReader:
 
     def read(self, t: Tile) -> np.ndarray:
         x, y, w, h = self.plan.read_rect(t)
-        rgb = self.slide.read_region(x, y, self.plan.choice.level, w, h)
-        if (w, h) != (self.plan.tile, self.plan.tile):
-            interp = cv2.INTER_AREA if self.plan.choice.scale < 1 else cv2.INTER_LINEAR
-            rgb = cv2.resize(rgb, (self.plan.tile, self.plan.tile), interpolation=interp)
-        return rgb
+        return self.slide.read_region_resized(
+            x, y, self.plan.choice.level, w, h, self.plan.tile, self.plan.tile
+        )
 
     def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
         """Tiles with their reads in flight. Until the first tile is on screen only the second
