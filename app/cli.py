@@ -180,7 +180,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = benchmark.bench_model(
             model=args.model,
             tile=args.tile,
-            repeats=args.repeats,
+            repeats=args.repeats or 20,
             threads=args.threads,
             configs=args.configs.split(",") if args.configs else None,
             progress=None if args.json else _stderr_progress,
@@ -198,8 +198,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise UsageError("bench pipeline: give a SLIDE and --region X,Y,W,H")
         with Slide.open(args.target) as slide:
             region = _region_from_args(args, slide)
-            engine = _engine_from_args(args)
-            result = bench_pipeline(slide, region, engine, progress=None if args.json else _stderr_progress)
+        engine = _engine_from_args(args)
+        result = bench_pipeline(
+            args.target,
+            region,
+            engine,
+            repeats=args.repeats or 5,
+            progress=None if args.json else _stderr_progress,
+        )
         print(json.dumps(result, indent=2) if args.json else _format_dict(result))
         return 0
     if args.what == "accuracy":
@@ -572,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mpp", type=float, default=None)
     b.add_argument("--model", default=None)
     b.add_argument("--tile", type=int, default=512)
-    b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--repeats", type=int, default=None, help="model: 20 timings; pipeline: 5 runs")
     b.add_argument("--threads", type=int, default=0, help="0: all cores")
     b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
     b.add_argument("--data", default=None, help="bench accuracy: EBHI-Seg folder or manifest")

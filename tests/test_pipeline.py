@@ -292,3 +292,15 @@ def test_half_size_decoding_keeps_the_outline_as_accurate(tmp_path):
         dice[direct] = 2 * (drawn & mosaic.truth).sum() / (drawn.sum() + mosaic.truth.sum())
     assert dice[False] > 0.7
     assert abs(dice[True] - dice[False]) < 0.01, dice
+
+
+def test_bench_pipeline_reports_engine_and_pipeline_on_the_same_tiles():
+    r = run_delineo(
+        "bench", "pipeline", str(SAMPLE_SVS), "--region", "600,900,1200,1400", "--repeats", "2", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["tiles"] > 0 and out["repeats"] == 2 and len(out["pipeline_vs_engine_runs"]) == 2
+    assert out["engine_mpix_per_s"] > 0 and out["pipeline_mpix_per_s"] > 0 and 0 < out["first_tile_s"] < 60
+    assert out["pipeline_vs_engine"] == pytest.approx(out["engine_s"] / out["pipeline_s"], rel=0.05)
+    assert out["resampled"] is True  # CMU-1 has no level near 1 µm/px

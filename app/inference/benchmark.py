@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,13 @@ def benchmark_tile(side: int) -> np.ndarray:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory (psutil's peak_wset on Windows, ru_maxrss elsewhere)."""
+    if sys.platform == "win32":
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset / 2**20
+    import resource
+
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 1024 / 1024
 
@@ -196,38 +202,50 @@ if __name__ == "__main__":
     main()
 
 
-def bench_pipeline(slide, region, engine, progress=None) -> dict:
-    """The engine alone against the whole pipeline, on the same tiles of the same region."""
+def bench_pipeline(path, region, engine, repeats: int = 5, progress=None) -> dict:
+    """The engine alone against the whole pipeline, on the same tiles of the same region,
+    `repeats` times each (medians, and every run's ratio). The slide is opened afresh for each
+    pipeline run, as a pathologist opens it, so no run reads from the last one's caches."""
+    from app.core.slide import Slide
     from app.core.tissue import tissue_mask
     from app.inference.engines import predict_stream
-    from app.inference.pipeline import Delineation, TileReader, delineate, split_background
+    from app.inference.pipeline import TileReader, delineate, run_to_end, split_background
 
-    tissue = tissue_mask(slide)
     tile = engine.card.tile
     engine.predict(np.zeros((1, tile, tile, 3), np.uint8))  # compile/warm-up outside the timings
-    t0 = time.perf_counter()
-    result = None
-    for ev in delineate(slide, region, engine, tissue=tissue):
-        if isinstance(ev, Delineation):
-            result = ev
-    pipeline_s = time.perf_counter() - t0
+    pipeline_runs, engine_runs, first_tiles = [], [], []
+    sequential_runs, streamed_runs = [], []
+    tiles = result = None
+    for _ in range(max(1, repeats)):
+        with Slide.open(path) as slide:
+            tissue = tissue_mask(slide)  # the window computes it when the slide opens
+            t0 = time.perf_counter()
+            result = run_to_end(delineate(slide, region, engine, tissue=tissue))
+            pipeline_runs.append(time.perf_counter() - t0)
+            first_tiles.append(result.first_tile_s)
+            if tiles is None:
+                ran, _ = split_background(result.plan, tissue)
+                reader = TileReader(slide, result.plan, 1, 1)
+                tiles = [reader.read(t) for t in ran]
+                reader.close()
+        # The engine alone, tiles already in memory, at its best of one tile at a time and its
+        # stream (several in flight): the pipeline is measured against the faster of the two.
+        t1 = time.perf_counter()
+        for rgb in tiles:
+            engine.predict(rgb[None])
+        sequential_runs.append(time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        for _ in predict_stream(engine, enumerate(tiles)):
+            pass
+        streamed_runs.append(time.perf_counter() - t2)
+        engine_runs.append(min(sequential_runs[-1], streamed_runs[-1]))
+        if progress:
+            n, p_s, e_s = len(pipeline_runs), pipeline_runs[-1], engine_runs[-1]
+            progress(f"run {n}: pipeline {p_s:.2f} s, engine alone {e_s:.2f} s")
+    pipeline_s, engine_s = statistics.median(pipeline_runs), statistics.median(engine_runs)
     plan = result.plan
-    ran, _ = split_background(plan, tissue)
-    reader = TileReader(slide, plan, 1, 1)
-    tiles = [reader.read(t) for t in ran]
-    reader.close()
-    # The engine alone, tiles already in memory, at its best of one tile at a time and its
-    # stream (several in flight): the pipeline is measured against the faster of the two.
-    t1 = time.perf_counter()
-    for rgb in tiles:
-        engine.predict(rgb[None])
-    sequential_s = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    for _ in predict_stream(engine, enumerate(tiles)):
-        pass
-    streamed_s = time.perf_counter() - t2
-    engine_s = min(sequential_s, streamed_s)
     mpix = len(tiles) * tile * tile / 1e6
+    firsts = [f for f in first_tiles if f is not None]
     out = {
         "engine": engine.name,
         "tiles": len(tiles),
@@ -235,14 +253,16 @@ def bench_pipeline(slide, region, engine, progress=None) -> dict:
         "tile": tile,
         "read_level": plan.choice.level,
         "resampled": plan.choice.resampled,
+        "repeats": len(pipeline_runs),
         "engine_mpix_per_s": round(mpix / engine_s, 3),
         "pipeline_mpix_per_s": round(mpix / pipeline_s, 3),
         "pipeline_vs_engine": round(engine_s / pipeline_s, 3),
-        "first_tile_s": round(result.first_tile_s, 3) if result.first_tile_s is not None else None,
-        "pipeline_s": round(pipeline_s, 2),
-        "engine_s": round(engine_s, 2),
-        "engine_sequential_s": round(sequential_s, 2),
-        "engine_streamed_s": round(streamed_s, 2),
+        "pipeline_vs_engine_runs": [round(e / p, 3) for e, p in zip(engine_runs, pipeline_runs, strict=True)],
+        "first_tile_s": round(statistics.median(firsts), 3) if firsts else None,
+        "pipeline_s": round(pipeline_s, 3),
+        "engine_s": round(engine_s, 3),
+        "engine_sequential_s": round(statistics.median(sequential_runs), 3),
+        "engine_streamed_s": round(statistics.median(streamed_runs), 3),
         "polygons": len(result.polygons),
         "cpu": cpu_name(),
         "threads": os.cpu_count(),

@@ -103,7 +103,7 @@ class TileReader:
         is read ahead (behind the first on the reader thread), so the cores belong to the first
         tile's inference while the model's streams still find work waiting when it is done."""
         it = iter(tiles)
-        for t in itertools.islice(it, min(2, self.lookahead)):
+        for t in itertools.islice(it, min(3, self.lookahead)):
             self.queue.append((t, self.pool.submit(self.read, t)))
         while self.queue:
             t, fut = self.queue.popleft()
