@@ -459,8 +459,21 @@ class MainWindow(QMainWindow):
         )
         for note in result.notes:
             msg += f" — {note}"
-        self.statusBar().showMessage(msg, 20_000)
+            log.info("%s: %s", self.slide.name if self.slide else "delineation", note)
+        self.show_long_status(msg, 20_000)
         self.delineationFinished.emit(result)
+
+    def show_long_status(self, message: str, timeout_ms: int) -> None:
+        """A status message elided to the room left of the position and engine labels (Qt
+        would draw the rest under them); the whole text is the status bar's tooltip."""
+        bar = self.statusBar()
+        room = bar.width() - 24
+        for w in (self.progress, self.cancel_button, self.pos_label, self.level_label, self.engine_label):
+            if not w.isHidden():
+                room -= w.sizeHint().width() + 8
+        elided = bar.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, max(room, 80))
+        bar.setToolTip(message if elided != message else "")
+        bar.showMessage(elided, timeout_ms)
 
     def _on_delineation_failed(self, message: str) -> None:
         was_running = self.running
