@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import shapely
@@ -51,7 +52,7 @@ class TileEvent:
 class Delineation:
     polygons: list[Polygon]
     plan: TilePlan
-    probability: np.ndarray  # blended canvas (float16, model pixels; see plan)
+    blender: Blender = field(repr=False)  # the blended map (see `probability`); resumable
     tiles_done: int
     tiles_skipped: int
     tiles_failed: int
@@ -62,7 +63,12 @@ class Delineation:
     notes: list[str] = field(default_factory=list)
     engine_error: str | None = None  # the engine failed mid-run (a remote endpoint went away)
     pending: list[Tile] = field(default_factory=list)  # tiles not run (cancelled or failed engine)
-    blender: Blender | None = field(default=None, repr=False)  # kept after an engine error, to resume
+
+    @cached_property
+    def probability(self) -> np.ndarray:
+        """The blended map (float16, model pixels; see plan), made when first asked for: the
+        outline is traced from the blender's sums directly, and most runs never need it."""
+        return self.blender.probability()
 
     @property
     def finished(self) -> bool:
@@ -156,8 +162,8 @@ def delineate(
     same map (finish locally what a remote endpoint left)."""
     t0 = time.perf_counter()
     card = engine.card
-    if resume is not None and (resume.blender is None or resume.plan.tile != card.tile):
-        raise ValueError("resume needs an unfinished Delineation made with a model of the same tile size")
+    if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
+        raise ValueError("resume needs a Delineation whose engine failed, from a model of the same tile size")
     plan = (
         resume.plan
         if resume is not None
@@ -234,14 +240,13 @@ def delineate(
     cancelled = cancel is not None and cancel.is_set() and bool(pending)
     if failed:
         notes.append(f"{failed} tile(s) could not be read and were left out")
-    probability = blender.probability()
     polygons = vectorize(
-        probability, plan, region, threshold, choice.slide_mpp, simplify_um, min_area_um2, min_hole_um2
+        blender.above(threshold), plan, region, choice.slide_mpp, simplify_um, min_area_um2, min_hole_um2
     )
     yield Delineation(
         polygons=polygons,
         plan=plan,
-        probability=probability,
+        blender=blender,
         tiles_done=done - failed - (resume.tiles_skipped if resume else len(skipped)),
         tiles_skipped=resume.tiles_skipped if resume else len(skipped),
         tiles_failed=failed,
@@ -252,27 +257,25 @@ def delineate(
         notes=[*(resume.notes if resume else []), *notes],
         engine_error=engine_error,
         pending=pending,
-        blender=blender if engine_error else None,
     )
 
 
 def vectorize(
-    canvas: np.ndarray,
+    tumour: np.ndarray,
     plan: TilePlan,
     region: BaseGeometry,
-    threshold: float,
     slide_mpp: float,
     simplify_um: float,
     min_area_um2: float,
     min_hole_um2: float = 0.0,
 ) -> list[Polygon]:
-    """Tumour polygons with holes, in level-0 pixels, inside the painted region only. Parts
-    smaller than `min_area_um2` are dropped and holes smaller than `min_hole_um2` filled: a
-    pathologist outlines tumour, not single cells or lumens."""
+    """Tumour polygons with holes, in level-0 pixels, from the thresholded map (`tumour`, bool,
+    model pixels), inside the painted region only. Parts smaller than `min_area_um2` are dropped
+    and holes smaller than `min_hole_um2` filled: a pathologist outlines tumour, not single
+    cells or lumens."""
     s = plan.level0_per_model
     offset = plan.model_to_level0(0, 0)
-    inside = rasterize(region, canvas.shape, s, offset)
-    mask = above(canvas, threshold) & inside
+    mask = tumour & rasterize(region, tumour.shape, s, offset)
     px_per_um = 1.0 / slide_mpp
     polys = mask_to_polygons(
         mask,
@@ -291,14 +294,6 @@ def vectorize(
             if isinstance(part, Polygon) and not part.is_empty and part.is_valid:
                 out.append(part)
     return out
-
-
-def above(probability: np.ndarray, threshold: float) -> np.ndarray:
-    """probability >= threshold, 10x faster for float16: non-negative IEEE floats order as
-    their bit patterns do, so the comparison runs on uint16 (NumPy's float16 has no SIMD)."""
-    if probability.dtype == np.float16 and threshold >= 0:
-        return probability.view(np.uint16) >= np.float16(threshold).view(np.uint16)
-    return probability >= threshold
 
 
 def run_to_end(events: Iterator[TileEvent | Delineation]) -> Delineation:
