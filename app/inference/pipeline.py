@@ -105,9 +105,9 @@ class TileReader:
         )
 
     def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
-        """Tiles with their reads in flight. Until the first tile is on screen only the second
-        is read ahead (behind the first on the reader thread), so the cores belong to the first
-        tile's inference while the model's streams still find work waiting when it is done."""
+        """Tiles with their reads in flight. Until the first tile is on screen only the next two
+        are read (behind it on the reader thread): the cores belong mostly to the first tile's
+        inference, and both of the model's streams find a tile waiting when it is done."""
         it = iter(tiles)
         for t in itertools.islice(it, min(3, self.lookahead)):
             self.queue.append((t, self.pool.submit(self.read, t)))
