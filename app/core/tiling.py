@@ -13,6 +13,7 @@ unreadable ones, tiles after a Cancel, tiles outside the region.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -193,34 +194,33 @@ class Blender:
         self.acc[ys, xs] += contribution.astype(np.uint16)
         self.weight[ys, xs] += self._window16
 
-    def above(self, threshold: float, rows: int = 256) -> np.ndarray:
+    def _bands(self, rows: int = 256) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """(rows, acc, weight) in float32, band by band, in two buffers reused throughout: the
+        temporary memory stays small and cache-resident. Weight is at least 1: where no tile
+        ran, acc is 0, so the probability there is 0."""
+        acc = np.empty((rows, self.acc.shape[1]), np.float32)
+        weight = np.empty_like(acc)
+        for y in range(0, self.acc.shape[0], rows):
+            n = min(rows, self.acc.shape[0] - y)
+            a, w = acc[:n], weight[:n]
+            np.copyto(a, self.acc[y : y + n])
+            np.copyto(w, self.weight[y : y + n])
+            np.maximum(w, 1, out=w)
+            yield slice(y, y + n), a, w
+
+    def above(self, threshold: float) -> np.ndarray:
         """Where the blended probability is at least `threshold` (bool), as `probability()`
         would say, without making the float16 map: acc >= threshold * weight, twice as fast."""
         out = np.empty(self.acc.shape, bool)
-        acc = np.empty((rows, self.acc.shape[1]), np.float32)
-        weight = np.empty_like(acc)
-        for y in range(0, self.acc.shape[0], rows):
-            n = min(rows, self.acc.shape[0] - y)
-            a, w = acc[:n], weight[:n]
-            np.copyto(a, self.acc[y : y + n])
-            np.copyto(w, self.weight[y : y + n])
-            np.maximum(w, 1, out=w)  # no tile ran here: acc is 0, so below any threshold > 0
+        for band, a, w in self._bands():
             np.multiply(w, threshold, out=w)
-            np.greater_equal(a, w, out=out[y : y + n])
+            np.greater_equal(a, w, out=out[band])
         return out
 
-    def probability(self, rows: int = 256) -> np.ndarray:
-        """The blended map (float16; 0 where no tile ran), normalized in float32 bands reused
-        from band to band, so the temporary memory stays small and cache-resident."""
+    def probability(self) -> np.ndarray:
+        """The blended map (float16; 0 where no tile ran)."""
         out = np.empty(self.acc.shape, np.float16)
-        acc = np.empty((rows, self.acc.shape[1]), np.float32)
-        weight = np.empty_like(acc)
-        for y in range(0, self.acc.shape[0], rows):
-            n = min(rows, self.acc.shape[0] - y)
-            a, w = acc[:n], weight[:n]
-            np.copyto(a, self.acc[y : y + n])
-            np.copyto(w, self.weight[y : y + n])
-            np.maximum(w, 1, out=w)  # no tile ran here: acc is 0 too
+        for band, a, w in self._bands():
             np.divide(a, w, out=a)
-            out[y : y + n] = a
+            out[band] = a
         return out
