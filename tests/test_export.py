@@ -303,4 +303,7 @@ def test_cli_likelihood_map_is_named_for_asap(tmp_path, sample_copy, annotations
     lik = sample_copy.parent / "CMU-1-Small-Region_likelihood_map.tif"
     with Slide.open(lik) as m:
         assert m.level_count >= 2
-        assert m.dimensions[0] == pytest.approx(2220 * MPP, abs=2)  # at the model's 1 µm/px
+        # At the resolution the model ran at (the sample decoded at half size: 0.998 µm/px),
+        # covering the whole slide: it overlays it exactly.
+        assert m.mpp == pytest.approx((2 * MPP, 2 * MPP), rel=1e-3)
+        assert m.dimensions[0] * m.mpp[0] == pytest.approx(2220 * MPP, abs=2)

@@ -76,7 +76,16 @@ def test_blend_window_is_a_partition_of_unity():
 
 
 def test_level_choice_by_mpp(large_pyramid):
+    with Slide.open(SAMPLE_SVS) as s:  # one 0.499 µm/px level, JPEG tiles: decoded at 1/2 ...
+        half = choose_level(s, 1.0)
+        assert (half.level, half.reduction, half.scale) == (0, 2, 1.0)
+        assert half.level_mpp == pytest.approx(0.998)
+        quarter = choose_level(s, 2.0)  # ... or 1/4
+        assert (quarter.level, quarter.reduction, quarter.scale) == (0, 4, 1.0)
+        between = choose_level(s, 1.5)  # none within 10%: the finest not coarser, resampled
+        assert (between.reduction, between.scale) == (2, pytest.approx(0.998 / 1.5))
     with Slide.open(large_pyramid) as s:  # 0.25 µm/px, levels at 1, 2, 4, 8, ...
+        assert all(choose_level(s, m).reduction == 1 for m in (0.25, 0.5, 1.0, 2.0))  # stored wins
         exact = choose_level(s, 1.0)
         assert (exact.level, exact.scale) == (2, 1.0)
         near = choose_level(s, 0.52)  # level 1 (0.5) is within 10%: read as is
@@ -145,8 +154,9 @@ def test_polygons_are_valid_inside_the_region_and_follow_the_pixels():
         plan = result.plan
         x0, y0 = plan.model_to_level0(0, 0)
         w, h = plan.size
+        c = plan.choice  # level 0 at half size here: 0.998 µm/px
         rgb = s.read_region(
-            round(x0), round(y0), 0, round(w / plan.choice.scale), round(h / plan.choice.scale)
+            round(x0), round(y0), c.level, round(w / c.scale), round(h / c.scale), c.reduction
         )
     rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
     truth = dark_map(rgb).astype(bool) & rasterize(region, (h, w), plan.level0_per_model, (x0, y0))
@@ -269,7 +279,7 @@ def test_half_size_decoding_keeps_the_outline_as_accurate(tmp_path):
     """A single-level 0.5 µm/px slide (like the CMU-1 sample) is read at the model's 1 µm/px by
     decoding its JPEG tiles at half size, instead of through OpenSlide at full size and shrunk.
     On a slide of the bundled labelled tiles, the shipped model's outline must match the ground
-    truth as well either way."""
+    truth as well either way, and no worse."""
     from app.core.mosaic_slide import build_mosaic_slide
     from app.inference.engines import create_engine
 
@@ -283,10 +293,11 @@ def test_half_size_decoding_keeps_the_outline_as_accurate(tmp_path):
                 slide._direct = None  # every read through OpenSlide, shrunk with INTER_AREA
             w, h = slide.dimensions
             result = run_to_end(delineate(slide, box(0, 0, w, h), engine))
-            assert result.plan.choice.resampled
-            if direct:
-                cached = slide._direct.decoded.keys()  # (level, tile, reduction) of decoded tiles
-                assert 2 in {key[2] for key in cached}  # half-size decoding
+            choice = result.plan.choice
+            if direct:  # level 0 at half size: the model's 1 µm/px without resampling
+                assert (choice.level, choice.reduction, choice.resampled) == (0, 2, False)
+            else:  # level 0 read in full and shrunk x0.5
+                assert (choice.level, choice.reduction, choice.scale) == (0, 1, 0.5)
         th, tw = mosaic.truth.shape
         drawn = rasterize(shapely.union_all(result.polygons), (th, tw), w / tw, (0.0, 0.0))
         dice[direct] = 2 * (drawn & mosaic.truth).sum() / (drawn.sum() + mosaic.truth.sum())
@@ -303,4 +314,5 @@ def test_bench_pipeline_reports_engine_and_pipeline_on_the_same_tiles():
     assert out["tiles"] > 0 and out["repeats"] == 2 and len(out["pipeline_vs_engine_runs"]) == 2
     assert out["engine_mpix_per_s"] > 0 and out["pipeline_mpix_per_s"] > 0 and 0 < out["first_tile_s"] < 60
     assert out["pipeline_vs_engine"] == pytest.approx(out["engine_s"] / out["pipeline_s"], rel=0.05)
-    assert out["resampled"] is True  # CMU-1 has no level near 1 µm/px
+    # CMU-1 stores only 0.5 µm/px: read at half size, the model's 1 µm/px without resampling.
+    assert (out["read_level"], out["read_reduction"], out["resampled"]) == (0, 2, False)

@@ -200,25 +200,26 @@ def test_direct_tile_decoding_is_pixel_identical_to_openslide(large_pyramid):
 
 
 def test_reduced_jpeg_decoding_matches_a_full_read_resized(large_pyramid):
-    """A level read smaller (as the pipeline reads a 0.5 µm/px slide at 1 µm/px) is decoded by
-    libjpeg at 1/2 or 1/4 size: the same picture as OpenSlide's pixels resized, in the same
-    colours and not shifted, for Aperio's RGB JPEG tiles and tifffile's YCbCr ones."""
+    """A tiled JPEG level read at 1/2 or 1/4 size (as the pipeline reads a 0.5 µm/px slide at
+    1 µm/px) is decoded so by libjpeg: the same picture as OpenSlide's full-size pixels shrunk,
+    in the same colours and not shifted, for Aperio's RGB JPEG tiles and tifffile's YCbCr ones."""
     import cv2
 
-    for path, level, (x, y, w, h), out in [
-        (SAMPLE_SVS, 0, (100, 200, 1027, 1027), 512),
-        (SAMPLE_SVS, 0, (1500, 2300, 1027, 1027), 512),  # past the bottom edge: white
-        (SAMPLE_SVS, 0, (-300, 37, 1027, 1027), 512),  # left of the slide, off the tile grid
-        (large_pyramid, 1, (4000, 6000, 1030, 1030), 256),  # a 1/4 read on level 1
+    for path, level, (x, y, w, h), r in [
+        (SAMPLE_SVS, 0, (100, 200, 512, 512), 2),
+        (SAMPLE_SVS, 0, (1500, 2300, 512, 512), 2),  # past the bottom edge: white
+        (SAMPLE_SVS, 0, (-300, 36, 512, 512), 2),  # left of the slide
+        (SAMPLE_SVS, 0, (600, 800, 200, 150), 8),
+        (large_pyramid, 1, (4000, 6000, 256, 256), 4),
     ]:
         with Slide.open(path) as slide:
-            got = slide.read_region_resized(x, y, level, w, h, out, out)
+            assert slide.reductions(level) == (1, 2, 4, 8)
+            got = slide.read_region(x, y, level, w, h, r)
             cached = slide._direct.decoded.keys()  # (level, tile, reduction) of decoded tiles
-            factors = {key[2] for key in cached}
-            full = slide.read_region(x, y, level, w, h)
-        want = cv2.resize(full, (out, out), interpolation=cv2.INTER_AREA)
-        assert got.shape == want.shape == (out, out, 3)
-        assert factors == {w // out}, (path, factors)  # the reduced path was taken
+            full = slide.read_region(x, y, level, w * r, h * r)
+        want = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA)
+        assert got.shape == want.shape == (h, w, 3)
+        assert {key[2] for key in cached} == {r}, path  # decoded small, not shrunk
         diff = got.astype(np.int32) - want
         assert np.abs(diff.mean(axis=(0, 1))).max() < 1.0, (path, x, y)  # no colour cast
         if path == SAMPLE_SVS:  # real tissue (the pyramid's pasted tiles have hard edges)
@@ -228,3 +229,14 @@ def test_reduced_jpeg_decoding_matches_a_full_read_resized(large_pyramid):
             cv2.cvtColor(got, cv2.COLOR_RGB2GRAY).astype(np.float32),
         )
         assert np.hypot(*shift) < 0.15, (path, shift)
+
+
+def test_formats_without_a_jpeg_decoder_read_reduced_sizes_by_shrinking():
+    """DICOM (and anything OpenSlide reads) offers no reduced sizes, and a reduced read still
+    works there: read in full and shrunk."""
+    with Slide.open(DICOM_DIR) as slide:
+        assert slide.reductions(0) == (1,)
+        small = slide.read_region(400, 400, 0, 100, 100, 2)
+        full = slide.read_region(400, 400, 0, 200, 200)
+    assert small.shape == (100, 100, 3)
+    assert abs(float(small.mean()) - float(full.mean())) < 1.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from pathlib import Path
 
@@ -214,57 +215,37 @@ class Slide:
 
     # ------------------------------------------------------------------ pixels
 
-    def read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
-        """RGB uint8 (h, w, 3); (x, y) in level-0 pixels, size at `level`. Outside the slide
-        and transparent areas are white, as on glass."""
+    def read_region(self, x: int, y: int, level: int, w: int, h: int, reduction: int = 1) -> np.ndarray:
+        """RGB uint8 (h, w, 3); (x, y) in level-0 pixels, size at `level` shrunk by `reduction`
+        (1, or one of `reductions(level)`). Outside the slide and transparent areas are white,
+        as on glass."""
         with self._reading():
-            return self._read_region(x, y, level, w, h)
+            if reduction == 1:
+                return self._read_region(x, y, level, w, h)
+            return self._read_reduced(x, y, level, w, h, reduction)
 
-    def read_region_resized(
-        self, x: int, y: int, level: int, w: int, h: int, out_w: int, out_h: int
-    ) -> np.ndarray:
-        """`read_region(x, y, level, w, h)` resized to (out_w, out_h): how the pipeline reads a
-        level finer than the model's. Where the level is a tiled JPEG that shrinks by 2x or
-        more, its tiles are decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling (a third
-        less decoding, and the resize left to do is a few pixels); the picture is the same to
-        within a grey level on average (tests/test_slide.py)."""
-        with self._reading():
-            direct = self._direct
-            factor = max((f for f in (8, 4, 2) if w / f >= out_w and h / f >= out_h), default=1)
-            ds = self.level_downsamples[level]
-            lx, ly = x / ds, y / ds
-            # The reduced image is resized with bilinear weights, which only suits a little
-            # further shrinking; beyond 1.1x, or off the grid, the full path below.
-            if (
-                direct is not None
-                and factor > 1
-                and w / factor / out_w < 1.1
-                and h / factor / out_h < 1.1
-                and lx == int(lx)
-                and ly == int(ly)
-            ):
-                try:
-                    reduced = direct.read_reduced(level, int(lx), int(ly), int(w), int(h), factor)
-                except Exception as e:  # noqa: BLE001 - the full path reads it (and reports errors)
-                    log.debug("%s: reduced decoding failed at (%s, %s): %s", self.path, x, y, e)
-                    reduced = None
-                if reduced is not None:
-                    rgb, ox, oy = reduced
-                    sx, sy = w / factor / out_w, h / factor / out_h
-                    # Output pixel centres mapped onto the reduced pixels (centres at i + 0.5).
-                    m = np.array([[sx, 0, ox + 0.5 * sx - 0.5], [0, sy, oy + 0.5 * sy - 0.5]])
-                    return cv2.warpAffine(
-                        rgb,
-                        m,
-                        (out_w, out_h),
-                        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                        borderMode=cv2.BORDER_REPLICATE,
-                    )
-            rgb = self._read_region(x, y, level, w, h)
-        if (w, h) == (out_w, out_h):
-            return rgb
-        interp = cv2.INTER_AREA if out_w < w else cv2.INTER_LINEAR
-        return cv2.resize(rgb, (out_w, out_h), interpolation=interp)
+    def reductions(self, level: int) -> tuple[int, ...]:
+        """How much smaller than stored `level` can be read without resizing: (1,) for most
+        formats; (1, 2, 4, 8) for a tiled JPEG level, which libjpeg decodes at 1/2, 1/4 or 1/8
+        size (DCT scaling) faster than at full size. The pipeline treats them as levels."""
+        return (self._direct.reductions(level) if self._direct is not None else ()) or (1,)
+
+    def _read_reduced(self, x: int, y: int, level: int, w: int, h: int, reduction: int) -> np.ndarray:
+        ds = self.level_downsamples[level] * reduction
+        rx, ry = math.floor(x / ds), math.floor(y / ds)
+        if self._direct is not None:
+            try:
+                rgb = self._direct.read(level, rx, ry, int(w), int(h), reduction)
+            except Exception as e:  # noqa: BLE001 - read in full below (which reports errors)
+                log.debug("%s: reduced decoding failed at (%s, %s): %s", self.path, x, y, e)
+            else:
+                if rgb is not None:
+                    return rgb
+        # Not decodable at that size (or a bad tile): read in full and shrink, as OpenSlide would.
+        full = self._read_region(
+            round(rx * ds), round(ry * ds), level, int(w) * reduction, int(h) * reduction
+        )
+        return cv2.resize(full, (int(w), int(h)), interpolation=cv2.INTER_AREA)
 
     def _read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         direct = self._direct

@@ -7,11 +7,12 @@ tifffile), pixel for pixel the same. The pipeline reads such a region for every 
 it decodes the tiles itself. Neighbouring model tiles overlap and share JPEG tiles at their
 edges, so decoded tiles are kept in a small LRU.
 
-Where a slide must be shrunk to the model's resolution (a 0.5 µm/px scan read at 1 µm/px),
-`read_reduced` decodes each JPEG tile at 1/2, 1/4 or 1/8 size with libjpeg's DCT scaling
-(through OpenCV): fewer pixels to convert and almost nothing left to resize. Anything unusual
-(another compression, planar data, a page whose size does not match the level) is left to
-OpenSlide."""
+Each level can also be decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling (through
+OpenCV): fewer pixels to convert and nothing to resize. To the pipeline these are levels the
+slide does not store: a 20x scan (0.5 µm/px, levels at 4x steps) has its 1 µm/px level after all.
+Anything unusual (another compression, planar data, a page whose size does not match the level)
+is left to OpenSlide.
+"""
 
 from __future__ import annotations
 
@@ -69,48 +70,35 @@ class JpegTiffLevels:
         tiff.close()
         return None
 
-    def read(self, level: int, lx: int, ly: int, w: int, h: int) -> np.ndarray | None:
-        """RGB (h, w, 3) at `level` from level pixel (lx, ly); white outside the image. None
-        when this level is not one this decoder reads."""
-        return self._assemble(level, lx, ly, w, h, 1)
-
-    def read_reduced(
-        self, level: int, lx: int, ly: int, w: int, h: int, factor: int
-    ) -> tuple[np.ndarray, float, float] | None:
-        """The level region (lx, ly, w, h) decoded at 1/`factor` size (2, 4 or 8): the reduced
-        pixels covering it, and where (lx, ly) falls in them (fractional). None when this
-        level or factor is not one this decoder reads."""
-        page = self.pages.get(level)
-        if page is None or factor not in REDUCED_FLAGS or page.tilewidth % factor or page.tilelength % factor:
-            return None
-        rx0, ry0 = lx // factor, ly // factor
-        rx1, ry1 = -(-(lx + w) // factor), -(-(ly + h) // factor)
-        rgb = self._assemble(level, rx0, ry0, rx1 - rx0, ry1 - ry0, factor)
-        return rgb, lx / factor - rx0, ly / factor - ry0
-
-    def _assemble(self, level: int, lx: int, ly: int, w: int, h: int, factor: int) -> np.ndarray | None:
-        """(lx, ly, w, h) in the level's pixels divided by `factor`, tile by tile."""
+    def reductions(self, level: int) -> tuple[int, ...]:
+        """The sizes (1 = full, 2 = half, ...) this level can be decoded at."""
         page = self.pages.get(level)
         if page is None:
+            return ()
+        return (1, *(f for f in REDUCED_FLAGS if page.tilewidth % f == 0 and page.tilelength % f == 0))
+
+    def read(self, level: int, x: int, y: int, w: int, h: int, reduction: int = 1) -> np.ndarray | None:
+        """RGB (h, w, 3) from (x, y) of `level` decoded at 1/`reduction` size (all in those
+        pixels); white outside the image. None when this level or size is not one this decodes."""
+        page = self.pages.get(level)
+        if page is None or reduction not in self.reductions(level):
             return None
-        tw, th = page.tilewidth // factor, page.tilelength // factor
-        iw, ih = -(-page.imagewidth // factor), -(-page.imagelength // factor)
+        tw, th = page.tilewidth // reduction, page.tilelength // reduction
+        iw, ih = -(-page.imagewidth // reduction), -(-page.imagelength // reduction)
         across = -(-page.imagewidth // page.tilewidth)
         out = np.full((h, w, 3), 255, np.uint8)
-        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, iw), min(ly + h, ih)
+        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, iw), min(y + h, ih)
         if x0 >= x1 or y0 >= y1:
             return out
         for row in range(y0 // th, (y1 - 1) // th + 1):
             for col in range(x0 // tw, (x1 - 1) // tw + 1):
-                tile = self._tile(level, page, row * across + col, factor)
+                tile = self._tile(level, page, row * across + col, reduction)
                 if tile is None:
                     continue  # a tile never written: background
                 tx, ty = col * tw, row * th
                 sx0, sy0 = max(x0, tx), max(y0, ty)
                 sx1, sy1 = min(x1, tx + tw), min(y1, ty + th)
-                out[sy0 - ly : sy1 - ly, sx0 - lx : sx1 - lx] = tile[
-                    sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx, :3
-                ]
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx, :3]
         return out
 
     def _tile(self, level: int, page, index: int, factor: int) -> np.ndarray | None:

@@ -35,21 +35,30 @@ class TilingError(DelineoError):
 @dataclass(frozen=True)
 class LevelChoice:
     level: int
-    level_mpp: float
-    scale: float  # model pixels per read-level pixel (1.0 = no resampling)
+    level_mpp: float  # of what is read: the level, shrunk by `reduction`
+    scale: float  # model pixels per read pixel (1.0 = no resampling)
     slide_mpp: float
     mpp_assumed: bool  # the slide has no mpp: the card's default was used
+    reduction: int = 1  # the level decoded at 1/reduction size (see Slide.reductions)
 
     @property
     def resampled(self) -> bool:
         return self.scale != 1.0
 
+    def describe(self) -> str:
+        """e.g. "level 0 at 1/2 (0.998 µm/px)"."""
+        at = f" at 1/{self.reduction}" if self.reduction > 1 else ""
+        return f"level {self.level}{at} ({self.level_mpp:.3g} µm/px)"
+
 
 def choose_level(slide: Slide, model_mpp: float, slide_mpp: float | None = None) -> LevelChoice:
     """The level whose mpp is nearest the model's; resample when none is within 10%.
 
-    When resampling, read the finest level that is not coarser than the model (downsampling
-    keeps detail, upsampling invents it); upsample only when level 0 is already too coarse.
+    A level the slide can decode smaller (a tiled JPEG at 1/2, 1/4, 1/8: `Slide.reductions`)
+    counts as the levels it gives, so a 0.5 µm/px scan is read at 1 µm/px without resampling;
+    between equals, the stored level wins (less to decode). When resampling, read the finest
+    level that is not coarser than the model (downsampling keeps detail, upsampling invents
+    it); upsample only when level 0 is already too coarse.
     """
     assumed = False
     if slide_mpp is None:
@@ -57,13 +66,20 @@ def choose_level(slide: Slide, model_mpp: float, slide_mpp: float | None = None)
             slide_mpp, assumed = model_mpp, True
         else:
             slide_mpp = float(np.mean(slide.mpp))
-    mpps = [slide_mpp * d for d in slide.level_downsamples]
-    nearest = min(range(len(mpps)), key=lambda i: abs(math.log(mpps[i] / model_mpp)))
-    if abs(mpps[nearest] / model_mpp - 1) <= MPP_TOLERANCE:
-        return LevelChoice(nearest, mpps[nearest], 1.0, slide_mpp, assumed)
-    finer = [i for i, m in enumerate(mpps) if m <= model_mpp]
-    level = max(finer, key=lambda i: mpps[i]) if finer else 0
-    return LevelChoice(level, mpps[level], mpps[level] / model_mpp, slide_mpp, assumed)
+    # (mpp, reduction, level) for every stored level and every size it decodes at.
+    reads = [
+        (slide_mpp * d * r, r, level)
+        for level, d in enumerate(slide.level_downsamples)
+        for r in slide.reductions(level)
+    ]
+    mpp, reduction, level = min(reads, key=lambda c: (abs(math.log(c[0] / model_mpp)), c[1]))
+    if abs(mpp / model_mpp - 1) <= MPP_TOLERANCE:
+        return LevelChoice(level, mpp, 1.0, slide_mpp, assumed, reduction)
+    finer = [c for c in reads if c[0] <= model_mpp]
+    mpp, reduction, level = (
+        max(finer, key=lambda c: (c[0], -c[1])) if finer else min(reads, key=lambda c: (c[0], c[1]))
+    )
+    return LevelChoice(level, mpp, mpp / model_mpp, slide_mpp, assumed, reduction)
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,7 @@ class TilePlan:
     """Tiles of `tile` model pixels, stride `tile - overlap`, covering a region."""
 
     choice: LevelChoice
-    downsample: float  # level-0 pixels per read-level pixel
+    downsample: float  # level-0 pixels per read pixel (the level's, times the reduction)
     tile: int
     overlap: int
     origin: tuple[int, int]  # model-pixel origin of the output canvas
@@ -100,7 +116,7 @@ class TilePlan:
         return self.tile - self.overlap
 
     def read_rect(self, t: Tile) -> tuple[int, int, int, int]:
-        """(x0, y0) in level-0 pixels and (w, h) in read-level pixels to read for a tile."""
+        """(x0, y0) in level-0 pixels and (w, h) in read pixels to read for a tile."""
         x, y, _, _ = t.level0_rect(self)
         side = math.ceil(self.tile / self.choice.scale)
         return round(x), round(y), side, side
@@ -133,7 +149,7 @@ def plan_tiles(
     if region.is_empty:
         raise TilingError("the region lies outside the slide")
     choice = choose_level(slide, model_mpp, slide_mpp)
-    downsample = slide.level_downsamples[choice.level]
+    downsample = slide.level_downsamples[choice.level] * choice.reduction
     m = choice.scale / downsample  # model pixels per level-0 pixel
     minx, miny, maxx, maxy = region.bounds
     stride = tile - overlap

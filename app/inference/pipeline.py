@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import cv2
 import numpy as np
 import shapely
 import shapely.prepared
@@ -100,9 +101,12 @@ class TileReader:
 
     def read(self, t: Tile) -> np.ndarray:
         x, y, w, h = self.plan.read_rect(t)
-        return self.slide.read_region_resized(
-            x, y, self.plan.choice.level, w, h, self.plan.tile, self.plan.tile
-        )
+        choice, tile = self.plan.choice, self.plan.tile
+        rgb = self.slide.read_region(x, y, choice.level, w, h, choice.reduction)
+        if (w, h) != (tile, tile):
+            interp = cv2.INTER_AREA if choice.scale < 1 else cv2.INTER_LINEAR
+            rgb = cv2.resize(rgb, (tile, tile), interpolation=interp)
+        return rgb
 
     def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
         """Tiles with their reads in flight. Until the first tile is on screen only the next two
@@ -178,9 +182,11 @@ def delineate(
         )
     if choice.resampled:
         notes.append(
-            f"no level within 10% of the model's {card.mpp:g} µm/px; reading level {choice.level} "
-            f"({choice.level_mpp:.3g} µm/px) resampled x{choice.scale:.3g}"
+            f"no level within 10% of the model's {card.mpp:g} µm/px; reading {choice.describe()} "
+            f"resampled x{choice.scale:.3g}"
         )
+    elif choice.reduction > 1:
+        log.info("%s: reading %s for a %g µm/px model", slide.name, choice.describe(), card.mpp)
     threshold = card.raw.get("output", {}).get("threshold", 0.5) if threshold is None else threshold
     tissue = tissue if tissue is not None else tissue_mask(slide)
     total = len(plan.tiles)
