@@ -58,6 +58,34 @@ def test_tile_grid_covers_rectangles_nearest_first():
     assert g.tiles_in(0, 30000, 0, 100, 100) == []
 
 
+def test_tile_grid_adds_reduced_jpeg_sizes_between_levels(large_pyramid):
+    """Levels at 4x steps (as Aperio writes them) get the JPEG half sizes between them; a
+    pyramid at 2x steps has nothing to add; reads land on the source level's own pixels."""
+    from app.core.slide import Slide
+
+    class FourXSvs:  # an Aperio 20x pyramid's geometry: levels at 1, 4, 16
+        level_dimensions = ((40000, 30000), (10000, 7500), (2500, 1875))
+
+        def reductions(self, level):
+            return (1, 2, 4, 8)
+
+    g = TileGrid.for_slide(FourXSvs())
+    assert [round(g.downsample(i)) for i in range(len(g.level_dimensions))] == [1, 2, 4, 8, 16, 32]
+    assert [g.describe(i) for i in range(5)] == [
+        "level 0",
+        "level 0 at 1/2",
+        "level 1",
+        "level 1 at 1/2",  # not level 0 at 1/8: a quarter of the JPEG data to decode
+        "level 2",
+    ]
+    assert g.level_for_downsample(3.0) == 1 and g.level_for_downsample(2.0) == 1
+    assert g.read_args((1, 3, 2)) == (3 * 512 * 2, 2 * 512 * 2, 0, 512, 512, 2)
+    assert g.read_args((3, 1, 1)) == (512 * 8, 512 * 8, 1, 512, 512, 2)
+    with Slide.open(large_pyramid) as s:
+        grid = TileGrid.for_slide(s)
+        assert grid.level_dimensions == tuple(s.level_dimensions) and grid.sources == ()
+
+
 def test_jpeg_colour_space_from_markers():
     rgb = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
     buf = io.BytesIO()

@@ -71,6 +71,27 @@ def test_zoomed_tiles_match_the_slide_pixels(qtbot, window):
     assert correlation(shown, truth) > 0.9
 
 
+def test_zoomed_out_views_read_jpeg_levels_at_reduced_size(qtbot, window):
+    """CMU-1 stores only full resolution. At a third of it the view reads level 0 decoded at
+    half size (a quarter of the pixels of level 0), and it still shows the slide's pixels."""
+    open_and_wait(qtbot, window, SAMPLE_SVS)
+    view = window.view
+    view.centre_on(1100, 1500)
+    view.set_zoom(0.34)
+    wait_tiles(qtbot, window)
+    assert view.grid.describe(view.level_for_zoom()) == "level 0 at 1/2"
+    assert "level 0 at 1/2" in window.level_label.text()
+    cached = view.loader.cache.keys()  # (grid level, column, row) of the tiles read
+    assert {view.grid.source(k[0]) for k in cached} == {(0, 2)}
+    r = view.visible_rect()
+    x, y = int(r.x()) + 40, int(r.y()) + 40
+    shown = view_crop(window, x, y, 900, 700)
+    with Slide.open(SAMPLE_SVS) as s:
+        truth = s.read_region(x, y, 0, 900, 700)
+    truth = cv2.resize(truth, (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_AREA)
+    assert correlation(shown, truth) > 0.9
+
+
 def test_keys_zoom_fit_native_and_pan(qtbot, window):
     open_and_wait(qtbot, window, SAMPLE_SVS)
     view = window.view

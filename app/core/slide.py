@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 from pathlib import Path
 
@@ -232,7 +231,7 @@ class Slide:
 
     def _read_reduced(self, x: int, y: int, level: int, w: int, h: int, reduction: int) -> np.ndarray:
         ds = self.level_downsamples[level] * reduction
-        rx, ry = math.floor(x / ds), math.floor(y / ds)
+        rx, ry = round(x / ds), round(y / ds)  # nearest: x is often rounded to level 0 already
         if self._direct is not None:
             try:
                 rgb = self._direct.read(level, rx, ry, int(w), int(h), reduction)

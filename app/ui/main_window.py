@@ -827,9 +827,9 @@ class MainWindow(QMainWindow):
         self.pos_label.setText(text)
 
     def _show_level(self) -> None:
-        if self.slide is not None:
+        if self.slide is not None and self.view.grid is not None:
             self.level_label.setText(
-                f"level {self.view.level_for_zoom()}  ·  zoom {self.view.zoom:.3g}  ·  "
+                f"{self.view.grid.describe(self.view.level_for_zoom())}  ·  zoom {self.view.zoom:.3g}  ·  "
                 f"{self.view.scale_bar.mag_text}"
             )
 

@@ -104,7 +104,7 @@ class SlideView(QGraphicsView):
     def set_slide(self, slide: Slide, base_image: QImage) -> None:
         self.close_slide()
         self.slide = slide
-        self.grid = TileGrid(tuple(slide.level_dimensions))
+        self.grid = TileGrid.for_slide(slide)
         self.base_image = base_image
         self.loader = TileLoader(slide, self.grid, self.cache_bytes)
         self.loader.tileReady.connect(self._on_tile_ready)
@@ -180,10 +180,10 @@ class SlideView(QGraphicsView):
         return self.mapToScene(self.viewport().rect()).boundingRect()
 
     def level_for_zoom(self) -> int:
-        if self.slide is None:
+        if self.slide is None or self.grid is None:
             return 0
         ratio = self.devicePixelRatioF() if self.devicePixelRatioF() > 0 else 1.0
-        return self.slide.best_level_for_downsample(1.0 / (self.zoom * ratio))
+        return self.grid.level_for_downsample(1.0 / (self.zoom * ratio))
 
     def wheelEvent(self, event) -> None:
         steps = event.angleDelta().y() / 120.0
@@ -296,7 +296,8 @@ class SlideView(QGraphicsView):
 
     def _on_tile_failed(self, key: TileKey, message: str) -> None:
         self._on_tile_ready(key)
-        self.tileFailed.emit(f"Tile at level {key[0]} ({key[1]}, {key[2]}) could not be read: {message}")
+        where = self.grid.describe(key[0]) if self.grid is not None else f"level {key[0]}"
+        self.tileFailed.emit(f"Tile at {where} ({key[1]}, {key[2]}) could not be read: {message}")
 
     def visible_tiles_loaded(self) -> bool:
         """True when every tile of the current level in view is cached (or has failed)."""
@@ -320,7 +321,7 @@ class SlideView(QGraphicsView):
         level = self.level_for_zoom()
         cache = self.loader.cache
         # Coarser cached tiles first (at most two levels up), so zooming in never shows only the blur.
-        for lvl in range(min(self.slide.level_count - 1, level + 2), level - 1, -1):
+        for lvl in range(min(len(self.grid.level_dimensions) - 1, level + 2), level - 1, -1):
             for key in self.grid.tiles_in(lvl, rect.x(), rect.y(), rect.width(), rect.height()):
                 img = cache.peek(key)
                 if img is not None:

@@ -71,9 +71,7 @@ class TileLoader(QObject):
                 self._inflight.add(key)
             try:
                 t0 = time.perf_counter()
-                x, y, _, _ = self.grid.tile_rect(key)
-                _, _, lw, lh = self.grid.tile_rect_level(key)
-                rgb = self.slide.read_region(round(x), round(y), key[0], lw, lh)
+                rgb = self.slide.read_region(*self.grid.read_args(key))
                 img = array_to_qimage(rgb)
                 self.fetch_times_ms.append((time.perf_counter() - t0) * 1000)
                 self.cache.put(key, img, img.sizeInBytes())
