@@ -249,11 +249,15 @@ class Slide:
     def _read_region(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
         direct = self._direct
         if direct is not None:
+            # Requests made on a level's own pixel grid (the viewer's tiles, the pipeline's) come
+            # as level-0 positions rounded from it, and a level's downsample is rarely a whole
+            # number (Aperio's 4.0002): take the level pixel within a level-0 pixel of it. Other
+            # positions fall between level pixels, which OpenSlide interpolates.
             ds = self.level_downsamples[level]
-            lx, ly = x / ds, y / ds
-            if lx == int(lx) and ly == int(ly):  # exactly where OpenSlide would start
+            lx, ly = round(x / ds), round(y / ds)
+            if abs(lx * ds - x) <= 1 and abs(ly * ds - y) <= 1:
                 try:
-                    rgb = direct.read(level, int(lx), int(ly), int(w), int(h))
+                    rgb = direct.read(level, lx, ly, int(w), int(h))
                 except Exception as e:  # noqa: BLE001 - OpenSlide reads it (and reports errors)
                     log.debug("%s: direct decoding failed at (%s, %s): %s; via OpenSlide", self.path, x, y, e)
                 else:
