@@ -3,9 +3,10 @@
 OpenSlide spends most of a large region read outside the JPEG decoder (compositing through
 ARGB, premultiplied alpha, its tile cache): a 1027² region of the CMU-1 sample takes 26 ms
 through OpenSlide, ~5 ms decoding the same tiles with libjpeg-turbo (imagecodecs, via
-tifffile), pixel for pixel the same. The pipeline reads such a region for every model tile, so
-it decodes the tiles itself. Neighbouring model tiles overlap and share JPEG tiles at their
-edges, so decoded tiles are kept in a small LRU.
+tifffile), pixel for pixel the same where OpenSlide starts on a level pixel (off the grid of a
+level whose downsample is not whole, it interpolates). The pipeline reads such a region for
+every model tile, so it decodes the tiles itself. Neighbouring model tiles overlap and share
+JPEG tiles at their edges, so decoded tiles are kept in a small LRU.
 
 Each level can also be decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling (through
 OpenCV): fewer pixels to convert and nothing to resize. To the pipeline these are levels the
