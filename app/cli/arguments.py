@@ -1,0 +1,69 @@
+"""What several commands share: the one-line usage error, and the region and engine options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+class UsageError(Exception):
+    """Bad arguments or input: reported as one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Argument errors as one line (exit 2), like every other CLI error."""
+
+    def error(self, message: str):
+        self.exit(2, f"delineo: error: {message} (see delineo {self.prog.split()[-1]} --help)\n")
+
+
+def add_region_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--region", help="X,Y,W,H in level-0 pixels")
+    p.add_argument("--region-geojson", help="GeoJSON file whose polygons form the region")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["openvino", "onnxruntime", "remote"], default="openvino")
+    p.add_argument("--url", default=None, help="remote engine: the endpoint, e.g. http://npu-host:8080")
+    p.add_argument("--token", default=None, help="remote engine: bearer token (or $DELINEO_TOKEN)")
+    p.add_argument("--device", choices=["AUTO", "CPU", "GPU", "auto", "cpu", "gpu"], default="CPU")
+    p.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8")
+    p.add_argument("--model", default=None, help="shipped model name or folder with card.json")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
+
+
+def region_from_args(args: argparse.Namespace, slide):
+    from app.core.annotations import read_geojson
+    from app.core.geometry import parse_rect, polygonal
+
+    if bool(args.region) == bool(args.region_geojson):
+        raise UsageError("give exactly one of --region X,Y,W,H or --region-geojson FILE")
+    if args.region:
+        return parse_rect(args.region)
+    offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
+    annotations, _ = read_geojson(args.region_geojson, offset)
+    if not annotations:
+        raise UsageError(f"{args.region_geojson}: no polygon to use as the region")
+    import shapely
+
+    return polygonal(shapely.union_all([a.geometry for a in annotations]))
+
+
+def engine_from_args(args: argparse.Namespace):
+    from app.inference.engines import create_engine
+
+    url = getattr(args, "url", None)
+    if args.engine == "remote" and not url:
+        raise UsageError("--engine remote needs --url (the endpoint, e.g. http://npu-host:8080)")
+    if url and args.engine != "remote":
+        raise UsageError(f"--url is for --engine remote, not {args.engine}")
+    if args.engine == "remote":
+        token = getattr(args, "token", None) or os.environ.get("DELINEO_TOKEN")
+        return create_engine("remote", args.model, url=url, token=token)
+    return create_engine(
+        args.engine,
+        args.model,
+        args.precision.lower(),
+        args.device.upper(),
+        threads=getattr(args, "threads", 0) or 0,
+    )

@@ -1,0 +1,78 @@
+"""`delineo bench`: speed and accuracy, measured by the project's own commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from app.cli.arguments import UsageError, add_region_args, engine_from_args, region_from_args
+from app.cli.progress import format_dict, stderr_progress
+
+
+def add_to(sub) -> None:
+    b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
+    b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide", "remote"])
+    b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
+    add_region_args(b)
+    b.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
+    b.add_argument("--device", default="CPU")
+    b.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8")
+    b.add_argument("--mpp", type=float, default=None)
+    b.add_argument("--model", default=None)
+    b.add_argument("--tile", type=int, default=512)
+    b.add_argument("--repeats", type=int, default=None, help="model: 20 timings; pipeline: 5 runs")
+    b.add_argument("--threads", type=int, default=0, help="0: all cores")
+    b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
+    b.add_argument("--data", default=None, help="bench accuracy: EBHI-Seg folder or manifest")
+    b.add_argument("--split", default="val", help="bench accuracy: which split's tiles")
+    b.add_argument("--url", default=None, help="bench remote: the endpoint (default: start one on 127.0.0.1)")
+    b.add_argument("--token", default=None, help="bench remote: bearer token")
+    b.add_argument("--in-flight", type=int, default=4, help="bench remote: tiles in flight at once")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    progress = None if args.json else stderr_progress
+    if args.what == "model":
+        from app.inference import benchmark
+
+        rows = benchmark.bench_model(
+            model=args.model,
+            tile=args.tile,
+            repeats=args.repeats or 20,
+            threads=args.threads,
+            configs=args.configs.split(",") if args.configs else None,
+            progress=progress,
+        )
+        print(json.dumps(rows, indent=2) if args.json else benchmark.format_model_table(rows))
+        return 0
+    if args.what == "pipeline":
+        from app.core.slide import Slide
+        from app.inference.benchmark import bench_pipeline
+
+        if not args.target:
+            raise UsageError("bench pipeline: give a SLIDE and --region X,Y,W,H")
+        with Slide.open(args.target) as slide:
+            region = region_from_args(args, slide)
+        engine = engine_from_args(args)
+        result = bench_pipeline(args.target, region, engine, repeats=args.repeats or 5, progress=progress)
+    elif args.what == "accuracy":
+        from app.inference.benchmark import bench_accuracy
+
+        data = args.data or "../shared/data/ebhi-seg"
+        result = bench_accuracy(data, engine_from_args(args), split=args.split, progress=progress)
+    elif args.what == "remote":
+        from app.inference.benchmark import bench_remote
+
+        token = args.token or os.environ.get("DELINEO_TOKEN")
+        result = bench_remote(args.url, token, args.model, in_flight=args.in_flight, progress=progress)
+    elif args.what == "slide":
+        from app.ui.viewer_benchmark import bench_slide
+
+        result = bench_slide(args.target, progress=progress)
+    else:
+        raise UsageError(f"bench: unknown target '{args.what}'")
+    print(json.dumps(result, indent=2) if args.json else format_dict(result))
+    return 0

@@ -1,0 +1,62 @@
+"""`delineo delineate`: the model's outline of a region, as QuPath GeoJSON."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from app.cli.arguments import UsageError, add_engine_args, add_region_args, engine_from_args, region_from_args
+from app.cli.progress import StderrProgress
+
+
+def add_to(sub) -> None:
+    d = sub.add_parser("delineate", help="delineate tumour in a region; writes QuPath GeoJSON")
+    d.add_argument("slide")
+    add_region_args(d)
+    d.add_argument("--out", required=True, help="output .geojson")
+    add_engine_args(d)
+    d.add_argument("--mpp", type=float, default=None, help="slide µm/px, for slides that record none")
+    d.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from app.core.annotations import Annotation, write_geojson
+    from app.core.slide import Slide
+    from app.inference.pipeline import Delineation, delineate
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    with Slide.open(args.slide) as slide:
+        region = region_from_args(args, slide)
+        engine = engine_from_args(args)
+        bar = StderrProgress()
+        result = None
+        for ev in delineate(slide, region, engine, slide_mpp=args.mpp):
+            if isinstance(ev, Delineation):
+                result = ev
+            else:
+                bar.update(ev.done, ev.total, ev.elapsed_s)
+        bar.close()
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        mpp = args.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
+        annotations = [Annotation(p, source=result.source) for p in result.polygons]
+        offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
+        write_geojson(out, annotations, mpp, offset)
+    if result.engine_error:
+        print(
+            f"delineo: error: {result.engine_error}. {result.tiles_done} of {result.tiles_total} tiles were "
+            f"finished and their outline is in {out}; {len(result.pending)} tile(s) were not run. Run again "
+            "with --engine openvino to delineate the whole region on this computer.",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"{result.tiles_done} tiles done, {result.tiles_skipped} skipped as background, "
+        f"{result.tiles_failed} unreadable; {len(annotations)} tumour polygon(s) -> {out}; "
+        f"{result.seconds:.1f} s, {result.mpix_per_s:.2f} MPix/s at model resolution",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,98 @@
+"""`delineo train` and `delineo convert`: the [train] extra's commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from app.cli.arguments import UsageError
+from app.cli.progress import stderr_progress
+
+
+def add_to(sub) -> None:
+    t = sub.add_parser("train", help="train the tumour UNet ([train] extra)")
+    t.add_argument("--data", required=True, help="EBHI-Seg folder (with manifest.csv) or manifest")
+    t.add_argument("--out", required=True, help="folder for checkpoints and the log")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--base", type=int, default=16, help="channels at full resolution")
+    t.add_argument("--samples-per-epoch", type=int, default=0, help="0: one pass over train")
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        default=55,
+        help="stop after the epoch past this many minutes, keeping the best (0: no limit)",
+    )
+    t.add_argument("--no-amp", action="store_true", help="train in fp32 even where bf16/fp16 is fast")
+    t.set_defaults(run=run_train)
+
+    c = sub.add_parser(
+        "convert",
+        help="export ONNX, OpenVINO FP16/INT8, ORT INT8 + model card; or --target ascend: FP16 ONNX for ATC",
+    )
+    c.add_argument("checkpoint", help="a training checkpoint; with --target ascend, a model name or folder")
+    c.add_argument("--target", choices=["desktop", "ascend"], default="desktop")
+    c.add_argument("--soc-version", default="Ascend910B", help="--target ascend: the NPU for the ATC command")
+    c.add_argument("--out", required=True)
+    c.add_argument(
+        "--data",
+        default="../shared/data/ebhi-seg",
+        help="EBHI-Seg folder: train tiles calibrate, val tiles validate",
+    )
+    c.add_argument("--calibration-tiles", type=int, default=300)
+    c.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
+    c.set_defaults(run=run_convert)
+
+
+def _needs_train_extra(e: ImportError, what: str) -> UsageError:
+    return UsageError(f"{what} needs the [train] extra ({e.name} is missing): pip install -e '.[train]'")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        from app.model.train import TrainConfig, train
+    except ImportError as e:
+        raise _needs_train_extra(e, "training") from None
+    cfg = TrainConfig(
+        data=args.data,
+        out=args.out,
+        epochs=args.epochs,
+        device=args.device,
+        seed=args.seed,
+        batch=args.batch,
+        samples_per_epoch=args.samples_per_epoch,
+        max_minutes=args.max_minutes,
+        lr=args.lr,
+        base=args.base,
+        amp=not args.no_amp,
+    )
+    best = train(cfg, progress=lambda s: print(s, flush=True))
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    if args.target == "ascend":
+        try:
+            from app.model.ascend import convert_for_ascend
+        except ImportError as e:
+            raise _needs_train_extra(e, "conversion") from None
+        convert_for_ascend(
+            args.checkpoint, args.out, data=args.data, soc=args.soc_version, progress=stderr_progress
+        )
+        return 0
+    try:
+        from app.model import convert
+    except ImportError as e:
+        raise _needs_train_extra(e, "conversion") from None
+    convert.convert(
+        args.checkpoint,
+        args.out,
+        data=args.data,
+        calibration_tiles=args.calibration_tiles,
+        name=args.name,
+        progress=stderr_progress,
+    )
+    return 0
