@@ -1,8 +1,10 @@
-"""The annotations list: class, area and origin of each outline; selecting one centres the view."""
+"""The annotations list: class, area, review state and origin of each outline, sortable, with
+the per-class totals under it. Totals are the area of the union per class (what the PNG legend,
+the CSV and `delineo annotations` say too), never a sum of overlapping outlines."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QPoint, Qt, Signal
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -14,7 +16,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.annotation_edits import class_totals
 from app.core.annotations import Annotation
+
+ID_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 def format_area(area_px: float, mpp: float | None) -> str:
@@ -24,68 +29,116 @@ def format_area(area_px: float, mpp: float | None) -> str:
     return f"{mm2:.3f} mm²" if mm2 >= 0.001 else f"{mm2 * 1e6:,.0f} µm²"
 
 
+class _SortKey(QTableWidgetItem):
+    """Sorts by the number behind the text (areas), not the text."""
+
+    def __lt__(self, other) -> bool:
+        a, b = self.data(Qt.ItemDataRole.UserRole), other.data(Qt.ItemDataRole.UserRole)
+        if isinstance(a, int | float) and isinstance(b, int | float):
+            return a < b
+        return super().__lt__(other)
+
+
+def state_text(a: Annotation) -> str:
+    return ("locked, " if a.locked else "") + a.review
+
+
 class AnnotationsPanel(QWidget):
-    selected = Signal(str)  # annotation id
-    deleteRequested = Signal(list)  # ids
+    selectionChanged = Signal(list)  # ids chosen in the list
+    activated = Signal(str)  # double-clicked: centre on it
+    contextMenuRequested = Signal(QPoint)  # global position, for the selection
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["Class", "Area", "Source"])
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["Class", "Area", "State", "Source"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
+        self.table.setSortingEnabled(True)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.table.customContextMenuRequested.connect(
+            lambda pos: self.contextMenuRequested.emit(self.table.viewport().mapToGlobal(pos))
+        )
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        for col in range(3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
         self.summary = QLabel("No annotations")
+        self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.table)
         layout.addWidget(self.summary)
-        self.ids: list[str] = []
         self.table.itemSelectionChanged.connect(self._on_selection)
+        self.table.itemDoubleClicked.connect(lambda item: self.activated.emit(item.data(ID_ROLE)))
 
-    def set_annotations(self, annotations: list[Annotation], mpp: float | None) -> None:
+    @property
+    def ids(self) -> list[str]:
+        """Row order as shown (sorted as the user chose)."""
+        return [self.table.item(r, 0).data(ID_ROLE) for r in range(self.table.rowCount())]
+
+    def set_annotations(self, annotations: list[Annotation], mpp: float | None, selected: list[str]) -> None:
         self.table.blockSignals(True)
+        self.table.setSortingEnabled(False)
         self.table.setRowCount(len(annotations))
-        self.ids = [a.id for a in annotations]
-        total = 0.0
         for row, a in enumerate(annotations):
             cls = QTableWidgetItem(a.cls)
             cls.setForeground(QColor(*a.color))
-            area = QTableWidgetItem(format_area(a.geometry.area, mpp))
+            area = _SortKey(format_area(a.geometry.area, mpp))
             area.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-            area.setData(Qt.ItemDataRole.UserRole, a.geometry.area)
-            self.table.setItem(row, 0, cls)
-            self.table.setItem(row, 1, area)
-            self.table.setItem(row, 2, QTableWidgetItem(a.source))
-            total += a.geometry.area
+            area.setData(Qt.ItemDataRole.UserRole, float(a.geometry.area))
+            state = QTableWidgetItem(state_text(a))
+            source = QTableWidgetItem(a.source)
+            for col, item in enumerate((cls, area, state, source)):
+                item.setData(ID_ROLE, a.id)
+                item.setToolTip(f"{a.cls}, {state_text(a)}\n{a.source}")
+                self.table.setItem(row, col, item)
+        self.table.setSortingEnabled(True)
+        self._select_rows(selected)
         self.table.blockSignals(False)
-        self.summary.setText(
-            f"{len(annotations)} annotation(s), {format_area(total, mpp)} in all"
-            if annotations
-            else "No annotations"
-        )
+        self.summary.setText(self._totals(annotations, mpp))
 
-    def select_id(self, ann_id: str, quiet: bool = False) -> None:
-        """Select a row; `quiet` does not emit `selected` (the caller handles it)."""
-        if ann_id in self.ids:
-            self.table.blockSignals(quiet)
-            self.table.selectRow(self.ids.index(ann_id))
-            self.table.blockSignals(False)
+    @staticmethod
+    def _totals(annotations: list[Annotation], mpp: float | None) -> str:
+        if not annotations:
+            return "No annotations"
+        lines = []
+        for t in class_totals(annotations, mpp):
+            area = format_area(t.area_px, mpp)
+            lines.append(
+                f"<span style='color:rgb{tuple(t.color)}'>■</span> {t.cls}: {t.count} outline(s), {area}"
+            )
+        proposed = sum(a.review == "proposed" for a in annotations)
+        if proposed:
+            lines.append(f"{proposed} proposed by the model, not yet accepted")
+        return "<br>".join(lines)
+
+    def _select_rows(self, ids: list[str]) -> None:
+        chosen = set(ids)
+        model = self.table.selectionModel()
+        self.table.clearSelection()
+        for row, i in enumerate(self.ids):
+            if i in chosen:
+                self.table.selectRow(row) if len(chosen) == 1 else model.select(
+                    self.table.model().index(row, 0),
+                    model.SelectionFlag.Select | model.SelectionFlag.Rows,
+                )
+
+    def show_selection(self, ids: list[str]) -> None:
+        """Mirror the view's selection without echoing it back."""
+        self.table.blockSignals(True)
+        self._select_rows(ids)
+        if ids and ids[0] in self.ids:
+            self.table.scrollToItem(self.table.item(self.ids.index(ids[0]), 0))
+        self.table.blockSignals(False)
 
     def selected_ids(self) -> list[str]:
-        return [self.ids[i.row()] for i in self.table.selectionModel().selectedRows()]
+        rows = sorted({i.row() for i in self.table.selectionModel().selectedRows()})
+        ids = self.ids
+        return [ids[r] for r in rows]
 
     def _on_selection(self) -> None:
-        ids = self.selected_ids()
-        if ids:
-            self.selected.emit(ids[0])
-
-    def keyPressEvent(self, event) -> None:
-        if event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace) and self.selected_ids():
-            self.deleteRequested.emit(self.selected_ids())
-        else:
-            super().keyPressEvent(event)
+        self.selectionChanged.emit(self.selected_ids())

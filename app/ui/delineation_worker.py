@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import QObject, QRectF, QThread, Signal, Slot
 from shapely.geometry.base import BaseGeometry
 
+from app.core.probability_map import ProbabilityMap
 from app.core.slide import Slide
 from app.core.tissue import TissueMask, tissue_mask, tissue_mask_from_rgb
 from app.errors import is_user_error
@@ -46,6 +47,18 @@ class EngineSettings:
 
 
 @dataclass
+class RunFinished:
+    """A run's result with what the GUI keeps of it, all made on the worker thread: the
+    probability map (for re-tracing) and the outlines traced from it."""
+
+    delineation: Delineation
+    map: ProbabilityMap
+    annotations: list
+    threshold: float
+    min_area_um2: float
+
+
+@dataclass
 class TileUpdate:
     rect: QRectF  # level-0 core rectangle
     image: object  # QImage or None (skipped / failed)
@@ -58,7 +71,7 @@ class TileUpdate:
 
 class DelineationWorker(QObject):
     tileDone = Signal(object)  # TileUpdate
-    finished = Signal(object)  # Delineation
+    finished = Signal(object)  # RunFinished
     failed = Signal(str)
     status = Signal(str)
     engineReady = Signal(str)  # description, e.g. "openvino-int8 on CPU"
@@ -126,22 +139,47 @@ class DelineationWorker(QObject):
     # ------------------------------------------------------------------ the run
 
     @Slot(object, object, object, object)
-    def run(self, slide: Slide, region: BaseGeometry, settings: EngineSettings, resume=None) -> None:
-        """A run over the region, or with `resume` (an unfinished Delineation) its pending tiles."""
+    def run(self, slide: Slide, region: BaseGeometry, settings: EngineSettings, options: dict) -> None:
+        """A run over the region, or with options["resume"] (an unfinished Delineation) its
+        pending tiles; options also carry the run id, the minimum area and the slide's mpp."""
         self.cancel_event.clear()
         try:
             engine = self.engine_for(settings)
             self.status.emit(f"Delineating with {engine.name}…")
-            threshold = engine.card.raw.get("output", {}).get("threshold", 0.5)
-            colour = engine.card.tumour_colour
+            card = engine.card
+            threshold = card.raw.get("output", {}).get("threshold", 0.5)
+            min_area = options["min_area_um2"]
             tissue = self._tissue.get(str(slide.path))
             ran = 0
-            events = delineate(slide, region, engine, cancel=self.cancel_event, tissue=tissue, resume=resume)
+            events = delineate(
+                slide,
+                region,
+                engine,
+                cancel=self.cancel_event,
+                tissue=tissue,
+                resume=options.get("resume"),
+                slide_mpp=options.get("slide_mpp"),
+                min_area_um2=min_area,
+            )
             for ev in events:
                 if isinstance(ev, Delineation):
-                    self.finished.emit(ev)
+                    pmap = ProbabilityMap.from_blender(
+                        ev.blender,
+                        ev.plan,
+                        region,
+                        ev.plan.choice.slide_mpp,
+                        run_id=options["run_id"],
+                        model=card.name,
+                        version=card.version,
+                        engine=engine.name,
+                        default_threshold=threshold,
+                    )
+                    anns = pmap.annotations(threshold, min_area)
+                    self.finished.emit(RunFinished(ev, pmap, anns, threshold, min_area))
                     return
-                self.tileDone.emit(self._update(ev, threshold, colour, ran := ran + (ev.prob is not None)))
+                self.tileDone.emit(
+                    self._update(ev, threshold, card.tumour_colour, ran := ran + (ev.prob is not None))
+                )
         except Exception as e:  # noqa: BLE001 - reported to the user, tiles done are kept
             self._report(e, "delineation failed")
 
@@ -168,7 +206,7 @@ def _blank(tile: int):
 class WorkerThread(QObject):
     """Owns the QThread and the worker on it; the requests are queued signals."""
 
-    runRequested = Signal(object, object, object, object)  # slide, region, settings, resume
+    runRequested = Signal(object, object, object, object)  # slide, region, settings, options
     prepareRequested = Signal(object)
     slideRequested = Signal(object, object)  # slide, its thumbnail (RGB array)
 

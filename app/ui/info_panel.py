@@ -13,24 +13,31 @@ class SlideInfoPanel(QScrollArea):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.setWidgetResizable(True)
-        self._body = QWidget()
-        self.setWidget(self._body)
-        self._layout = QVBoxLayout(self._body)
-        self._layout.setAlignment(Qt.AlignmentFlag.AlignTop)
         self.fields: dict[str, QLabel] = {}
         self.clear()
 
-    def clear(self) -> None:
-        while self._layout.count():
-            item = self._layout.takeAt(0)
-            if item.widget():
-                item.widget().deleteLater()
+    def _new_body(self) -> None:
+        """A fresh body for each slide: its old labels and layouts go with the old one (reusing
+        the layout left the previous slide's form behind, drawn under the new one)."""
+        body = QWidget()
+        self._layout = QVBoxLayout(body)
+        self._layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+        old = self.takeWidget()
+        self.setWidget(body)
+        if old is not None:
+            old.deleteLater()
         self.fields = {}
+
+    def clear(self) -> None:
+        self._new_body()
         self._layout.addWidget(QLabel("No slide open"))
 
+    def labels(self) -> list[str]:
+        """Every text the panel shows (for tests: one slide's fields only)."""
+        return [w.text() for w in self.widget().findChildren(QLabel)]
+
     def show_slide(self, info: dict, associated: dict[str, QImage]) -> None:
-        self.clear()
-        self._layout.takeAt(0).widget().deleteLater()
+        self._new_body()
         form = QFormLayout()
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         mpp = info["mpp"]

@@ -1,78 +1,62 @@
-"""The main window: slide view, overview, slide-info dock, menus, status bar."""
+"""The main window: wires the parts, each with one job, and owns the menus.
+
+- `SlideView` (and its `RegionEditor` with the tools) shows the slide and takes the mouse;
+- `AnnotationLayer` holds the outlines, the selection and the undo stack shared with the region;
+- `AnnotationCommands` are what can be done to the selection (menu, keys, context menu);
+- `DelineationController` runs the model and re-traces runs;
+- `SlideSession` opens the slide and keeps its annotations on disk;
+- docks: slide info, annotations (list, totals, review), classes.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import QRectF, QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QActionGroup, QDragEnterEvent, QDropEvent, QImage, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QDoubleSpinBox,
     QFileDialog,
+    QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
-    QProgressBar,
-    QPushButton,
     QToolBar,
+    QVBoxLayout,
+    QWidget,
 )
-from shapely.geometry import Point, box
-from superqt import QLabeledSlider
+from superqt import QElidingLabel, QLabeledSlider
 
-from app import __version__
-from app.core import export
-from app.core.annotation_store import AnnotationStore, SavedState
-from app.core.annotations import Annotation, read_geojson
-from app.core.slide import FORMAT_FILTER, Slide
-from app.logs import data_dir, log_file
+from app.logs import log_file
 from app.ui import icons
-from app.ui.annotations_panel import AnnotationsPanel, format_area
-from app.ui.autosave import Autosaver
-from app.ui.background import run_in_background
-from app.ui.delineation_worker import TileUpdate, WorkerThread
+from app.ui.annotation_commands import AnnotationCommands
+from app.ui.annotation_layer import AnnotationLayer
+from app.ui.annotations_panel import AnnotationsPanel
+from app.ui.banner import BannerArea
+from app.ui.classes_panel import ClassesPanel, ClassList
+from app.ui.delineation_controller import DelineationController
 from app.ui.garbage_collection import collect_garbage_on_gui_thread
-from app.ui.image_convert import array_to_qimage
+from app.ui.help_dialogs import INTENDED_USE, ShortcutsDialog, show_about
 from app.ui.info_panel import SlideInfoPanel
-from app.ui.overlay import AnnotationItem, TileOverlay
-from app.ui.region_editor import BrushTool, EraserTool, PolygonTool, RectangleTool, SelectTool
+from app.ui.review_panel import ReviewPanel
 from app.ui.settings_dialog import SettingsDialog, load_settings
+from app.ui.slide_session import OpenedSlide, SlideSession
 from app.ui.slide_view import SlideView
+from app.ui.tools import BrushTool, EraserTool, PolygonTool, RectangleTool, SelectTool, SplitLineTool
 
 log = logging.getLogger(__name__)
 MAX_RECENT = 10
-BASE_IMAGE_SIDE = 2048
-
-
-@dataclass
-class OpenedSlide:
-    slide: Slide
-    thumbnail: np.ndarray  # shown under the tiles, and the tissue mask is made from it
-    base: QImage
-    associated: dict[str, QImage]
-
-
-def open_slide_job(path: str) -> OpenedSlide:
-    """Everything opening a slide reads from disk, done off the GUI thread."""
-    slide = Slide.open(path)
-    try:
-        thumbnail = slide.thumbnail(BASE_IMAGE_SIDE)
-        base = array_to_qimage(thumbnail)
-        associated = {}
-        for name in slide.associated_image_names:
-            try:
-                associated[name] = array_to_qimage(slide.associated_image(name))
-            except Exception:
-                log.warning("associated image %s of %s unreadable", name, path, exc_info=True)
-    except BaseException:
-        slide.close()
-        raise
-    return OpenedSlide(slide, thumbnail, base, associated)
+PREFERRED_SIZE = (1280, 820)
+EXPORTS = (
+    ("geojson", "QuPath &GeoJSON…", "GeoJSON (*.geojson)"),
+    ("asap-xml", "&ASAP XML…", "ASAP XML (*.xml)"),
+    ("png", "&Picture of the view (PNG)…", "PNG (*.png)"),
+    ("tiff-mask", "&TIFF mask…", "TIFF (*.tif)"),
+    ("csv", "&CSV measurements…", "CSV (*.csv)"),
+)
 
 
 class MainWindow(QMainWindow):
@@ -89,158 +73,272 @@ class MainWindow(QMainWindow):
         collect_garbage_on_gui_thread()  # before any worker thread starts: see garbage_collection
         self.settings = settings or QSettings()
         self.setWindowTitle("Delineo")
-        self.resize(1280, 820)
         self.setAcceptDrops(True)
-        self.slide: Slide | None = None
         self.error_dialog: QMessageBox | None = None
         self.info_dialog: QMessageBox | None = None
-        self._opening: str | None = None
 
         self.view = SlideView(self)
-        self.setCentralWidget(self.view)
-        self.info_panel = SlideInfoPanel()
-        self.info_dock = QDockWidget("Slide info", self)
-        self.info_dock.setObjectName("slide-info")
-        self.info_dock.setWidget(self.info_panel)
-        self.info_dock.setMinimumWidth(260)
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.info_dock)
-
-        self.annotations: list[Annotation] = []
-        self.annotation_items: dict[str, AnnotationItem] = {}
-        self.annotations_panel = AnnotationsPanel()
-        self.annotations_dock = QDockWidget("Annotations", self)
-        self.annotations_dock.setObjectName("annotations")
-        self.annotations_dock.setWidget(self.annotations_panel)
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.annotations_dock)
-        self.annotations_panel.selected.connect(self.select_annotation)
-        self.annotations_panel.deleteRequested.connect(self.delete_annotations)
         self.editor = self.view.editor
-        self.editor.annotation_hit_test = self._annotation_at
-        self.editor.annotationClicked.connect(self._annotation_clicked)
-        self.overlay: TileOverlay | None = None
-        self._run_slide: Slide | None = None
-        self._run_region = None
-        self._run_settings = None
-        self._unfinished = None  # a Delineation an endpoint left unfinished, awaiting the user's choice
-        self.running = False
+        self.banners = BannerArea()
+        central = QWidget()
+        column = QVBoxLayout(central)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        column.addWidget(self.banners)
+        column.addWidget(self.view, 1)
+        self.setCentralWidget(central)
 
-        self.store: AnnotationStore | None = None
-        self.autosaver = Autosaver(self)
-        self.autosaver.saved.connect(self._on_saved)
-        self.autosaver.failed.connect(self._on_save_failed)
-        self.editor.model.changed.connect(self.autosaver.changed)
-        self.annotationsChanged.connect(self.autosaver.changed)
-        self.save_label = QLabel()
-        self.save_label.setWordWrap(True)
-        self.annotations_panel.layout().addWidget(self.save_label)
-
-        self.worker = WorkerThread(self)
-        w = self.worker.worker
-        w.tileDone.connect(self._on_tile)
-        w.finished.connect(self._on_delineated)
-        w.failed.connect(self._on_delineation_failed)
-        # Bound methods (not lambdas): a slot of a QObject runs on that object's (GUI) thread.
-        w.status.connect(self._show_worker_status)
-        w.engineReady.connect(self._show_engine)
-
-        self.pos_label = QLabel()
-        self.level_label = QLabel()
-        self.engine_label = QLabel()
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(320)
-        self.progress.setFormat("%v / %m tiles")
-        self.cancel_button = QPushButton(icons.cancel_icon(), "Cancel")
-        self.cancel_button.setToolTip("Stop after the current tile and keep what is done (Esc)")
-        self.cancel_button.clicked.connect(self.cancel_delineation)
-        for wdg in (self.progress, self.cancel_button):
-            wdg.hide()
-            self.statusBar().addPermanentWidget(wdg)
-        self.statusBar().addPermanentWidget(self.pos_label)
-        self.statusBar().addPermanentWidget(self.level_label)
-        self.statusBar().addPermanentWidget(self.engine_label)
-        self.view.cursorMoved.connect(self._show_cursor)
-        self.view.viewChanged.connect(self._show_level)
-        self.view.tileFailed.connect(lambda msg: self.statusBar().showMessage(msg, 8000))
+        self.layer = AnnotationLayer(self.view.scene(), self.editor.model.undo_stack, self)
+        self.editor.attach_layer(self.layer)
+        self.classes = ClassList(self.settings, self)
+        self.commands = AnnotationCommands(self.layer, self.classes, self)
+        self.session = SlideSession(self.settings, self)
+        self.controller = DelineationController(self, self.view, self.layer, self.settings)
+        self._build_docks()
+        self._build_status_bar()
+        self._connect()
         self._build_menus()
         self._build_toolbar()
         self.statusBar().showMessage("Open a slide: File > Open (Ctrl+O) or drop a file here")
-        self.worker.prepareRequested.emit(load_settings(self.settings))
+        self.controller.worker.prepareRequested.emit(load_settings(self.settings))
+        self._fit_to_screen()
 
-    # ------------------------------------------------------------------ menus
+    # ------------------------------------------------------------------ parts
+
+    def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(name)
+        dock.setWidget(widget)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        return dock
+
+    def _build_docks(self) -> None:
+        self.info_panel = SlideInfoPanel()
+        self.info_dock = self._dock("Slide info", "slide-info", self.info_panel)
+        self.annotations_panel = AnnotationsPanel()
+        self.review_panel = ReviewPanel()
+        self.save_label = QLabel()
+        self.save_label.setWordWrap(True)
+        box = QWidget()
+        column = QVBoxLayout(box)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.review_panel)
+        column.addWidget(self.annotations_panel, 1)
+        column.addWidget(self.save_label)
+        self.annotations_dock = self._dock("Annotations", "annotations", box)
+        self.classes_panel = ClassesPanel(self.classes)
+        self.classes_dock = self._dock("Classes", "classes", self.classes_panel)
+        self.tabifyDockWidget(self.info_dock, self.classes_dock)
+        self.info_dock.raise_()
+
+    def _build_status_bar(self) -> None:
+        # Progress and Cancel come first and the labels elide, so on a 1366x768 laptop at 150 %
+        # the run's controls stay on screen.
+        self.pos_label = QElidingLabel()
+        self.level_label = QElidingLabel()
+        self.engine_label = QElidingLabel()
+        bar = self.statusBar()
+        bar.addPermanentWidget(self.controller.progress)
+        bar.addPermanentWidget(self.controller.cancel_button)
+        for label, stretch in ((self.pos_label, 2), (self.level_label, 3), (self.engine_label, 2)):
+            label.setMinimumWidth(40)
+            bar.addPermanentWidget(label, stretch)
+
+    def _connect(self) -> None:
+        layer, panel, c, s = self.layer, self.annotations_panel, self.controller, self.session
+        layer.changed.connect(self._annotations_changed)
+        layer.selectionChanged.connect(self._selection_changed)
+        panel.selectionChanged.connect(self._panel_selected)
+        panel.activated.connect(self._centre_on_annotation)
+        panel.contextMenuRequested.connect(lambda pos: self.commands.context_menu().popup(pos))
+        self.commands.message.connect(self.show_status)
+        self.commands.centreRequested.connect(self.view.centre_on)
+        self.commands.splitLineRequested.connect(lambda: self.editor.set_tool(SplitLineTool.name))
+        self.editor.lineDrawn.connect(self._split_line_drawn)
+        self.classes_panel.displayChanged.connect(layer.set_class_display)
+        self.review_panel.retraceRequested.connect(c.retrace)
+        self.review_panel.acceptAllRequested.connect(c.accept_all_in_region)
+        self.review_panel.min_area.valueChanged.connect(lambda v: setattr(c, "min_area_um2", float(v)))
+        c.runChanged.connect(self.review_panel.set_run)
+        c.message.connect(self.show_status)
+        c.notice.connect(lambda text: self.banners.show_message(f"note:{text[:40]}", text))
+        c.started.connect(self._run_started)
+        c.finished.connect(self._run_finished)
+        c.failed.connect(self._run_failed)
+        w = c.worker.worker
+        # Bound methods (not lambdas): a slot of a QObject runs on that object's (GUI) thread.
+        w.status.connect(self._show_worker_status)
+        w.engineReady.connect(self._show_engine)
+        self.editor.model.changed.connect(s.autosaver.changed)
+        layer.changed.connect(s.autosaver.changed)
+        s.opened.connect(self._on_opened)
+        s.openFailed.connect(self._on_open_failed)
+        s.restored.connect(self._restored)
+        s.restoreFailed.connect(lambda msg: self.show_error("Saved annotations not restored", msg))
+        s.saved.connect(lambda path: self.save_label.setText(s.saved_text(path)))
+        s.saveFailed.connect(self._on_save_failed)
+        s.imported.connect(self._imported)
+        s.importFailed.connect(self._import_failed)
+        s.exported.connect(self._exported)
+        s.exportFailed.connect(self._export_failed)
+        self.view.cursorMoved.connect(self._show_cursor)
+        self.view.viewChanged.connect(self._show_level)
+        self.view.tileFailed.connect(lambda msg: self.show_status(msg, 8000))
+        self.view.contextMenuAt = self._context_menu_at
+
+    # ------------------------------------------------------------------ compatibility with callers
+
+    @property
+    def slide(self):
+        return self.session.slide
+
+    @property
+    def store(self):
+        return self.session.store
+
+    @property
+    def autosaver(self):
+        return self.session.autosaver
+
+    @property
+    def annotations(self):
+        return self.layer.annotations
+
+    @property
+    def annotation_items(self):
+        return self.layer.items
+
+    @property
+    def worker(self):
+        return self.controller.worker
+
+    @property
+    def overlay(self):
+        return self.controller.overlay
+
+    @property
+    def progress(self):
+        return self.controller.progress
+
+    @property
+    def cancel_button(self):
+        return self.controller.cancel_button
+
+    @property
+    def running(self) -> bool:
+        return self.controller.running
+
+    @property
+    def remote_failure_box(self):
+        return self.controller.remote_failure_box
+
+    @property
+    def finish_locally_button(self):
+        return self.controller.finish_locally_button
+
+    def add_annotations(self, new) -> None:
+        self.layer.add(list(new))
+
+    def delineate(self) -> None:
+        self.controller.start()
+
+    def cancel_delineation(self) -> None:
+        self.controller.cancel()
+
+    # ------------------------------------------------------------------ menus and tools
+
+    def _action(self, text: str, slot, keys: str | list[str] | None = None, menu=None, **kw) -> QAction:
+        a = QAction(text, self, **kw)
+        if keys:
+            a.setShortcuts([QKeySequence(k) for k in ([keys] if isinstance(keys, str) else keys)])
+        if slot is not None:
+            (a.toggled if a.isCheckable() else a.triggered).connect(slot)
+        if menu is not None:
+            menu.addAction(a)
+        self.addAction(a)
+        return a
 
     def _build_menus(self) -> None:
-        file_menu = self.menuBar().addMenu("&File")
-        self.open_action = QAction("&Open…", self, shortcut=QKeySequence.StandardKey.Open)
-        self.open_action.triggered.connect(self.open_dialog)
-        file_menu.addAction(self.open_action)
-        self.recent_menu = file_menu.addMenu("Open &Recent")
+        m = self.menuBar().addMenu("&File")
+        self.open_action = self._action("&Open…", self.open_dialog, QKeySequence.StandardKey.Open.name, m)
+        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
+        self.recent_menu = m.addMenu("Open &Recent")
         self._refresh_recent()
-        file_menu.addSeparator()
-        import_action = QAction("&Import annotations…", self)
-        import_action.setShortcut(QKeySequence("Ctrl+I"))
-        import_action.triggered.connect(self.import_dialog)
-        file_menu.addAction(import_action)
-        export_menu = file_menu.addMenu("&Export")
-        for fmt, text in (
-            ("geojson", "QuPath &GeoJSON…"),
-            ("asap-xml", "&ASAP XML…"),
-            ("png", "&Picture of the view (PNG)…"),
-            ("tiff-mask", "&TIFF mask…"),
-            ("csv", "&CSV measurements…"),
-        ):
-            a = export_menu.addAction(text)
-            a.triggered.connect(lambda _=False, f=fmt: self.export_dialog(f))
-        file_menu.addSeparator()
-        close_action = QAction("&Close slide", self, shortcut=QKeySequence.StandardKey.Close)
-        close_action.triggered.connect(self.close_slide)
-        file_menu.addAction(close_action)
-        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
-        quit_action.triggered.connect(self.close)
-        file_menu.addAction(quit_action)
+        m.addSeparator()
+        self._action("&Import annotations…", self.import_dialog, "Ctrl+I", m)
+        export_menu = m.addMenu("&Export")
+        for fmt, text, _ in EXPORTS:
+            self._action(text, lambda _=False, f=fmt: self.export_dialog(f), None, export_menu)
+        m.addSeparator()
+        self._action("Set &pixel size…", self.pixel_size_dialog, None, m)
+        m.addSeparator()
+        close = self._action("&Close slide", self.close_slide, None, m)
+        close.setShortcut(QKeySequence.StandardKey.Close)
+        quit_ = self._action("&Quit", self.close, None, m)
+        quit_.setShortcut(QKeySequence.StandardKey.Quit)
 
-        view_menu = self.menuBar().addMenu("&View")
-        for text, keys, slot in (
-            ("Zoom &in", "+", lambda: self.view.zoom_by(1.25)),
-            ("Zoom &out", "-", lambda: self.view.zoom_by(0.8)),
-            ("&Fit slide", "0", self.view.fit),
-            ("&Native resolution (1:1)", "1", self.view.native),
-        ):
-            a = QAction(text, self)
-            a.setShortcut(QKeySequence(keys))
-            a.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            a.triggered.connect(slot)
-            view_menu.addAction(a)
-        view_menu.addSeparator()
-        self.overview_action = QAction("&Overview", self, checkable=True, checked=True)
-        self.overview_action.toggled.connect(
-            lambda on: self.view.overview.setVisible(on and self.slide is not None)
-        )
-        view_menu.addAction(self.overview_action)
-        view_menu.addAction(self.info_dock.toggleViewAction())
-
-        edit_menu = self.menuBar().addMenu("&Edit")
+        m = self.menuBar().addMenu("&Edit")
         stack = self.editor.model.undo_stack
         self.undo_action = stack.createUndoAction(self, "&Undo")
         self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
         self.redo_action = stack.createRedoAction(self, "&Redo")
         self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
-        edit_menu.addAction(self.undo_action)
-        edit_menu.addAction(self.redo_action)
-        clear = QAction("&Clear region", self)
-        clear.triggered.connect(self.editor.model.clear)
-        edit_menu.addAction(clear)
-        edit_menu.addSeparator()
-        settings = QAction("Delineation &settings…", self)
-        settings.setShortcut(QKeySequence("Ctrl+,"))
-        settings.triggered.connect(self.open_settings)
-        edit_menu.addAction(settings)
-        view_menu = self.menuBar().actions()[1].menu()
-        view_menu.addAction(self.annotations_dock.toggleViewAction())
+        for a in (self.undo_action, self.redo_action):
+            m.addAction(a)
+            self.addAction(a)
+        m.addSeparator()
+        cmd = self.commands
+        for a in (
+            cmd.select_all_action,
+            cmd.delete_action,
+            cmd.merge_action,
+            cmd.split_parts_action,
+            cmd.split_line_action,
+            cmd.lock_action,
+            cmd.accept_action,
+        ):
+            m.addAction(a)
+        m.addSeparator()
+        self._action("&Clear region", self.editor.model.clear, None, m)
+        m.addSeparator()
+        self._action("Delineation &settings…", self.open_settings, "Ctrl+,", m)
 
-        help_menu = self.menuBar().addMenu("&Help")
-        about = QAction("&About Delineo", self)
-        about.triggered.connect(self._about)
-        help_menu.addAction(about)
+        m = self.menuBar().addMenu("&View")
+        for text, keys, slot in (
+            ("Zoom &in", "+", lambda: self.view.zoom_by(1.25)),
+            ("Zoom &out", "-", lambda: self.view.zoom_by(0.8)),
+            ("&Fit slide", "0", self.view.fit),
+            (
+                "&Native resolution (1:1)",
+                "1",
+                lambda: self.commands.set_class_number(1) or self.view.native(),
+            ),
+        ):
+            a = self._action(text, slot, keys, m)
+            a.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        m.addSeparator()
+        self.overlay_action = self._action(
+            "Show &model outlines", self._set_overlay_visible, "H", m, checkable=True, checked=True
+        )
+        self.overlay_action.setToolTip("Show or hide what the model drew (H)")
+        self.region_action = self._action(
+            "Show painted &region", self._set_region_visible, "Shift+H", m, checkable=True, checked=True
+        )
+        self.overview_action = self._action(
+            "&Overview",
+            lambda on: self.view.overview.setVisible(on and self.slide is not None),
+            None,
+            m,
+            checkable=True,
+            checked=True,
+        )
+        m.addSeparator()
+        for dock in (self.info_dock, self.annotations_dock, self.classes_dock):
+            m.addAction(dock.toggleViewAction())
+
+        m = self.menuBar().addMenu("&Help")
+        self._action("&Keyboard shortcuts", self.show_shortcuts, "F1", m)
+        self._action("&About Delineo", lambda: show_about(self, str(log_file())), None, m)
 
     def _build_toolbar(self) -> None:
         bar = QToolBar("Tools", self)
@@ -257,13 +355,13 @@ class MainWindow(QMainWindow):
         ):
             a = QAction(icon, cls.name, self, checkable=True)
             a.setShortcut(QKeySequence(cls.shortcut))
-            a.setToolTip(f"{cls.tip}")
+            a.setToolTip(cls.tip)
             a.triggered.connect(lambda _=False, n=cls.name: self.editor.set_tool(n))
             group.addAction(a)
             bar.addAction(a)
             self.tool_actions[cls.name] = a
         self.tool_actions[SelectTool.name].setChecked(True)
-        self.editor.toolChanged.connect(lambda n: self.tool_actions[n].setChecked(True))
+        self.editor.toolChanged.connect(self._tool_changed)
         self.brush_size = QDoubleSpinBox()
         self.brush_size.setRange(10, 20_000)
         self.brush_size.setDecimals(0)
@@ -277,37 +375,55 @@ class MainWindow(QMainWindow):
         bar.addAction(self.undo_action)
         bar.addAction(self.redo_action)
         bar.addSeparator()
-        self.delineate_action = QAction(icons.delineate_icon(), "Delineate region", self)
-        self.delineate_action.setShortcut(QKeySequence("Ctrl+D"))
+        self.delineate_action = self._action("Delineate region", self.delineate, "Ctrl+D")
+        self.delineate_action.setIcon(icons.delineate_icon())
         self.delineate_action.setToolTip("Delineate tumour in the painted region (Ctrl+D)")
-        self.delineate_action.triggered.connect(self.delineate)
         bar.addAction(self.delineate_action)
         bar.widgetForAction(self.delineate_action).setToolButtonStyle(
             Qt.ToolButtonStyle.ToolButtonTextBesideIcon
         )
-        esc = QAction(self)
-        esc.setShortcut(QKeySequence("Esc"))
-        esc.triggered.connect(lambda: self.running and self.cancel_delineation())
-        self.addAction(esc)
+        esc = self._action("Cancel delineation", self.cancel_delineation, "Esc")
+        esc.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         bar.addSeparator()
-        self.overlay_action = QAction("Overlay", self, checkable=True, checked=True)
-        self.overlay_action.setShortcut(QKeySequence("H"))
-        self.overlay_action.setToolTip("Show or hide what the model drew (H)")
-        self.overlay_action.toggled.connect(self._set_overlay_visible)
         bar.addAction(self.overlay_action)
         self.opacity = QLabeledSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(45)
         self.opacity.setMaximumWidth(160)
-        self.opacity.setToolTip("Overlay opacity (%)")
+        self.opacity.setToolTip("Opacity of the model's overlay and outlines (%)")
         self.opacity.valueChanged.connect(self._set_opacity)
         bar.addWidget(self.opacity)
+        self._set_opacity(self.opacity.value())
 
-    def _show_worker_status(self, message: str) -> None:
-        self.statusBar().showMessage(message, 10_000)
+    def _tool_changed(self, name: str) -> None:
+        if name in self.tool_actions:
+            self.tool_actions[name].setChecked(True)
 
-    def _show_engine(self, description: str) -> None:
-        self.engine_label.setText(description)
+    def show_shortcuts(self) -> None:
+        tools = list(self.tool_actions.values())
+        self.shortcuts_dialog = ShortcutsDialog(tools + self.actions(), self)
+        self.shortcuts_dialog.open()
+
+    # ------------------------------------------------------------------ display
+
+    def overlay_opacity(self) -> float:
+        return self.opacity.value() / 100
+
+    def overlay_visible(self) -> bool:
+        return self.overlay_action.isChecked()
+
+    def _set_overlay_visible(self, visible: bool) -> None:
+        if self.overlay is not None:
+            self.overlay.setVisible(visible and self.running)
+        self.layer.set_visible(visible)
+
+    def _set_region_visible(self, visible: bool) -> None:
+        self.editor.region_item.setVisible(visible)
+
+    def _set_opacity(self, value: int) -> None:
+        if self.overlay is not None:
+            self.overlay.setOpacity(value / 100)
+        self.layer.set_opacity(min(1.0, 0.3 + value / 100))
 
     def _brush_changed(self, um: float) -> None:
         self.brush_size.blockSignals(True)
@@ -317,395 +433,100 @@ class MainWindow(QMainWindow):
         self.brush_size.setSuffix(f" {unit}")
         self.statusBar().showMessage(f"Brush {um:.0f} {unit}", 2000)
 
-    def _set_overlay_visible(self, visible: bool) -> None:
-        if self.overlay is not None:
-            self.overlay.setVisible(visible)
-        for item in self.annotation_items.values():
-            item.setVisible(visible)
+    def show_status(self, message: str, timeout_ms: int = 8000) -> None:
+        """A status message elided to the room the bar has; the whole text is its tooltip."""
+        bar = self.statusBar()
+        room = max(bar.width() // 2, 120)
+        elided = bar.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, room)
+        bar.setToolTip(message if elided != message else "")
+        bar.showMessage(elided, timeout_ms)
 
-    def _set_opacity(self, value: int) -> None:
-        if self.overlay is not None:
-            self.overlay.setOpacity(value / 100)
-        for item in self.annotation_items.values():
-            item.setOpacity(min(1.0, 0.3 + value / 100))
+    def _show_worker_status(self, message: str) -> None:
+        self.show_status(message, 10_000)
+
+    def _show_engine(self, description: str) -> None:
+        self.engine_label.setText(description)
+        wanted = load_settings(self.settings)
+        if not wanted.remote and wanted.device.upper() == "GPU" and "GPU" not in description.upper():
+            self.banners.show_message(
+                "device",
+                f"The integrated GPU asked for in Delineation settings is not available on this computer; "
+                f"running on: {description}.",
+            )
+
+    # ------------------------------------------------------------------ delineation
+
+    def _run_started(self) -> None:
+        self.delineate_action.setEnabled(False)
+        if not self.settings.value("notices/intended_use_shown", False, type=bool):
+            self.banners.show_message("intended-use", INTENDED_USE.replace("&amp;", "&"))
+            self.settings.setValue("notices/intended_use_shown", True)
+
+    def _run_finished(self, result) -> None:
+        self.delineate_action.setEnabled(True)
+        self.delineationFinished.emit(result)
+
+    def _run_failed(self, message: str) -> None:
+        self.delineate_action.setEnabled(True)
+        if not self.controller.running:
+            self.engine_label.setText("model not ready")
+        self.delineationFailed.emit(message)
 
     def open_settings(self) -> None:
         note = ""
-        choice = self.worker.worker.precision_choice
+        choice = self.controller.worker.worker.precision_choice
         if choice:
             ms = ", ".join(f"{p.upper()} {t:.0f} ms" for p, t in choice[1].items())
             note = f"Auto chose {choice[0].upper()} on this computer ({ms} per tile)."
         dlg = SettingsDialog(self.settings, note, self)
         if dlg.exec():
-            self.worker.prepareRequested.emit(dlg.value())
-
-    # ------------------------------------------------------------------ delineation
-
-    def delineate(self) -> None:
-        if self.running:
-            return
-        if self.slide is None:
-            self.statusBar().showMessage("Open a slide first", 5000)
-            return
-        if self.editor.model.empty:
-            self.statusBar().showMessage(
-                "Paint a region first: B for the brush, P polygon, R rectangle", 6000
-            )
-            return
-        self.running = True
-        self._run_slide = self.slide
-        self.delineate_action.setEnabled(False)
-        if self.overlay is not None:
-            self.view.scene().removeItem(self.overlay)
-        w, h = self.slide.dimensions
-        self.overlay = TileOverlay(QRectF(0, 0, w, h))
-        self.overlay.setOpacity(self.opacity.value() / 100)
-        self.overlay.setVisible(self.overlay_action.isChecked())
-        self.view.scene().addItem(self.overlay)
-        self.progress.setRange(0, 0)
-        self.progress.setValue(0)
-        self.progress.show()
-        self.cancel_button.show()
-        self.worker.worker.cancel_event.clear()
-        self._run_region = self.editor.model.geometry
-        self._run_settings = load_settings(self.settings)
-        self.worker.runRequested.emit(self.slide, self._run_region, self._run_settings, None)
-
-    def cancel_delineation(self) -> None:
-        self.worker.cancel()
-        self.cancel_button.setEnabled(False)
-        self.statusBar().showMessage("Cancelling after the current tile…")
-
-    def _on_tile(self, u: TileUpdate) -> None:
-        if self._run_slide is not self.slide:
-            return
-        if self.overlay is not None and u.image is not None:
-            self.overlay.add_tile(u.rect, u.image)
-        self.progress.setRange(0, u.total)
-        self.progress.setValue(u.done)
-        if u.done and u.done < u.total:
-            left = u.elapsed_s / u.done * (u.total - u.done)
-            self.progress.setFormat(f"%v / %m tiles · {left:.0f} s left")
-        if u.error:
-            self.statusBar().showMessage(u.error, 8000)
-
-    def _end_run(self) -> None:
-        self.running = False
-        self.delineate_action.setEnabled(True)
-        self.progress.hide()
-        self.cancel_button.hide()
-        self.cancel_button.setEnabled(True)
-        self.progress.setFormat("%v / %m tiles")
-
-    def _on_delineated(self, result) -> None:
-        self._end_run()
-        if self._run_slide is not self.slide:
-            return  # the slide was closed or replaced while the run was being cancelled
-        if result.engine_error and self._run_settings is not None and self._run_settings.remote:
-            self._offer_to_finish_locally(result)
-            return
-        if result.engine_error:  # a local engine failed mid-run: say so, keep what it finished
-            self.show_error("Delineation stopped", f"{result.engine_error}\n\nThe finished tiles are kept.")
-        self._keep(result)
-
-    def _offer_to_finish_locally(self, result) -> None:
-        """The engine (a remote endpoint) failed mid-run: say so, keep the finished tiles on
-        screen, and let the user choose. Nothing switches engines silently."""
-        done = result.tiles_done + result.tiles_skipped
-        box = QMessageBox(self)
-        box.setIcon(QMessageBox.Icon.Warning)
-        box.setWindowTitle("The inference endpoint stopped")
-        box.setText(
-            f"{result.engine_error}\n\n{done} of {result.tiles_total} tiles are finished and kept. "
-            f"Finish the remaining {len(result.pending)} tile(s) on this computer?"
-        )
-        self.finish_locally_button = box.addButton(
-            "Finish on this computer", QMessageBox.ButtonRole.AcceptRole
-        )
-        box.addButton("Keep what is done", QMessageBox.ButtonRole.RejectRole)
-        box.setWindowModality(Qt.WindowModality.WindowModal)
-        box.buttonClicked.connect(self._remote_choice)
-        self.remote_failure_box = box
-        self._unfinished = result
-        self.statusBar().showMessage(f"Endpoint failed after {done} of {result.tiles_total} tiles", 20_000)
-        box.open()
-
-    def _remote_choice(self, button) -> None:
-        result, self._unfinished = self._unfinished, None
-        if result is None or self._run_slide is not self.slide:
-            return
-        if button is not self.finish_locally_button:
-            self._keep(result)
-            return
-        self.running = True
-        self.delineate_action.setEnabled(False)
-        self.progress.show()
-        self.cancel_button.show()
-        self.worker.worker.cancel_event.clear()
-        self._run_settings = self._run_settings.local()
-        self.worker.runRequested.emit(self.slide, self._run_region, self._run_settings, result)
-
-    def _keep(self, result) -> None:
-        new = [Annotation(p, source=result.source) for p in result.polygons]
-        self.add_annotations(new)
-        if self.overlay is not None:
-            self.overlay.setVisible(False)  # the annotations now show the same outline
-        mpp = self._mpp()
-        area = sum(a.geometry.area for a in new)
-        what = "Cancelled; kept" if result.cancelled else "Kept" if result.pending else "Delineated"
-        msg = (
-            f"{what} {result.tiles_done} tiles ({result.tiles_skipped} background skipped) in "
-            f"{result.seconds:.1f} s: {len(new)} tumour region(s), {format_area(area, mpp)}"
-        )
-        for note in result.notes:
-            msg += f" — {note}"
-            log.info("%s: %s", self.slide.name if self.slide else "delineation", note)
-        self.show_long_status(msg, 20_000)
-        self.delineationFinished.emit(result)
-
-    def show_long_status(self, message: str, timeout_ms: int) -> None:
-        """A status message elided to the room left of the position and engine labels (Qt
-        would draw the rest under them); the whole text is the status bar's tooltip."""
-        bar = self.statusBar()
-        room = bar.width() - 24
-        for w in (self.progress, self.cancel_button, self.pos_label, self.level_label, self.engine_label):
-            if not w.isHidden():
-                room -= w.sizeHint().width() + 8
-        elided = bar.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, max(room, 80))
-        bar.setToolTip(message if elided != message else "")
-        bar.showMessage(elided, timeout_ms)
-
-    def _on_delineation_failed(self, message: str) -> None:
-        was_running = self.running
-        self._end_run()
-        if was_running:
-            self.show_error("Delineation failed", message)
-        else:  # preparing in the background (say, an endpoint that is off): no dialog at startup
-            self.statusBar().showMessage(f"Model not ready: {message}", 20_000)
-            self.engine_label.setText("model not ready")
-        self.delineationFailed.emit(message)
+            self.controller.worker.prepareRequested.emit(dlg.value())
 
     # ------------------------------------------------------------------ annotations
 
-    def _mpp(self) -> float | None:
-        return float(sum(self.slide.mpp) / 2) if self.slide is not None and self.slide.mpp else None
-
-    def add_annotations(self, new: list[Annotation]) -> None:
-        for a in new:
-            item = AnnotationItem(a)
-            item.setVisible(self.overlay_action.isChecked())
-            self.view.scene().addItem(item)
-            self.annotation_items[a.id] = item
-        self.annotations.extend(new)
-        self._annotations_changed()
-
-    def delete_annotations(self, ids: list[str]) -> None:
-        for i in ids:
-            item = self.annotation_items.pop(i, None)
-            if item is not None:
-                self.view.scene().removeItem(item)
-        self.annotations = [a for a in self.annotations if a.id not in ids]
-        self._annotations_changed()
-
     def _annotations_changed(self) -> None:
-        self.annotations_panel.set_annotations(self.annotations, self._mpp())
+        self.annotations_panel.set_annotations(
+            self.layer.annotations, self.session.mpp(), self.layer.selected
+        )
         self.annotationsChanged.emit()
 
-    def select_annotation(self, ann_id: str, centre: bool = True) -> None:
-        """Highlight an annotation; from the list, also bring it to the centre of the view."""
-        for i, item in self.annotation_items.items():
-            item.set_selected(i == ann_id)
-        a = next((a for a in self.annotations if a.id == ann_id), None)
-        if a is not None and centre:
+    def _selection_changed(self) -> None:
+        self.annotations_panel.show_selection(self.layer.selected)
+        self.controller.follow_selection()
+
+    def _panel_selected(self, ids: list[str]) -> None:
+        self.layer.select(ids)
+        if len(ids) == 1:
+            self._centre_on_annotation(ids[0])
+
+    def _centre_on_annotation(self, ann_id: str) -> None:
+        a = self.layer.by_id(ann_id)
+        if a is not None:
             c = a.geometry.centroid
             self.view.centre_on(c.x, c.y)
 
-    def _annotation_clicked(self, ann_id: str) -> None:
-        """Clicked in the view: select it in the list too, without moving the view."""
-        self.annotations_panel.select_id(ann_id, quiet=True)
-        self.select_annotation(ann_id, centre=False)
+    def select_annotation(self, ann_id: str) -> None:
+        self.layer.select([ann_id])
+        self._centre_on_annotation(ann_id)
 
-    def _annotation_at(self, x: float, y: float) -> str | None:
-        pt = Point(x, y)
-        hits = [a for a in self.annotations if a.geometry.contains(pt)]
-        return min(hits, key=lambda a: a.geometry.area).id if hits else None
+    def _split_line_drawn(self, line) -> None:
+        self.commands.split_line(line)
+        self.editor.set_tool(SelectTool.name)
 
-    def _clear_annotations(self) -> None:
-        for item in self.annotation_items.values():
-            self.view.scene().removeItem(item)
-        self.annotation_items = {}
-        self.annotations = []
-        if self.overlay is not None:
-            self.view.scene().removeItem(self.overlay)
-            self.overlay = None
-        self._annotations_changed()
+    def _context_menu_at(self, x: float, y: float, global_pos) -> bool:
+        hit = self.layer.at(x, y)
+        if hit is None:
+            return False
+        if hit.id not in self.layer.selected:
+            self.layer.select([hit.id])
+        self.commands.context_menu().popup(global_pos)
+        return True
 
-    # ------------------------------------------------------------------ saving and restoring
-
-    def _offset(self) -> tuple[float, float]:
-        return tuple(self.slide.bounds[:2]) if self.slide is not None and self.slide.bounds else (0, 0)
-
-    def _start_store(self, slide: Slide) -> None:
-        store = AnnotationStore(slide.path, data_dir(), self._mpp(), self._offset())
-        self.store = store
-        run_in_background(
-            store.load,
-            lambda state: self._restored(slide, store, state),
-            lambda e: self._restore_failed(slide, store, e),
-        )
-
-    def _restored(self, slide: Slide, store: AnnotationStore, state: SavedState) -> None:
-        if self.slide is not slide:
-            return
-        if state.annotations:
-            self.add_annotations(state.annotations)
-        if not state.region.is_empty:
-            current = self.editor.model.geometry
-            self.editor.model.reset(state.region.union(current) if not current.is_empty else state.region)
-        self.autosaver.attach(store, lambda: store.document(self.annotations, self.editor.model.geometry))
-        where = (
-            "beside the slide"
-            if store.beside_slide
-            else "in your data folder (the slide's folder is read-only)"
-        )
-        self.save_label.setText(f"Saved automatically {where}:\n{store.path}")
-        self.save_label.setToolTip(str(store.path))
-        if state.annotations or not state.region.is_empty:
-            msg = f"Restored {len(state.annotations)} annotation(s) from {store.existing()}"
-            self.statusBar().showMessage(msg, 8000)
-        for note in state.notes:
-            log.info("restore %s: %s", store.existing(), note)
-
-    def _restore_failed(self, slide: Slide, store: AnnotationStore, exc: BaseException) -> None:
-        if self.slide is not slide:
-            return
-        # Keep the unreadable file: save to a new name so nothing is overwritten.
-        broken = store.existing()
-        if broken is not None:
-            store.path = broken.with_name(
-                broken.name.replace(".annotations.geojson", ".recovered.annotations.geojson")
-            )
-        self.autosaver.attach(store, lambda: store.document(self.annotations, self.editor.model.geometry))
-        self.show_error(
-            "Saved annotations not restored",
-            f"{exc}\n\nThe file was left as it is; new work is saved to {store.path}.",
-        )
-
-    def _on_saved(self, path: str) -> None:
-        self.save_label.setText(f"Saved {time.strftime('%H:%M:%S')} to:\n{path}")
-
-    def _on_save_failed(self, message: str) -> None:
-        self.save_label.setText(f"<b>Not saved:</b> {message}")
-        self.statusBar().showMessage(message, 15_000)
-
-    def import_dialog(self) -> None:
-        if self.slide is None:
-            return
-        path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Import annotations",
-            str(self.slide.path.parent),
-            "GeoJSON (*.geojson *.json);;All files (*)",
-        )
-        if path:
-            self.import_annotations(path)
-
-    def import_annotations(self, path: str) -> None:
-        """Read in the background; on any error the open annotations stay as they are."""
-        slide, offset = self.slide, self._offset()
-        run_in_background(
-            lambda: read_geojson(path, offset),
-            lambda result: self._imported(slide, path, *result),
-            lambda e: self._import_failed(path, e),
-        )
-
-    def _imported(self, slide: Slide, path: str, annotations: list[Annotation], notes: list[str]) -> None:
-        if self.slide is not slide:
-            return
-        w, h = slide.dimensions
-        outside = export.outside_slide(annotations, slide)
-        if outside:
-            notes.append(f"{len(outside)} annotation(s) reach outside the slide ({w} x {h} px); clipped")
-            annotations = export.clip(annotations, box(0, 0, w, h))
-        self.add_annotations(annotations)
-        msg = f"Imported {len(annotations)} annotation(s) from {Path(path).name}"
-        self.statusBar().showMessage(msg, 8000)
-        if notes:
-            self.show_info("Import notes", msg + ":\n\n" + "\n".join(notes[:20]))
-        self.annotationsImported.emit(len(annotations))
-
-    def _import_failed(self, path: str, exc: BaseException) -> None:
-        self.show_error("Import failed", f"{exc}\n\nThe open annotations are unchanged.")
-        self.annotationsImported.emit(-1)
-
-    def export_dialog(self, fmt: str) -> None:
-        if self.slide is None:
-            return
-        ext = {
-            "geojson": "GeoJSON (*.geojson)",
-            "asap-xml": "ASAP XML (*.xml)",
-            "png": "PNG (*.png)",
-            "tiff-mask": "TIFF (*.tif)",
-            "csv": "CSV (*.csv)",
-        }[fmt]
-        suffix = {
-            "geojson": ".geojson",
-            "asap-xml": ".xml",
-            "png": ".png",
-            "tiff-mask": "_mask.tif",
-            "csv": ".csv",
-        }[fmt]
-        default = str(self.slide.path.parent / (self.slide.path.stem + suffix))
-        path, _ = QFileDialog.getSaveFileName(self, "Export", default, ext)
-        if path:
-            self.export_to(fmt, path)
-
-    def export_to(self, fmt: str, path: str) -> None:
-        """Export on a background thread; a failure says so and leaves no partial file."""
-        slide, mpp, offset = self.slide, self._mpp(), self._offset()
-        anns = list(self.annotations)
-        r = self.view.visible_rect().intersected(QRectF(0, 0, *slide.dimensions))
-        view_rect = (r.x(), r.y(), r.width(), r.height())
-        view_mpp = (mpp / self.view.zoom) if mpp else 1 / self.view.zoom
-
-        def job():
-            if fmt == "geojson":
-                return export.export_geojson(path, anns, mpp, offset)
-            if fmt == "asap-xml":
-                return export.export_asap_xml(path, anns, offset)
-            if fmt == "csv":
-                return export.export_csv(path, anns, mpp)
-            if fmt == "png":  # the current view, at the resolution it is shown
-                return export.export_png(path, slide, anns, view_rect, view_mpp)
-            return export.export_tiff_mask(path, slide, anns)
-
-        run_in_background(job, lambda p: self._exported(fmt, p), lambda e: self._export_failed(path, e))
-
-    def _exported(self, fmt: str, path) -> None:
-        self.statusBar().showMessage(f"Exported {fmt} to {path}", 10_000)
-        self.exported.emit(str(path))
-
-    def _export_failed(self, path: str, exc: BaseException) -> None:
-        self.show_error("Export failed", str(exc))
-        self.exported.emit("")
-
-    def show_info(self, title: str, message: str) -> None:
-        box = QMessageBox(QMessageBox.Icon.Information, title, message, QMessageBox.StandardButton.Ok, self)
-        box.setWindowModality(Qt.WindowModality.WindowModal)
-        box.open()
-        self.info_dialog = box
-
-    def _about(self) -> None:
-        QMessageBox.about(
-            self,
-            "About Delineo",
-            f"<b>Delineo {__version__}</b><br>Whole-slide viewer with on-device tumour "
-            f"delineation.<br><br>Log file for support:<br><code>{log_file()}</code>",
-        )
-
-    # ------------------------------------------------------------------ opening
+    # ------------------------------------------------------------------ opening and closing
 
     def open_dialog(self) -> None:
+        from app.core.slide import FORMAT_FILTER
+
         start = self.settings.value("last_dir", str(Path.home()))
         path, _ = QFileDialog.getOpenFileName(self, "Open slide", start, FORMAT_FILTER)
         if path:
@@ -714,44 +535,162 @@ class MainWindow(QMainWindow):
     def open_slide(self, path: str | Path) -> None:
         """Open in the background; the window stays responsive and shows an error dialog on failure."""
         path = str(path)
-        self._opening = path
         self.statusBar().showMessage(f"Opening {Path(path).name}…")
         QApplication.setOverrideCursor(Qt.CursorShape.BusyCursor)
-        run_in_background(
-            lambda: open_slide_job(path),
-            lambda opened: self._on_opened(path, opened),
-            lambda exc: self._on_open_failed(path, exc),
-        )
+        self.session.open(path)
 
     def _on_opened(self, path: str, opened: OpenedSlide) -> None:
         QApplication.restoreOverrideCursor()
-        if self._opening != path:  # a newer open superseded this one
-            opened.slide.close()
-            return
-        self._close_current()
-        self.slide = opened.slide
-        self.view.set_slide(opened.slide, opened.base)
-        self.editor.model.reset()
+        self._reset_slide_state()
+        slide = opened.slide
+        self.view.set_slide(slide, opened.base)
         self._brush_changed(self.editor.brush_um)
-        self.worker.slideRequested.emit(opened.slide, opened.thumbnail)
-        self._start_store(opened.slide)
+        self.controller.set_slide(slide, self.session.store)
+        self.controller.worker.slideRequested.emit(slide, opened.thumbnail)
+        self.session.restore(
+            lambda: self.session.store.document(
+                self.layer.annotations, self.editor.model.geometry, mpp=self.session.user_mpp
+            )
+        )
         self.view.overview.setVisible(self.overview_action.isChecked())
-        self.info_panel.show_slide(opened.slide.info(), opened.associated)
-        self.setWindowTitle(f"{opened.slide.name} — Delineo")
-        self._add_recent(path)
-        self.settings.setValue("last_dir", str(Path(path).parent))
-        mpp_note = "" if opened.slide.mpp else " — no pixel size recorded; the scale bar shows pixels"
-        self.statusBar().showMessage(f"Opened {opened.slide.name}{mpp_note}", 6000)
-        log.info("opened %s", path)
+        self.info_panel.show_slide(slide.info(), opened.associated)
+        self.setWindowTitle(f"{slide.name} — Delineo")
+        self._add_recent(str(slide.path))
+        self.settings.setValue("last_dir", str(Path(slide.path).parent))
+        self.statusBar().showMessage(f"Opened {slide.name}", 6000)
+        log.info("opened %s", slide.path)
         self.slideOpened.emit(path)
 
-    def _on_open_failed(self, path: str, exc: BaseException) -> None:
+    def _restored(self, state) -> None:
+        slide = self.slide
+        if state.annotations:
+            self.layer.reset(state.annotations)
+        if not state.region.is_empty:
+            current = self.editor.model.geometry
+            self.editor.model.reset(state.region.union(current) if not current.is_empty else state.region)
+        self.controller.restore_runs(getattr(state, "maps", {}) or {}, state.annotations)
+        self.save_label.setText(self.session.where_saved())
+        self.save_label.setToolTip(str(self.session.store.path))
+        if state.annotations or not state.region.is_empty:
+            self.show_status(
+                f"Restored {len(state.annotations)} annotation(s) from {self.session.store.existing()}"
+            )
+        if slide is not None and not slide.mpp:
+            self._warn_no_pixel_size()
+        elif self.session.user_mpp:
+            self.view._view_changed()
+            self._annotations_changed()
+
+    def _warn_no_pixel_size(self) -> None:
+        self.banners.show_message(
+            "mpp",
+            f"{self.slide.name} records no pixel size: the model assumes 1 µm/px and areas are in "
+            "pixels. Set the pixel size if you know it.",
+            ("Set pixel size…", self.pixel_size_dialog),
+        )
+
+    def pixel_size_dialog(self) -> None:
+        if self.slide is None:
+            return
+        current = self.session.mpp() or 0.5
+        value, ok = QInputDialog.getDouble(
+            self,
+            "Set pixel size",
+            f"Pixel size of {self.slide.name} (µm per pixel):",
+            current,
+            0.01,
+            100.0,
+            4,
+        )
+        if ok:
+            self.set_pixel_size(value)
+
+    def set_pixel_size(self, mpp: float) -> None:
+        self.session.set_pixel_size(mpp)
+        self.banners.dismiss("mpp")
+        self.view._view_changed()
+        self._brush_changed(self.editor.brush_um)
+        self._annotations_changed()
+        self.show_status(f"Pixel size of {self.slide.name} set to {mpp:g} µm/px; saved with its annotations")
+
+    def _on_open_failed(self, path: str, msg: str) -> None:
         QApplication.restoreOverrideCursor()
-        msg = str(exc) if str(exc) else type(exc).__name__
-        log.warning("cannot open %s: %s", path, msg)
         self.statusBar().showMessage(f"Could not open {Path(path).name}", 6000)
         self.show_error("Cannot open slide", msg)
         self.openFailed.emit(msg)
+
+    def _reset_slide_state(self) -> None:
+        """Forget the previous slide: its outlines, region, history, banners and panels."""
+        self.session.autosaver.attach(None, None)
+        self.controller.set_slide(None, None)
+        self.layer.reset([])
+        self.editor.model.reset()
+        self.banners.clear()
+        self.save_label.setText("")
+        self.view.close_slide()
+
+    def close_slide(self) -> None:
+        self._reset_slide_state()
+        self.session.close()
+        self.info_panel.clear()
+        self.setWindowTitle("Delineo")
+
+    # ------------------------------------------------------------------ import / export
+
+    def import_dialog(self) -> None:
+        if self.slide is None:
+            return
+        folder = self.settings.value("export_dir", "") or str(self.slide.path.parent)
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Import annotations", folder, "GeoJSON (*.geojson *.json);;All files (*)"
+        )
+        if path:
+            self.import_annotations(path)
+
+    def import_annotations(self, path: str) -> None:
+        self.session.import_file(path)
+
+    def _imported(self, annotations, notes, path: str) -> None:
+        self.layer.add(annotations, f"Import {Path(path).name}")
+        msg = f"Imported {len(annotations)} annotation(s) from {Path(path).name}"
+        self.show_status(msg)
+        if notes:
+            self.show_info("Import notes", msg + ":\n\n" + "\n".join(notes[:20]))
+        self.annotationsImported.emit(len(annotations))
+
+    def _import_failed(self, message: str) -> None:
+        self.show_error("Import failed", f"{message}\n\nThe open annotations are unchanged.")
+        self.annotationsImported.emit(-1)
+
+    def export_dialog(self, fmt: str) -> None:
+        if self.slide is None:
+            return
+        ext = next(e for f, _, e in EXPORTS if f == fmt)
+        path, _ = QFileDialog.getSaveFileName(self, "Export", self.session.default_export_path(fmt), ext)
+        if path:
+            self.export_to(fmt, path)
+
+    def export_to(self, fmt: str, path: str) -> None:
+        r = self.view.visible_rect().intersected(QRectF(0, 0, *self.slide.dimensions))
+        mpp = self.session.mpp()
+        view_mpp = (mpp / self.view.zoom) if mpp else 1 / self.view.zoom
+        self.session.export(
+            fmt, path, self.layer.annotations, (r.x(), r.y(), r.width(), r.height()), view_mpp
+        )
+
+    def _exported(self, fmt: str, path: str) -> None:
+        self.show_status(f"Exported {fmt} to {path}", 10_000)
+        self.exported.emit(path)
+
+    def _export_failed(self, message: str) -> None:
+        self.show_error("Export failed", message)
+        self.exported.emit("")
+
+    def _on_save_failed(self, message: str) -> None:
+        self.save_label.setText(f"<b>Not saved:</b> {message}")
+        self.banners.show_message("save", f"Not saved: {message}")
+
+    # ------------------------------------------------------------------ dialogs
 
     def show_error(self, title: str, message: str) -> None:
         """A window-modal dialog that does not block the event loop."""
@@ -760,25 +699,13 @@ class MainWindow(QMainWindow):
         box.open()
         self.error_dialog = box
 
-    def close_slide(self) -> None:
-        self._close_current()
-        self.info_panel.clear()
-        self.setWindowTitle("Delineo")
+    def show_info(self, title: str, message: str) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, title, message, QMessageBox.StandardButton.Ok, self)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()
+        self.info_dialog = box
 
-    def _close_current(self) -> None:
-        self.autosaver.attach(None, None)  # writes what is pending for this slide first
-        self.store = None
-        self.save_label.setText("")
-        self._clear_annotations()
-        self.editor.model.reset()
-        self.view.close_slide()
-        if self.slide is not None:
-            if self.running:
-                self.worker.cancel()
-            self.slide.close()  # deferred by Slide itself until reads in flight finish
-        self.slide = None
-
-    # ------------------------------------------------------------------ recent files & drops
+    # ------------------------------------------------------------------ recent files and drops
 
     def recent_files(self) -> list[str]:
         value = self.settings.value("recent", [])
@@ -833,9 +760,37 @@ class MainWindow(QMainWindow):
                 f"{self.view.scale_bar.mag_text}"
             )
 
+    # ------------------------------------------------------------------ geometry
+
+    def _fit_to_screen(self) -> None:
+        """Open to fit the screen (a 1366x768 laptop at 150 % is 911x512 device-independent
+        pixels), or where the user left it."""
+        geometry = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if geometry is not None and self.restoreGeometry(geometry):
+            if state is not None:
+                self.restoreState(state)
+            return
+        screen = self.screen() or QApplication.primaryScreen()
+        self.fit_to(screen.availableGeometry() if screen is not None else None)
+
+    def fit_to(self, available) -> None:
+        w, h = PREFERRED_SIZE
+        if available is not None:
+            w, h = min(w, available.width()), min(h, available.height() - 30)  # room for the title bar
+            self.resize(w, h)
+            self.move(
+                available.x() + (available.width() - w) // 2,
+                available.y() + max(0, (available.height() - h) // 2),
+            )
+        else:
+            self.resize(w, h)
+
     def closeEvent(self, event) -> None:
-        self.autosaver.shutdown()
-        self.worker.stop()  # cancels a run and waits for the worker thread to finish
-        self.running = False
-        self._close_current()
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.settings.setValue("window/state", self.saveState())
+        self.session.autosaver.shutdown()
+        self.controller.stop()  # cancels a run and waits for the worker thread to finish
+        self._reset_slide_state()
+        self.session.close()
         super().closeEvent(event)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from PySide6.QtCore import QRectF
+from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
 
@@ -51,19 +53,56 @@ class TileOverlay(QGraphicsItem):
                 painter.drawImage(rect, img)
 
 
+@dataclass(frozen=True)
+class ClassDisplay:
+    """How one class is drawn: its fill, its outline, or both (neither hides it)."""
+
+    fill: bool = True
+    outline: bool = True
+
+    @property
+    def shown(self) -> bool:
+        return self.fill or self.outline
+
+
+SELECTED = QColor(255, 210, 0)
+
+
 class AnnotationItem(QGraphicsPathItem):
-    def __init__(self, annotation: Annotation):
+    """One annotation: a model proposal has a dashed outline until it is accepted or edited;
+    the fill is light so nuclei stay visible under it at any zoom."""
+
+    def __init__(self, annotation: Annotation, display: ClassDisplay | None = None):
         super().__init__(geometry_path(annotation.geometry))
         self.annotation = annotation
-        self.setZValue(25)
-        self.set_selected(False)
+        self.display = display or ClassDisplay()
+        self.selected = False
+        self._style()
 
     def set_selected(self, selected: bool) -> None:
-        c = QColor(*self.annotation.color)
-        pen = QPen(QColor(255, 210, 0) if selected else c, 3.5 if selected else 2)
-        pen.setCosmetic(True)
-        self.setPen(pen)
-        fill = QColor(c)
-        fill.setAlpha(70 if selected else 40)
-        self.setBrush(QBrush(fill))
+        if selected != self.selected:
+            self.selected = selected
+            self._style()
+
+    def set_display(self, display: ClassDisplay) -> None:
+        self.display = display
+        self._style()
+
+    def _style(self) -> None:
+        a, selected = self.annotation, self.selected
+        c = QColor(*a.color)
+        if self.display.outline or selected:
+            pen = QPen(SELECTED if selected else c, 3.5 if selected else 2)
+            if a.review == "proposed" and not selected:
+                pen.setStyle(Qt.PenStyle.DashLine)
+            pen.setCosmetic(True)
+            self.setPen(pen)
+        else:
+            self.setPen(QPen(Qt.PenStyle.NoPen))
+        if self.display.fill:
+            fill = QColor(c)
+            fill.setAlpha(60 if selected else 35)
+            self.setBrush(QBrush(fill))
+        else:
+            self.setBrush(QBrush(Qt.BrushStyle.NoBrush))
         self.setZValue(26 if selected else 25)

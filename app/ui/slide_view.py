@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from PySide6.QtCore import QPointF, QRect, QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QPen, QTransform
 from PySide6.QtWidgets import QFrame, QGraphicsScene, QGraphicsView, QWidget
 
@@ -98,6 +98,7 @@ class SlideView(QGraphicsView):
         self._request_timer.setInterval(0)
         self._request_timer.timeout.connect(self._request_tiles)
         self.editor = RegionEditor(self)
+        self.contextMenuAt = None  # (x, y, global pos) -> bool: the window's menu for an outline
 
     # ------------------------------------------------------------------ slide
 
@@ -220,6 +221,29 @@ class SlideView(QGraphicsView):
 
     def _scene_pos(self, event) -> QPointF:
         return self.mapToScene(event.position().toPoint())
+
+    def event(self, event) -> bool:
+        """A tool in the middle of a shape keeps its keys (Backspace, Esc, Enter) from the
+        window's shortcuts (Delete selected, Cancel delineation)."""
+        if (
+            event.type() == QEvent.Type.ShortcutOverride
+            and self.slide is not None
+            and self.editor.active.wants_key(event)
+        ):
+            event.accept()
+            return True
+        return super().event(event)
+
+    def contextMenuEvent(self, event) -> None:
+        p = self.mapToScene(event.pos())
+        if (
+            self.slide is not None
+            and self.contextMenuAt is not None
+            and self.contextMenuAt(p.x(), p.y(), event.globalPos())
+        ):
+            event.accept()
+            return
+        super().contextMenuEvent(event)
 
     def mousePressEvent(self, event) -> None:
         if self.slide is not None and self.editor.active.press(self._scene_pos(event), event):

@@ -1,0 +1,415 @@
+"""Delineate: the run from the click to the annotations, and re-tracing it afterwards.
+
+The controller asks before a run would replace what a person drew, starts the run on the
+worker thread, paints tiles as they finish, and, when the run ends, replaces the model's earlier
+outlines inside the region with the new ones as one undo step. Each run's probability map is
+kept (in memory and beside the slide), so the *Sensitivity* and *Minimum area* controls re-trace
+its outlines without calling the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import shapely
+from PySide6.QtCore import QObject, QRectF, Qt, Signal
+from PySide6.QtWidgets import QMessageBox, QProgressBar, QPushButton
+from shapely.geometry import box
+from shapely.geometry.base import BaseGeometry
+from superqt.utils import create_worker
+
+from app.core.annotation_edits import accept_in_region, protected_overlapping, replace_in_region
+from app.core.geometry import polygonal
+from app.core.probability_map import ProbabilityMap
+from app.inference.pipeline import tile_core_rect
+from app.ui import icons
+from app.ui.annotation_layer import AnnotationLayer
+from app.ui.delineation_worker import RunFinished, TileUpdate, WorkerThread
+from app.ui.overlay import TileOverlay
+from app.ui.settings_dialog import load_settings
+
+log = logging.getLogger(__name__)
+DEFAULT_MIN_AREA_UM2 = 1000.0
+
+
+@dataclass
+class RunRecord:
+    """A finished run whose outlines can be re-traced: its map, or where the map is on disk."""
+
+    run_id: str
+    map: ProbabilityMap | None
+    path: Path | None
+    threshold: float
+    min_area_um2: float
+
+
+class DelineationController(QObject):
+    started = Signal()
+    finished = Signal(object)  # Delineation
+    failed = Signal(str)
+    message = Signal(str, int)  # status text, timeout ms
+    notice = Signal(str)  # something the user must read whole (the window shows a banner)
+    runChanged = Signal(object)  # RunRecord | None: the run the sensitivity controls act on
+
+    def __init__(self, window, view, layer: AnnotationLayer, settings):
+        super().__init__(window)
+        self.window = window
+        self.view = view
+        self.layer = layer
+        self.region_model = view.editor.model
+        self.settings = settings
+        self.slide = None
+        self.store = None
+        self.running = False
+        self.overlay: TileOverlay | None = None
+        self.runs: dict[str, RunRecord] = {}
+        self.current: RunRecord | None = None
+        self.min_area_um2 = DEFAULT_MIN_AREA_UM2
+        self._run_slide = None
+        self._run_region: BaseGeometry | None = None
+        self._run_settings = None
+        self._replace_protected = False
+        self._unfinished = None
+        self._retrace_generation = 0
+        self.replace_box: QMessageBox | None = None
+        self.remote_failure_box: QMessageBox | None = None
+        self.finish_locally_button = None
+
+        self.worker = WorkerThread(self)
+        w = self.worker.worker
+        w.tileDone.connect(self._on_tile)
+        w.finished.connect(self._on_finished)
+        w.failed.connect(self._on_failed)
+
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(260)
+        self.progress.setFormat("%v / %m tiles")
+        self.cancel_button = QPushButton(icons.cancel_icon(), "Cancel")
+        self.cancel_button.setToolTip("Stop after the current tile and keep what is done (Esc)")
+        self.cancel_button.clicked.connect(self.cancel)
+        for wdg in (self.progress, self.cancel_button):
+            wdg.hide()
+
+    # ------------------------------------------------------------------ slide
+
+    def set_slide(self, slide, store) -> None:
+        """A slide opened (or None: closed). Runs of the previous slide are forgotten."""
+        if self.running and slide is not self._run_slide:
+            self.worker.cancel()
+        self.slide, self.store = slide, store
+        self._remove_overlay()
+        self.runs = {}
+        self._set_current(None)
+
+    def restore_runs(self, maps: dict[str, Path], annotations) -> None:
+        """Runs saved beside the slide: their maps load when first re-traced."""
+        for run_id, path in maps.items():
+            prov = next((a.provenance for a in annotations if a.provenance.run_id == run_id), None)
+            if prov is None:
+                continue
+            self.runs[run_id] = RunRecord(
+                run_id, None, path, prov.threshold or 0.5, prov.min_area_um2 or DEFAULT_MIN_AREA_UM2
+            )
+        if self.runs and self.current is None:
+            self._set_current(next(reversed(self.runs.values())))
+
+    # ------------------------------------------------------------------ the run
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if self.slide is None:
+            self.message.emit("Open a slide first", 5000)
+            return
+        region = self.region_model.geometry
+        if region.is_empty:
+            self.message.emit("Paint a region first: B for the brush, P polygon, R rectangle", 6000)
+            return
+        protected = protected_overlapping(self.layer.annotations, region)
+        if protected:
+            self._ask_about(protected, region)
+            return
+        self._launch(region, replace_protected=False)
+
+    def _ask_about(self, protected, region) -> None:
+        """Painted, edited or locked outlines are never replaced without asking."""
+        locked = sum(a.locked for a in protected)
+        box_ = QMessageBox(self.window)
+        box_.setIcon(QMessageBox.Icon.Question)
+        box_.setWindowTitle("Replace outlines in the region?")
+        text = (
+            f"The region overlaps {len(protected)} outline(s) that were drawn or edited by hand"
+            + (f" ({locked} locked, which are never changed)" if locked else "")
+            + ".\n\nReplace them inside the region with the model's outline, keep both, or cancel?"
+        )
+        box_.setText(text)
+        self.replace_button = box_.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+        self.keep_both_button = box_.addButton("Keep both", QMessageBox.ButtonRole.AcceptRole)
+        box_.addButton(QMessageBox.StandardButton.Cancel)
+        box_.setWindowModality(Qt.WindowModality.WindowModal)
+        box_.buttonClicked.connect(lambda b: self._answered(b, region))
+        self.replace_box = box_
+        box_.open()
+
+    def _answered(self, button, region) -> None:
+        self.replace_box = None
+        if button is self.replace_button:
+            self._launch(region, replace_protected=True)
+        elif button is self.keep_both_button:
+            self._launch(region, replace_protected=False)
+
+    def _launch(self, region: BaseGeometry, replace_protected: bool, resume=None) -> None:
+        self.running = True
+        self._run_slide = self.slide
+        self._run_region = region
+        self._replace_protected = replace_protected
+        if resume is None:
+            self._run_settings = load_settings(self.settings)
+            self._remove_overlay()
+            w, h = self.slide.dimensions
+            self.overlay = TileOverlay(QRectF(0, 0, w, h))
+            self.overlay.setOpacity(self.window.overlay_opacity())
+            self.overlay.setVisible(self.window.overlay_visible())
+            self.view.scene().addItem(self.overlay)
+            self.progress.setRange(0, 0)
+            self.progress.setValue(0)
+        else:
+            self._run_settings = self._run_settings.local()
+        self.progress.show()
+        self.cancel_button.show()
+        self.cancel_button.setEnabled(True)
+        self.worker.worker.cancel_event.clear()
+        self.started.emit()
+        mpp = self.slide.mpp
+        self.worker.runRequested.emit(
+            self.slide,
+            region,
+            self._run_settings,
+            {
+                "resume": resume,
+                "min_area_um2": self.min_area_um2,
+                "slide_mpp": float(sum(mpp) / 2) if mpp else None,
+                "run_id": resume.run_id if resume is not None else uuid.uuid4().hex[:12],
+            },
+        )
+
+    def cancel(self) -> None:
+        if not self.running:
+            return
+        self.worker.cancel()
+        self.cancel_button.setEnabled(False)
+        self.message.emit("Cancelling after the current tile…", 0)
+
+    def _on_tile(self, u: TileUpdate) -> None:
+        if self._run_slide is not self.slide:
+            return
+        if self.overlay is not None and u.image is not None:
+            self.overlay.add_tile(u.rect, u.image)
+        self.progress.setRange(0, u.total)
+        self.progress.setValue(u.done)
+        if u.done and u.done < u.total:
+            left = u.elapsed_s / u.done * (u.total - u.done)
+            self.progress.setFormat(f"%v / %m tiles · {left:.0f} s left")
+        if u.error:
+            self.message.emit(u.error, 8000)
+
+    def _end_run(self) -> None:
+        self.running = False
+        self.progress.hide()
+        self.cancel_button.hide()
+        self.cancel_button.setEnabled(True)
+        self.progress.setFormat("%v / %m tiles")
+
+    def _on_finished(self, run: RunFinished) -> None:
+        self._end_run()
+        result = run.delineation
+        if self._run_slide is not self.slide:
+            return  # the slide was closed or replaced while the run was being cancelled
+        if result.engine_error and self._run_settings is not None and self._run_settings.remote:
+            self._offer_to_finish_locally(run)
+            return
+        if result.engine_error:  # a local engine failed mid-run: say so, keep what it finished
+            self.window.show_error(
+                "Delineation stopped", f"{result.engine_error}\n\nThe finished tiles are kept."
+            )
+        self._keep(run)
+
+    def _covered(self, result) -> BaseGeometry:
+        """The part of the region the run finished: a cancelled run replaces only there."""
+        region = self._run_region
+        if not result.pending:
+            return region
+        holes = shapely.union_all(
+            [
+                box(x, y, x + w, y + h)
+                for x, y, w, h in (tile_core_rect(result.plan, t) for t in result.pending)
+            ]
+        )
+        return region.difference(holes)
+
+    def _keep(self, run: RunFinished) -> None:
+        result = run.delineation
+        covered = self._covered(result)
+        before = len(self.layer.annotations)
+        merged = replace_in_region(
+            self.layer.annotations, run.annotations, covered, replace_protected=self._replace_protected
+        )
+        self.layer.apply(merged, "Delineate")
+        record = RunRecord(run.map.run_id, run.map, None, run.threshold, run.min_area_um2)
+        self.runs[record.run_id] = record
+        self._set_current(record)
+        self._save_map(run.map)
+        if self.overlay is not None:
+            self.overlay.setVisible(False)  # the annotations now show the same outline
+        replaced = before + len(run.annotations) - len(merged)
+        what = "Cancelled; kept" if result.cancelled else "Kept" if result.pending else "Delineated"
+        msg = (
+            f"{what} {result.tiles_done} tiles ({result.tiles_skipped} background skipped) in "
+            f"{result.seconds:.1f} s: {len(run.annotations)} outline(s)"
+            + (f", replacing {replaced} earlier one(s) in the region" if replaced > 0 else "")
+        )
+        self.message.emit(msg, 20_000)
+        for note in result.notes:
+            log.info("%s: %s", self.slide.name, note)
+            self.notice.emit(note)
+        self.finished.emit(result)
+
+    def _save_map(self, pmap: ProbabilityMap) -> None:
+        """Beside the slide, in the background, so the run can be re-traced after a restart."""
+        if self.store is None:
+            return
+        path = self.store.map_path(pmap.run_id)
+        create_worker(
+            pmap.save,
+            path,
+            _start_thread=True,
+            _connect={"errored": lambda e: self.message.emit(f"Run map not saved to {path}: {e}", 10_000)},
+        )
+
+    def _offer_to_finish_locally(self, run: RunFinished) -> None:
+        """The engine (a remote endpoint) failed mid-run: say so, keep the finished tiles on
+        screen, and let the user choose. Nothing switches engines silently."""
+        result = run.delineation
+        done = result.tiles_done + result.tiles_skipped
+        box_ = QMessageBox(self.window)
+        box_.setIcon(QMessageBox.Icon.Warning)
+        box_.setWindowTitle("The inference endpoint stopped")
+        box_.setText(
+            f"{result.engine_error}\n\n{done} of {result.tiles_total} tiles are finished and kept. "
+            f"Finish the remaining {len(result.pending)} tile(s) on this computer?"
+        )
+        self.finish_locally_button = box_.addButton(
+            "Finish on this computer", QMessageBox.ButtonRole.AcceptRole
+        )
+        box_.addButton("Keep what is done", QMessageBox.ButtonRole.RejectRole)
+        box_.setWindowModality(Qt.WindowModality.WindowModal)
+        box_.buttonClicked.connect(self._remote_choice)
+        self.remote_failure_box = box_
+        self._unfinished = run
+        self.message.emit(f"Endpoint failed after {done} of {result.tiles_total} tiles", 20_000)
+        box_.open()
+
+    def _remote_choice(self, button) -> None:
+        run, self._unfinished = self._unfinished, None
+        if run is None or self._run_slide is not self.slide:
+            return
+        if button is not self.finish_locally_button:
+            self._keep(run)
+            return
+        resume = run.delineation
+        resume.run_id = run.map.run_id
+        self._launch(self._run_region, self._replace_protected, resume=resume)
+
+    def _on_failed(self, message: str) -> None:
+        was_running = self.running
+        self._end_run()
+        if was_running:
+            self.window.show_error("Delineation failed", message)
+        else:  # preparing in the background (say, an endpoint that is off): no dialog at startup
+            self.message.emit(f"Model not ready: {message}", 20_000)
+        self.failed.emit(message)
+
+    def _remove_overlay(self) -> None:
+        if self.overlay is not None:
+            self.view.scene().removeItem(self.overlay)
+            self.overlay = None
+
+    # ------------------------------------------------------------------ review
+
+    def follow_selection(self) -> None:
+        """The sensitivity controls act on the run of the selected outline, if it has one."""
+        sel = self.layer.selected_annotations()
+        run_id = sel[0].provenance.run_id if len(sel) == 1 else None
+        if run_id in self.runs and self.runs[run_id] is not self.current:
+            self._set_current(self.runs[run_id])
+
+    def _set_current(self, record: RunRecord | None) -> None:
+        self.current = record
+        self.runChanged.emit(record)
+
+    def retrace(self, threshold: float, min_area_um2: float) -> None:
+        """Re-trace the current run's outlines at a new threshold and minimum area, off the GUI
+        thread (the newest request wins); the engine is not called."""
+        record = self.current
+        if record is None or self.running:
+            return
+        self._retrace_generation += 1
+        generation = self._retrace_generation
+
+        def trace():
+            pmap = record.map if record.map is not None else ProbabilityMap.load(record.path)
+            return pmap, pmap.annotations(threshold, min_area_um2)
+
+        def done(result):
+            pmap, new = result
+            record.map = pmap
+            if generation != self._retrace_generation or self.runs.get(record.run_id) is not record:
+                return
+            record.threshold, record.min_area_um2 = threshold, min_area_um2
+            self._apply_retrace(record, new)
+
+        create_worker(
+            trace,
+            _start_thread=True,
+            _connect={
+                "returned": done,
+                "errored": lambda e: self.message.emit(f"Re-trace failed: {e}", 10_000),
+            },
+        )
+
+    def _apply_retrace(self, record: RunRecord, new) -> None:
+        """The run's untouched proposals give way to the new outlines; what a person edited or
+        locked stays, and the new outlines do not stack on it."""
+        run_id = record.run_id
+        old = [a for a in self.layer.annotations if a.provenance.run_id == run_id and a.is_proposal]
+        kept = [a for a in self.layer.annotations if not (a.provenance.run_id == run_id and a.is_proposal)]
+        hand = [a.geometry for a in kept if a.provenance.run_id == run_id]
+        if hand:
+            edited = shapely.union_all(hand)
+            new = [dataclasses.replace(a, geometry=polygonal(a.geometry.difference(edited))) for a in new]
+            new = [a for a in new if not a.geometry.is_empty]
+        if not old and not new:
+            return
+        merged = replace_in_region(kept, new, record.map.region, replace_protected=False)
+        self.layer.apply(
+            merged,
+            f"Sensitivity {record.threshold:.2f}, min area {record.min_area_um2:g} µm²",
+            merge_key=f"retrace:{run_id}",
+        )
+
+    def accept_all_in_region(self) -> None:
+        region = self.region_model.geometry
+        if region.is_empty:
+            self.message.emit(
+                "Paint a region first: Accept all in region accepts the outlines inside it", 6000
+            )
+            return
+        self.layer.apply(accept_in_region(self.layer.annotations, region), "Accept all in region")
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.running = False
