@@ -15,7 +15,7 @@ from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon, box, shape
 
 from app.core import export
-from app.core.annotations import Annotation, AnnotationError, read_geojson, write_geojson
+from app.core.annotations import Annotation, AnnotationError, Provenance, read_geojson, write_geojson
 from app.core.slide import Slide
 
 MPP = 0.499
@@ -29,8 +29,10 @@ def annotations() -> list[Annotation]:
     )
     two = MultiPolygon([box(200, 2200, 500, 2500), box(600, 2300, 800, 2600)])
     return [
-        Annotation(with_hole, source="ebhi-tumour-resunet 1.0.0 openvino-int8"),
-        Annotation(two, cls="Stroma", color=(0, 150, 0), source="painted"),
+        Annotation(
+            with_hole, provenance=Provenance("model", "ebhi-tumour-resunet", "1.0.0", "openvino-int8")
+        ),
+        Annotation(two, cls="Stroma", color=(0, 150, 0)),
     ]
 
 
@@ -190,7 +192,7 @@ def test_asap_xml_follows_asaps_loader(tmp_path, annotations):
 
 def test_csv_rows_match_the_annotations(tmp_path, annotations):
     out = export.export_csv(tmp_path / "a.csv", annotations, MPP)
-    rows = list(csv.DictReader(out.open()))
+    rows = [r for r in csv.DictReader(out.open()) if r["row"] == "annotation"]
     assert [r["id"] for r in rows] == [a.id for a in annotations]
     for r, a in zip(rows, annotations, strict=True):
         assert float(r["area_um2"]) == pytest.approx(a.geometry.area * MPP**2, rel=1e-4)

@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "training",
     "evaluate",
     "delineate",
+    "annotations",
     "export",
     "serve",
     "bench",

@@ -33,7 +33,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def region_from_args(args: argparse.Namespace, slide):
-    from app.core.annotations import read_geojson
+    from app.core.annotations import read_document
     from app.core.geometry import parse_rect, polygonal
 
     if bool(args.region) == bool(args.region_geojson):
@@ -41,12 +41,13 @@ def region_from_args(args: argparse.Namespace, slide):
     if args.region:
         return parse_rect(args.region)
     offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
-    annotations, _ = read_geojson(args.region_geojson, offset)
-    if not annotations:
+    doc = read_document(args.region_geojson, offset)  # a Delineo autosave's painted region counts too
+    geoms = [a.geometry for a in doc.annotations] + ([] if doc.region.is_empty else [doc.region])
+    if not geoms:
         raise UsageError(f"{args.region_geojson}: no polygon to use as the region")
     import shapely
 
-    return polygonal(shapely.union_all([a.geometry for a in annotations]))
+    return polygonal(shapely.union_all(geoms))
 
 
 def engine_from_args(args: argparse.Namespace):

@@ -17,15 +17,30 @@ def add_to(sub) -> None:
     d.add_argument("--out", required=True, help="output .geojson")
     add_engine_args(d)
     d.add_argument("--mpp", type=float, default=None, help="slide µm/px, for slides that record none")
+    d.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="sensitivity: probability at or above which a pixel is tumour (default: the model card's)",
+    )
+    d.add_argument(
+        "--min-area", type=float, default=1000.0, metavar="UM2", help="drop parts smaller than this (µm²)"
+    )
     d.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.annotations import Annotation, write_geojson
+    from app.core.annotations import write_geojson
     from app.core.slide import Slide
     from app.inference.pipeline import Delineation, delineate
 
     out = Path(args.out)
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise UsageError(
+            f"--threshold {args.threshold:g}: give a probability above 0 and at most 1, e.g. 0.5"
+        )
+    if args.min_area < 0:
+        raise UsageError(f"--min-area {args.min_area:g}: give an area of 0 µm² or more, e.g. 1000")
     if not out.parent.is_dir():
         raise UsageError(f"--out {out}: folder {out.parent} does not exist")
     with Slide.open(args.slide) as slide:
@@ -33,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
         engine = engine_from_args(args)
         bar = StderrProgress()
         result = None
-        for ev in delineate(slide, region, engine, slide_mpp=args.mpp):
+        events = delineate(
+            slide, region, engine, slide_mpp=args.mpp, threshold=args.threshold, min_area_um2=args.min_area
+        )
+        for ev in events:
             if isinstance(ev, Delineation):
                 result = ev
             else:
@@ -42,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
         mpp = args.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
-        annotations = [Annotation(p, source=result.source) for p in result.polygons]
+        annotations = result.annotations()
         offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
         write_geojson(out, annotations, mpp, offset)
     if result.engine_error:

@@ -4,7 +4,13 @@
 that any tool can read. When the slide's folder is not writable (a read-only share, a DVD) the
 file goes to the per-user data directory instead, named after the slide's full path. Every save
 is atomic (temporary file, fsync, rename): a crash leaves the previous complete file, never half
-of a new one. The painted region is saved too, as a feature whose `delineo_role` is "region".
+of a new one. The painted region is saved too, as a feature whose `delineo.role` is "region",
+and a pixel size the user set for a slide that records none as the collection's `delineo.mpp`.
+
+A DICOM series is one slide in many files: it is keyed on its folder, so whichever file was
+opened, the same autosave is found. Each run's probability map is kept beside the annotations
+(`<key>.run-<id>.likelihood.tif`) so a re-trace survives a restart; a map that no annotation
+refers to any more is deleted when the store saves.
 """
 
 from __future__ import annotations
@@ -12,26 +18,42 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from dataclasses import dataclass
+import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from app.core.annotations import REGION, Annotation, read_geojson, to_feature_collection, write_json_atomic
+from app.core.annotations import (
+    REGION,
+    REGION_ROLE,
+    Annotation,
+    read_document,
+    write_json_atomic,
+)
 
 SUFFIX = ".annotations.geojson"
-REGION_ROLE = "region"
+MAP_SUFFIX = ".likelihood.tif"
+REGION_ID = "00000000-0000-4000-8000-000000000000"
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def slide_key(slide_path: Path) -> Path:
+    """What the autosave is named after: the slide file, or for DICOM the series folder."""
+    return slide_path.parent if slide_path.suffix.lower() == ".dcm" else slide_path
 
 
 def beside_slide(slide_path: Path) -> Path:
-    return slide_path.with_name(slide_path.name + SUFFIX)
+    key = slide_key(slide_path)
+    return key.with_name(key.name + SUFFIX)
 
 
 def fallback_path(slide_path: Path, data_dir: Path) -> Path:
-    digest = hashlib.sha1(str(slide_path.resolve()).encode()).hexdigest()[:12]
-    return data_dir / "annotations" / f"{slide_path.name}.{digest}{SUFFIX}"
+    key = slide_key(slide_path)
+    digest = hashlib.sha1(str(key.resolve()).encode()).hexdigest()[:12]
+    return data_dir / "annotations" / f"{key.name}.{digest}{SUFFIX}"
 
 
 def folder_is_writable(folder: Path) -> bool:
@@ -51,6 +73,8 @@ class SavedState:
     annotations: list[Annotation]
     region: BaseGeometry
     notes: list[str]
+    maps: dict[str, Path] = field(default_factory=dict)  # run id -> its probability map on disk
+    mpp: float | None = None  # the pixel size the user set (Set pixel size…), if any
 
 
 class AnnotationStore:
@@ -83,29 +107,79 @@ class AnnotationStore:
     def load(self) -> SavedState:
         src = self.existing()
         if src is None:
-            return SavedState([], Polygon(), [])
-        anns, notes = read_geojson(src, self.offset)
-        regions = [a for a in anns if a.source == f"delineo:{REGION_ROLE}"]
-        others = [a for a in anns if a.source != f"delineo:{REGION_ROLE}"]
-        region = shapely.union_all([a.geometry for a in regions]) if regions else Polygon()
-        return SavedState(others, region, notes)
+            return SavedState([], Polygon(), [], self._maps_beside(self.path))
+        doc = read_document(src, self.offset)
+        return SavedState(doc.annotations, doc.region, doc.notes, self._maps_beside(src), doc.mpp)
 
-    def document(self, annotations: list[Annotation], region: BaseGeometry) -> dict:
-        """What will be written; built on the caller's thread, written on another."""
-        items = list(annotations)
+    def document(self, annotations: list[Annotation], region: BaseGeometry, mpp: float | None = None) -> dict:
+        """What will be written; built on the caller's thread, written on another. `mpp` is a
+        pixel size the user set for a slide that records none: kept, and used to measure."""
+        measure_mpp = self.mpp or mpp
+        features = [a.to_feature(measure_mpp, self.offset) for a in annotations]
         if region is not None and not region.is_empty:
-            items.append(
-                Annotation(
-                    region,
-                    cls=REGION[0],
-                    color=REGION[1],
-                    source=f"delineo:{REGION_ROLE}",
-                    id="00000000-0000-4000-8000-000000000000",
-                    name="Painted region",
-                )
-            )
-        return to_feature_collection(items, self.mpp, self.offset)
+            painted = Annotation(region, REGION[0], REGION[1], id=REGION_ID, name="Painted region")
+            features.append(painted.to_feature(measure_mpp, self.offset, role=REGION_ROLE))
+        own: dict = {"built": time.time()}  # when: pruning spares maps saved after this
+        if mpp is not None:
+            own["mpp"] = mpp
+        return {"type": "FeatureCollection", "delineo": own, "features": features}
 
     def write(self, document: dict) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return write_json_atomic(self.path, document)
+        path = write_json_atomic(self.path, document)
+        built = (document.get("delineo") or {}).get("built")
+        self._prune(_run_ids_of(document), built)
+        return path
+
+    # ------------------------------------------------------------------ probability maps
+
+    def map_path(self, run_id: str) -> Path:
+        """Where the probability map of run `run_id` is kept: beside the annotations file."""
+        if not _RUN_ID.match(run_id):
+            raise ValueError(f"run id {run_id!r}: letters, digits, '-' and '_' only")
+        return self.path.with_name(self._stem(self.path) + f".run-{run_id}{MAP_SUFFIX}")
+
+    def prune_maps(self, annotations: list[Annotation]) -> list[Path]:
+        """Delete the maps whose run no annotation refers to any more; returns what went."""
+        return self._prune({a.provenance.run_id for a in annotations if a.provenance.run_id}, None)
+
+    def _prune(self, keep: set[str], older_than: float | None) -> list[Path]:
+        gone = []
+        for run_id, p in self._maps_beside(self.path).items():
+            if run_id in keep:
+                continue
+            try:
+                if older_than is not None and p.stat().st_mtime >= older_than:
+                    continue  # saved after the document was built: its annotations are coming
+                p.unlink()
+                gone.append(p)
+            except OSError:
+                continue
+        return gone
+
+    @staticmethod
+    def _stem(annotations_path: Path) -> str:
+        return annotations_path.name[: -len(SUFFIX)]
+
+    def _maps_beside(self, annotations_path: Path) -> dict[str, Path]:
+        prefix = self._stem(annotations_path) + ".run-"
+        found = {}
+        with contextlib.suppress(OSError):
+            for p in annotations_path.parent.glob(glob_escape(prefix) + "*" + MAP_SUFFIX):
+                run_id = p.name[len(prefix) : -len(MAP_SUFFIX)]
+                if _RUN_ID.match(run_id):
+                    found[run_id] = p
+        return found
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def _run_ids_of(document: dict) -> set[str]:
+    ids = set()
+    for f in document.get("features", []):
+        prov = ((f.get("properties") or {}).get("delineo") or {}).get("provenance") or {}
+        if isinstance(prov.get("run_id"), str):
+            ids.add(prov["run_id"])
+    return ids

@@ -1,8 +1,11 @@
 """Annotations and their QuPath-compatible GeoJSON.
 
 An annotation is a polygon (with holes) or multipolygon in level-0 pixels of the slide, with a
-class, a colour and where it came from ("painted", or the model that drew it). GeoJSON is the
-storage format as well as the QuPath exchange format, so any tool can read what Delineo saves.
+class, a colour, where it came from (`Provenance`: painted, imported, or the model, run and
+settings that drew it, and whether a hand edited it since), a review state and a lock. GeoJSON is
+the storage format as well as the QuPath exchange format, so any tool can read what Delineo
+saves: QuPath's own `classification` and `isLocked`, everything else in a `delineo` property
+object that other tools ignore and Delineo restores.
 
 QuPath measures from the top-left of its image, which for formats with a bounds offset (MRXS)
 starts at OpenSlide's bounds-x/y; `offset` shifts coordinates on the way out and back in.
@@ -10,7 +13,9 @@ starts at OpenSlide's bounds-x/y; `offset` shifts coordinates on the way out and
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import tempfile
 import uuid
@@ -22,6 +27,7 @@ import shapely.affinity
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
+from app.core.file_modes import make_ordinary
 from app.core.geometry import area_um2, perimeter_um, polygonal, repair
 from app.errors import DelineoError
 
@@ -35,19 +41,104 @@ class AnnotationError(DelineoError):
     pass
 
 
+ORIGINS = ("painted", "model", "imported")
+REVIEW_STATES = ("proposed", "accepted")
+REGION_ROLE = "region"  # the `delineo.role` of the painted region's feature
+_OLD_REGION_SOURCE = "delineo:region"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an annotation came from: what a pathologist must know before signing it off."""
+
+    origin: str = "painted"  # "painted" | "model" | "imported"
+    model: str | None = None  # model card name
+    version: str | None = None
+    engine: str | None = None  # runtime and precision, e.g. "openvino-int8"
+    threshold: float | None = None
+    min_area_um2: float | None = None
+    run_id: str | None = None  # the run (probability map) it was traced from
+    edited: bool = False  # drawn by the model (or imported), then edited by hand
+
+    def describe(self) -> str:
+        """One line for a tooltip or a CSV cell, e.g. "model ebhi-tumour-resunet 1.0.0
+        (openvino-int8), threshold 0.50, min area 1000 µm², edited"."""
+        if self.origin != "model":
+            return self.origin + (", edited" if self.edited and self.origin != "painted" else "")
+        text = " ".join(v for v in ("model", self.model, self.version) if v)
+        if self.engine:
+            text += f" ({self.engine})"
+        if self.threshold is not None:
+            text += f", threshold {self.threshold:.2f}"
+        if self.min_area_um2 is not None:
+            text += f", min area {self.min_area_um2:g} µm²"
+        return text + (", edited" if self.edited else "")
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: object) -> Provenance | None:
+        """The provenance a file recorded, or None when it is not one (the caller notes it)."""
+        if not isinstance(data, dict) or data.get("origin") not in ORIGINS:
+            return None
+        kw: dict = {"origin": data["origin"], "edited": data.get("edited") is True}
+        for key in ("model", "version", "engine", "run_id"):
+            if isinstance(data.get(key), str):
+                kw[key] = data[key]
+        for key in ("threshold", "min_area_um2"):
+            v = data.get(key)
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                kw[key] = float(v)
+        return cls(**kw)
+
+    @classmethod
+    def from_source(cls, source: str | None) -> Provenance:
+        """From the `source` string of Delineo's earlier files: "painted", or the model's
+        "name version engine" (e.g. "ebhi-tumour-resunet 1.0.0 openvino-int8"); anything else
+        came from another tool."""
+        text = (source or "").strip()
+        if text == "painted":
+            return cls("painted")
+        parts = text.split()
+        if len(parts) == 3 and parts[1][:1].isdigit():
+            return cls("model", model=parts[0], version=parts[1], engine=parts[2])
+        return cls("imported")
+
+
 @dataclass
 class Annotation:
     geometry: BaseGeometry
     cls: str = TUMOUR[0]
     color: tuple[int, int, int] = TUMOUR[1]
-    source: str = "painted"
+    provenance: Provenance = Provenance()
+    review: str = "accepted"  # "proposed" | "accepted"; the model's outlines start "proposed"
+    locked: bool = False  # neither edited nor replaced by a run
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     name: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.provenance.describe()
+
+    @property
+    def is_proposal(self) -> bool:
+        """Only what the model drew and nobody touched or locked is the model's to replace."""
+        return self.provenance.origin == "model" and not self.provenance.edited and not self.locked
+
+    def edited(self, geometry: BaseGeometry) -> Annotation:
+        """This annotation with a hand-edited geometry: same id (the undo stack and the panel
+        follow it), provenance marked edited."""
+        return dataclasses.replace(
+            self, geometry=geometry, provenance=dataclasses.replace(self.provenance, edited=True)
+        )
 
     def area_um2(self, mpp: float | None) -> float | None:
         return area_um2(self.geometry, mpp)
 
-    def to_feature(self, mpp: float | None, offset: tuple[float, float] = (0, 0)) -> dict:
+    def to_feature(
+        self, mpp: float | None, offset: tuple[float, float] = (0, 0), role: str | None = None
+    ) -> dict:
         geom = self.geometry
         if offset != (0, 0):
             geom = shapely.affinity.translate(geom, -offset[0], -offset[1])
@@ -55,12 +146,13 @@ class Annotation:
         if mpp:
             measurements["Area µm^2"] = round(area_um2(self.geometry, mpp), 2)
             measurements["Perimeter µm"] = round(perimeter_um(self.geometry, mpp), 2)
+        own = {"role": role} if role else {"provenance": self.provenance.to_json(), "review": self.review}
         props = {
             "objectType": "annotation",
             "classification": {"name": self.cls, "color": list(self.color)},
-            "isLocked": False,
+            "isLocked": self.locked,
             "measurements": measurements,
-            "source": self.source,
+            "delineo": own,
         }
         if self.name:
             props["name"] = self.name
@@ -89,6 +181,7 @@ def write_json_atomic(path: str | Path, data: dict | list) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        make_ordinary(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
             f.flush()
@@ -130,10 +223,25 @@ def _colour(props: dict) -> tuple[int, int, int] | None:
     return None
 
 
+@dataclass
+class GeoJSONDocument:
+    annotations: list[Annotation]
+    region: BaseGeometry  # Delineo's painted region (features whose delineo role is "region")
+    notes: list[str]
+    mpp: float | None  # a pixel size the user set for the slide (top-level `delineo.mpp`)
+
+
 def read_geojson(
     path: str | Path, offset: tuple[float, float] = (0, 0)
 ) -> tuple[list[Annotation], list[str]]:
     """Annotations from a QuPath (or Delineo) GeoJSON file, and notes on what was repaired.
+    A Delineo painted region in the file is not an annotation and is left out."""
+    doc = read_document(path, offset)
+    return doc.annotations, doc.notes
+
+
+def read_document(path: str | Path, offset: tuple[float, float] = (0, 0)) -> GeoJSONDocument:
+    """Everything Delineo reads from a GeoJSON file: annotations, painted region, pixel size.
 
     Accepts a FeatureCollection, a list of features or one feature; `objectType`,
     `object_type` or `type` for the object type; colours as [r, g, b] or packed ints.
@@ -168,6 +276,7 @@ def read_geojson(
     if not isinstance(features, list):
         raise AnnotationError(f"{path}: 'features' is not a list")
     out: list[Annotation] = []
+    regions: list[BaseGeometry] = []
     notes: list[str] = []
     vertices = 0
     for i, f in enumerate(features):
@@ -200,19 +309,52 @@ def read_geojson(
             geom = shapely.affinity.translate(geom, offset[0], offset[1])
         cls = props.get("classification") or {}
         name = cls.get("name") if isinstance(cls, dict) else (cls if isinstance(cls, str) else None)
+        own = props.get("delineo") if isinstance(props.get("delineo"), dict) else {}
+        if own.get("role") == REGION_ROLE or props.get("source") == _OLD_REGION_SOURCE:
+            regions.append(geom)
+            continue
         fid = f.get("id") or props.get("id")
         try:
             fid = str(uuid.UUID(str(fid)))
         except ValueError:
             fid = str(uuid.uuid4())
+        provenance, review = _provenance_and_review(own, props, i, notes)
         out.append(
             Annotation(
                 geometry=geom,
                 cls=name or "Unclassified",
                 color=_colour(props) or (TUMOUR[1] if name == TUMOUR[0] else (160, 160, 160)),
-                source=str(props.get("source") or "imported"),
+                provenance=provenance,
+                review=review,
+                locked=props.get("isLocked") is True,
                 id=fid,
-                name=props.get("name"),
+                name=props.get("name") if isinstance(props.get("name"), str) else None,
             )
         )
-    return out, notes
+    meta = data.get("delineo") if isinstance(data, dict) else None
+    mpp = meta.get("mpp") if isinstance(meta, dict) else None
+    if mpp is not None and not (
+        isinstance(mpp, int | float) and not isinstance(mpp, bool) and 0 < mpp < 1000
+    ):
+        notes.append(f"the pixel size {mpp!r} saved with the annotations is not usable; ignored")
+        mpp = None
+    region = shapely.union_all(regions) if regions else Polygon()
+    return GeoJSONDocument(out, region, notes, float(mpp) if mpp is not None else None)
+
+
+def _provenance_and_review(own: dict, props: dict, i: int, notes: list[str]) -> tuple[Provenance, str]:
+    """Delineo's own record when the file has one; else the earlier `source` string; else
+    another tool drew it. Unreviewed model outlines of earlier files stay proposals."""
+    if "provenance" in own:
+        provenance = Provenance.from_json(own["provenance"])
+        if provenance is None:
+            notes.append(f"feature {i}: its provenance is not readable; taken as imported")
+            provenance = Provenance("imported")
+    elif "source" in props:
+        provenance = Provenance.from_source(str(props.get("source")))
+    else:
+        provenance = Provenance("imported")
+    review = own.get("review")
+    if review not in REVIEW_STATES:
+        review = "proposed" if provenance.origin == "model" and not provenance.edited else "accepted"
+    return provenance, review

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -25,7 +26,9 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
 
+from app.core.annotation_edits import class_totals
 from app.core.annotations import Annotation, to_feature_collection, write_json_atomic
+from app.core.file_modes import make_ordinary
 from app.core.geometry import area_um2, perimeter_um, polygonal
 from app.core.pyramid_tiff import level_sizes, write_pyramidal_tiff
 from app.core.scale import format_length_um, nice_length
@@ -53,6 +56,7 @@ def atomic_output(path: str | Path, binary: bool = True) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
+        make_ordinary(tmp)  # mkstemp's 0600 would follow the rename
         yield tmp
         os.replace(tmp, path)
     except OSError as e:
@@ -71,7 +75,7 @@ def clip(annotations: list[Annotation], region: BaseGeometry | None) -> list[Ann
     for a in annotations:
         g = polygonal(a.geometry.intersection(region))
         if not g.is_empty:
-            out.append(Annotation(g, a.cls, a.color, a.source, a.id, a.name))
+            out.append(dataclasses.replace(a, geometry=g))
     return out
 
 
@@ -134,37 +138,62 @@ def export_asap_xml(path, annotations: list[Annotation], offset=(0, 0)) -> Path:
     return Path(path)
 
 
+CSV_COLUMNS = (
+    "row",
+    "id",
+    "class",
+    "area_um2",
+    "perimeter_um",
+    "centroid_x_px",
+    "centroid_y_px",
+    "centroid_x_um",
+    "centroid_y_um",
+    "count",
+    "area_px",
+    "origin",
+    "review",
+    "locked",
+    "source",
+)
+
+
 def export_csv(path, annotations: list[Annotation], mpp: float | None) -> Path:
+    """One row per annotation ("row" = "annotation"), then one per class ("class total") whose
+    area is that of the class's union, the same figure as the panel and the PNG legend."""
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        [
-            "id",
-            "class",
-            "area_um2",
-            "perimeter_um",
-            "centroid_x_px",
-            "centroid_y_px",
-            "centroid_x_um",
-            "centroid_y_um",
-            "source",
-        ]
-    )
+    w = csv.DictWriter(buf, CSV_COLUMNS)
+    w.writeheader()
     for a in annotations:
         c = a.geometry.centroid
         a2, p = area_um2(a.geometry, mpp), perimeter_um(a.geometry, mpp)
         w.writerow(
-            [
-                a.id,
-                a.cls,
-                "" if a2 is None else f"{a2:.2f}",
-                "" if p is None else f"{p:.2f}",
-                f"{c.x:.2f}",
-                f"{c.y:.2f}",
-                "" if mpp is None else f"{c.x * mpp:.2f}",
-                "" if mpp is None else f"{c.y * mpp:.2f}",
-                a.source,
-            ]
+            {
+                "row": "annotation",
+                "id": a.id,
+                "class": a.cls,
+                "area_um2": "" if a2 is None else f"{a2:.2f}",
+                "perimeter_um": "" if p is None else f"{p:.2f}",
+                "centroid_x_px": f"{c.x:.2f}",
+                "centroid_y_px": f"{c.y:.2f}",
+                "centroid_x_um": "" if mpp is None else f"{c.x * mpp:.2f}",
+                "centroid_y_um": "" if mpp is None else f"{c.y * mpp:.2f}",
+                "count": 1,
+                "area_px": f"{a.geometry.area:.1f}",
+                "origin": a.provenance.origin + (" (edited)" if a.provenance.edited else ""),
+                "review": a.review,
+                "locked": "yes" if a.locked else "no",
+                "source": a.source,
+            }
+        )
+    for t in class_totals(annotations, mpp):
+        w.writerow(
+            {
+                "row": "class total",
+                "class": t.cls,
+                "area_um2": "" if t.area_um2 is None else f"{t.area_um2:.2f}",
+                "count": t.count,
+                "area_px": f"{t.area_px:.1f}",
+            }
         )
     with atomic_output(path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
@@ -278,17 +307,15 @@ def _scale_bar_and_legend(img: Image.Image, ds: float, slide_mpp, annotations, v
     )
     draw.rectangle([x0, y0, x0 + bar_px, y0 + max(3, size // 4)], fill=(20, 20, 20, 255))
     draw.text((x0, y0 - size - pad // 2), _text(font, label), fill=(20, 20, 20, 255), font=font)
-    # Legend, top right: each class with its total area inside the picture.
-    totals: dict[tuple[str, tuple], float] = {}
-    for a in clip(annotations, view):
-        key = (a.cls, tuple(a.color))
-        totals[key] = totals.get(key, 0.0) + a.geometry.area
+    # Legend, top right: each class with the area of its union inside the picture.
+    totals = class_totals(clip(annotations, view), None)
     if not totals:
         return
     lines = []
-    for (cls, colour), area in totals.items():
-        text = f"{cls}: {area * slide_mpp**2 / 1e6:.3f} mm²" if slide_mpp else f"{cls}: {area:,.0f} px²"
-        lines.append((colour, _text(font, text)))
+    for t in totals:
+        area = t.area_px
+        text = f"{t.cls}: {area * slide_mpp**2 / 1e6:.3f} mm²" if slide_mpp else f"{t.cls}: {area:,.0f} px²"
+        lines.append((t.color, _text(font, text)))
     width = max(draw.textlength(t, font=font) for _, t in lines) + size * 2 + pad * 3
     height = len(lines) * (size + pad) + pad
     lx = img.width - width - pad

@@ -66,7 +66,7 @@ def mask_to_polygons(
     `min_hole` filled, judged on the traced contours before any polygon is built (cheap, and
     specks never reach shapely).
     """
-    m = np.ascontiguousarray(mask.astype(np.uint8))
+    m = np.ascontiguousarray(mask.astype(np.uint8, copy=False))
     if not m.any():
         return []
     contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)

@@ -233,6 +233,18 @@ class Blender:
             np.greater_equal(a, w, out=out[band])
         return out
 
+    def probability_u8(self) -> np.ndarray:
+        """The blended map as uint8 (255 = 1.0, rounded; 0 where no tile ran): what a run keeps
+        to re-trace, and what its outline is traced from."""
+        out = np.empty(self.acc.shape, np.uint8)
+        for band, a, w in self._bands():
+            np.multiply(a, 255.0, out=a)
+            np.divide(a, w, out=a)
+            a += 0.5
+            np.minimum(a, 255.0, out=a)
+            out[band] = a
+        return out
+
     def probability(self) -> np.ndarray:
         """The blended map (float16; 0 where no tile ran)."""
         out = np.empty(self.acc.shape, np.float16)

@@ -21,12 +21,11 @@ from functools import cached_property
 
 import cv2
 import numpy as np
-import shapely
-import shapely.prepared
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from app.core.geometry import mask_to_polygons, polygonal, rasterize
+from app.core.annotations import Annotation
+from app.core.probability_map import ProbabilityMap
 from app.core.slide import Slide, SlideError
 from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
@@ -64,6 +63,15 @@ class Delineation:
     notes: list[str] = field(default_factory=list)
     engine_error: str | None = None  # the engine failed mid-run (a remote endpoint went away)
     pending: list[Tile] = field(default_factory=list)  # tiles not run (cancelled or failed engine)
+    probability_map: ProbabilityMap | None = field(default=None, repr=False)  # re-trace without the model
+    threshold: float = 0.5
+    min_area_um2: float = 1000.0
+
+    def annotations(self) -> list[Annotation]:
+        """The outline as the model's proposals, each recording the run and its settings."""
+        pm = self.probability_map
+        prov = pm.provenance(self.threshold, self.min_area_um2)
+        return [Annotation(p, pm.cls, pm.color, provenance=prov, review="proposed") for p in self.polygons]
 
     @cached_property
     def probability(self) -> np.ndarray:
@@ -246,9 +254,23 @@ def delineate(
     cancelled = cancel is not None and cancel.is_set() and bool(pending)
     if failed:
         notes.append(f"{failed} tile(s) could not be read and were left out")
-    polygons = vectorize(
-        blender.above(threshold), plan, region, choice.slide_mpp, simplify_um, min_area_um2, min_hole_um2
+    tumour_class = card.classes[0] if card.classes else {}
+    pmap = ProbabilityMap.from_blender(
+        blender,
+        plan,
+        region,
+        choice.slide_mpp,
+        model=card.name,
+        version=card.version,
+        engine=engine.name,
+        default_threshold=float(card.raw.get("output", {}).get("threshold", 0.5)),
+        cls=str(tumour_class.get("name", "Tumor")),
+        color=tuple(tumour_class.get("color", (200, 0, 0))),
+        **(
+            {"run_id": resume.probability_map.run_id} if resume is not None and resume.probability_map else {}
+        ),
     )
+    polygons = pmap.trace(threshold, min_area_um2, simplify_um, min_hole_um2)
     yield Delineation(
         polygons=polygons,
         plan=plan,
@@ -263,43 +285,10 @@ def delineate(
         notes=[*(resume.notes if resume else []), *notes],
         engine_error=engine_error,
         pending=pending,
+        probability_map=pmap,
+        threshold=float(threshold),
+        min_area_um2=float(min_area_um2),
     )
-
-
-def vectorize(
-    tumour: np.ndarray,
-    plan: TilePlan,
-    region: BaseGeometry,
-    slide_mpp: float,
-    simplify_um: float,
-    min_area_um2: float,
-    min_hole_um2: float = 0.0,
-) -> list[Polygon]:
-    """Tumour polygons with holes, in level-0 pixels, from the thresholded map (`tumour`, bool,
-    model pixels), inside the painted region only. Parts smaller than `min_area_um2` are dropped
-    and holes smaller than `min_hole_um2` filled: a pathologist outlines tumour, not single
-    cells or lumens."""
-    s = plan.level0_per_model
-    offset = plan.model_to_level0(0, 0)
-    mask = tumour & rasterize(region, tumour.shape, s, offset)
-    px_per_um = 1.0 / slide_mpp
-    polys = mask_to_polygons(
-        mask,
-        s,
-        offset,
-        simplify=simplify_um * px_per_um,
-        min_area=min_area_um2 * px_per_um**2,
-        min_hole=min_hole_um2 * px_per_um**2,
-    )
-    prepared_region = shapely.prepared.prep(region)
-    out = []
-    for p in polys:
-        if not prepared_region.contains(p):
-            p = polygonal(p.intersection(region))
-        for part in getattr(p, "geoms", [p]):
-            if isinstance(part, Polygon) and not part.is_empty and part.is_valid:
-                out.append(part)
-    return out
 
 
 def run_to_end(events: Iterator[TileEvent | Delineation]) -> Delineation:
