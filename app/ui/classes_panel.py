@@ -16,7 +16,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.annotation_classes import DEFAULT_CLASSES, AnnotationClass, classes_from_json, classes_to_json
+from app.core.annotation_classes import (
+    DEFAULT_CLASSES,
+    AnnotationClass,
+    ClassListError,
+    classes_from_json,
+    classes_to_json,
+)
 from app.ui.overlay import ClassDisplay
 
 SETTINGS_KEY = "annotations/classes"
@@ -33,7 +39,7 @@ class ClassList(QObject):
         saved = settings.value(SETTINGS_KEY, "")
         try:
             self.classes: list[AnnotationClass] = classes_from_json(saved) if saved else list(DEFAULT_CLASSES)
-        except ValueError:
+        except ClassListError:
             self.classes = list(DEFAULT_CLASSES)
         if not self.classes:
             self.classes = list(DEFAULT_CLASSES)

@@ -20,10 +20,12 @@ from PySide6.QtWidgets import (
     QDockWidget,
     QDoubleSpinBox,
     QFileDialog,
+    QFrame,
     QInputDialog,
     QLabel,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
     QToolBar,
     QVBoxLayout,
     QWidget,
@@ -106,8 +108,15 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ parts
 
     def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
+        """A dock whose content scrolls rather than forcing the window taller than a laptop."""
         dock = QDockWidget(title, self)
         dock.setObjectName(name)
+        if not isinstance(widget, QScrollArea):
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setFrameShape(QFrame.Shape.NoFrame)
+            scroll.setWidget(widget)
+            widget = scroll
         dock.setWidget(widget)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
         return dock
