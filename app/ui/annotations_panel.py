@@ -39,6 +39,13 @@ class _SortKey(QTableWidgetItem):
         return super().__lt__(other)
 
 
+def short_source(a: Annotation) -> str:
+    """What fits the column: the model's name or "painted"; the full line is the tooltip."""
+    p = a.provenance
+    text = p.model or p.origin if p.origin == "model" else p.origin
+    return text + (", edited" if p.edited else "")
+
+
 def state_text(a: Annotation) -> str:
     return ("locked, " if a.locked else "") + a.review
 
@@ -57,6 +64,8 @@ class AnnotationsPanel(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         self.table.setSortingEnabled(True)
+        self.table.setWordWrap(False)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.table.customContextMenuRequested.connect(
             lambda pos: self.contextMenuRequested.emit(self.table.viewport().mapToGlobal(pos))
@@ -91,7 +100,7 @@ class AnnotationsPanel(QWidget):
             area.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
             area.setData(Qt.ItemDataRole.UserRole, float(a.geometry.area))
             state = QTableWidgetItem(state_text(a))
-            source = QTableWidgetItem(a.source)
+            source = QTableWidgetItem(short_source(a))
             for col, item in enumerate((cls, area, state, source)):
                 item.setData(ID_ROLE, a.id)
                 item.setToolTip(f"{a.cls}, {state_text(a)}\n{a.source}")

@@ -45,6 +45,10 @@ class RunRecord:
     path: Path | None
     threshold: float
     min_area_um2: float
+    model: str = ""
+
+    def describe(self) -> str:
+        return f"Run of {self.model}" if self.model else "The last run"
 
 
 class DelineationController(QObject):
@@ -86,7 +90,8 @@ class DelineationController(QObject):
         w.failed.connect(self._on_failed)
 
         self.progress = QProgressBar()
-        self.progress.setMaximumWidth(260)
+        self.progress.setMinimumWidth(190)
+        self.progress.setMaximumWidth(280)
         self.progress.setFormat("%v / %m tiles")
         self.cancel_button = QPushButton(icons.cancel_icon(), "Cancel")
         self.cancel_button.setToolTip("Stop after the current tile and keep what is done (Esc)")
@@ -108,11 +113,19 @@ class DelineationController(QObject):
     def restore_runs(self, maps: dict[str, Path], annotations) -> None:
         """Runs saved beside the slide: their maps load when first re-traced."""
         for run_id, path in maps.items():
-            prov = next((a.provenance for a in annotations if a.provenance.run_id == run_id), None)
-            if prov is None:
+            of_run = [a for a in annotations if a.provenance.run_id == run_id]
+            # The settings the run's untouched outlines were traced with (edits keep older ones).
+            best = next((a for a in of_run if a.is_proposal), of_run[0] if of_run else None)
+            if best is None:
                 continue
+            prov = best.provenance
             self.runs[run_id] = RunRecord(
-                run_id, None, path, prov.threshold or 0.5, prov.min_area_um2 or DEFAULT_MIN_AREA_UM2
+                run_id,
+                None,
+                path,
+                prov.threshold or 0.5,
+                prov.min_area_um2 or DEFAULT_MIN_AREA_UM2,
+                " ".join(v for v in (prov.model, prov.engine and f"({prov.engine})") if v),
             )
         if self.runs and self.current is None:
             self._set_current(next(reversed(self.runs.values())))
@@ -259,7 +272,8 @@ class DelineationController(QObject):
             self.layer.annotations, run.annotations, covered, replace_protected=self._replace_protected
         )
         self.layer.apply(merged, "Delineate")
-        record = RunRecord(run.map.run_id, run.map, None, run.threshold, run.min_area_um2)
+        model = f"{run.map.model} ({run.map.engine})"
+        record = RunRecord(run.map.run_id, run.map, None, run.threshold, run.min_area_um2, model)
         self.runs[record.run_id] = record
         self._set_current(record)
         self._save_map(run.map)

@@ -127,3 +127,25 @@ def cancel_icon() -> QIcon:
         p.drawLine(QPointF(48, 16), QPointF(16, 48))
 
     return _icon(d)
+
+
+def _arrow(p: QPainter, mirrored: bool) -> None:
+    _pen(p, INK, 5)
+    path = QPainterPath(QPointF(18, 28))
+    path.cubicTo(QPointF(30, 14), QPointF(52, 18), QPointF(50, 44))
+    tip = [QPointF(8, 26), QPointF(22, 14), QPointF(24, 34)]
+    if mirrored:
+        p.translate(64, 0)
+        p.scale(-1, 1)
+    p.setBrush(Qt.BrushStyle.NoBrush)
+    p.drawPath(path)
+    p.setBrush(INK)
+    p.drawPolygon(QPolygonF(tip))
+
+
+def undo_icon() -> QIcon:
+    return _icon(lambda p: _arrow(p, False))
+
+
+def redo_icon() -> QIcon:
+    return _icon(lambda p: _arrow(p, True))

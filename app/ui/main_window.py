@@ -381,8 +381,12 @@ class MainWindow(QMainWindow):
         self.editor.brushChanged.connect(self._brush_changed)
         bar.addWidget(self.brush_size)
         bar.addSeparator()
-        bar.addAction(self.undo_action)
-        bar.addAction(self.redo_action)
+        # Icons only in the bar (the texts name the step and change width); the step is in the tooltip.
+        self.undo_action.setIcon(icons.undo_icon())
+        self.redo_action.setIcon(icons.redo_icon())
+        for a in (self.undo_action, self.redo_action):
+            bar.addAction(a)
+            bar.widgetForAction(a).setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
         bar.addSeparator()
         self.delineate_action = self._action("Delineate region", self.delineate, "Ctrl+D")
         self.delineate_action.setIcon(icons.delineate_icon())

@@ -69,7 +69,9 @@ class ReviewPanel(QWidget):
         if record is not None:
             self.sensitivity.setValue(round((1 - record.threshold) * 100))
             self.min_area.setValue(record.min_area_um2)
-            self.run_label.setText(f"Run {record.run_id[:6]}: re-trace its outlines")
+            self.run_label.setText(
+                f"{record.describe()}: move these to re-trace its outlines (the model is not run again)"
+            )
         else:
             self.run_label.setText("No delineation to re-trace yet")
         for w in (self.sensitivity, self.min_area):

@@ -47,7 +47,17 @@ class VertexHandles(QGraphicsItem):
 
     @property
     def active(self) -> bool:
-        return self.isVisible() and self.annotation is not None
+        return self.isVisible() and self.annotation is not None and self._roomy()
+
+    def _roomy(self) -> bool:
+        """Handles that would touch one another are neither drawn nor grabbed: zoom in to edit
+        vertices (a drag at low zoom pans, as elsewhere)."""
+        views = self.scene().views() if self.scene() is not None else []
+        if not views or len(self.points) < 2:
+            return bool(len(self.points))
+        zoom = views[0].transform().m11()
+        steps = np.hypot(*np.diff(self.points, axis=0).T) * zoom
+        return float(np.median(steps)) >= 2 * HANDLE_PX
 
     def boundingRect(self) -> QRectF:
         # Handles are drawn at a fixed screen size: pad by a generous margin in scene units.
@@ -58,7 +68,7 @@ class VertexHandles(QGraphicsItem):
         return r.adjusted(-pad, -pad, pad, pad)
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
-        if not len(self.points):
+        if not len(self.points) or not self._roomy():
             return
         r = option.exposedRect
         pts = self.points
