@@ -344,3 +344,29 @@ def test_provenance_and_review_state_are_autosaved_and_restored(qtbot, qsettings
     # The run's map came back from disk: sensitivity re-traces it after a restart too.
     assert again.review_panel.sensitivity.isEnabled()
     again.close()
+
+
+def test_a_device_that_is_not_there_is_said_in_a_banner(qtbot, qsettings):
+    from conftest import make_window
+
+    qsettings.setValue("inference/device", "GPU")
+    win = make_window(qtbot, qsettings)
+    qtbot.waitUntil(lambda: any("not ready" in t for t in win.banners.texts()), timeout=60_000)
+    text = next(t for t in win.banners.texts() if "not ready" in t)
+    assert "GPU" in text and "Delineation settings" in text
+    win.close()
+
+
+def test_window_geometry_is_remembered(qtbot, qsettings):
+    from conftest import make_window
+
+    from app.ui.main_window import MainWindow
+
+    win = make_window(qtbot, qsettings)
+    win.resize(700, 500)  # inside the offscreen screen (800 x 600), which restoreGeometry respects
+    qtbot.wait(20)
+    win.close()
+    again = MainWindow(qsettings)  # as the app opens it: no resize of its own
+    qtbot.addWidget(again)
+    assert (again.width(), again.height()) == (700, 500)
+    again.close()

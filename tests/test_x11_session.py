@@ -32,7 +32,11 @@ def x_display():
     while not Path(f"/tmp/.X11-unix/X{n}").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     # A window manager gives the window focus, as on a desktop: shortcuts need an active window.
-    wm = subprocess.Popen(["openbox"], env={**os.environ, "DISPLAY": f":{n}"}) if shutil.which("openbox") else None
+    wm = (
+        subprocess.Popen(["openbox"], env={**os.environ, "DISPLAY": f":{n}"})
+        if shutil.which("openbox")
+        else None
+    )
     time.sleep(0.5)
     yield f":{n}"
     for p in (wm, proc):

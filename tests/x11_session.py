@@ -63,8 +63,12 @@ def session() -> None:
         report["areas_second"] = sum(a.geometry.area for a in win.annotations)
         biggest = max(win.annotations, key=lambda a: a.geometry.area)
         p = biggest.geometry.representative_point()
-        QTest.mouseClick(win.view.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier,
-                         win.view.mapFromScene(p.x, p.y))
+        QTest.mouseClick(
+            win.view.viewport(),
+            Qt.MouseButton.LeftButton,
+            Qt.KeyboardModifier.NoModifier,
+            win.view.mapFromScene(p.x, p.y),
+        )
         report["selected"] = win.layer.selected == [biggest.id]
         QTest.keyClick(win.view, Qt.Key.Key_B)
         win.editor.set_brush_um(50)

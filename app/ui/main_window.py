@@ -459,13 +459,7 @@ class MainWindow(QMainWindow):
 
     def _show_engine(self, description: str) -> None:
         self.engine_label.setText(description)
-        wanted = load_settings(self.settings)
-        if not wanted.remote and wanted.device.upper() == "GPU" and "GPU" not in description.upper():
-            self.banners.show_message(
-                "device",
-                f"The integrated GPU asked for in Delineation settings is not available on this computer; "
-                f"running on: {description}.",
-            )
+        self.banners.dismiss("engine")
 
     # ------------------------------------------------------------------ delineation
 
@@ -481,8 +475,13 @@ class MainWindow(QMainWindow):
 
     def _run_failed(self, message: str) -> None:
         self.delineate_action.setEnabled(True)
-        if not self.controller.running:
+        if not self.controller.running:  # preparing failed: a device or endpoint that is not there
             self.engine_label.setText("model not ready")
+            self.banners.show_message(
+                "engine",
+                f"The model is not ready: {message}. Choose another device or engine in Delineation settings.",
+                ("Settings…", self.open_settings),
+            )
         self.delineationFailed.emit(message)
 
     def open_settings(self) -> None:
