@@ -479,7 +479,8 @@ class MainWindow(QMainWindow):
             self.engine_label.setText("model not ready")
             self.banners.show_message(
                 "engine",
-                f"The model is not ready: {message}. Choose another device or engine in Delineation settings.",
+                f"The model is not ready: {message}. "
+                "Choose another device or engine in Delineation settings.",
                 ("Settings…", self.open_settings),
             )
         self.delineationFailed.emit(message)
