@@ -91,7 +91,8 @@ def test_store_keeps_the_user_pixel_size_and_the_region(tmp_path):
     store = AnnotationStore(slide, tmp_path / "data")  # the slide records no mpp
     anns = [Annotation(box(0, 0, 100, 100))]
     doc = store.document(anns, box(0, 0, 500, 500), mpp=0.5)
-    assert doc["features"][0]["properties"]["measurements"]["Area µm^2"] == 2500.0  # measured with it
+    saved = doc.to_dict()
+    assert saved["features"][0]["properties"]["measurements"]["Area µm^2"] == 2500.0  # measured with it
     store.write(doc)
     state = AnnotationStore(slide, tmp_path / "data").load()
     assert state.mpp == 0.5 and state.region.equals(box(0, 0, 500, 500))
@@ -112,7 +113,7 @@ def test_maps_beside_the_annotations_and_pruned_when_no_annotation_uses_them(tmp
     assert store.load().maps == {"run-a": keep}
     late = store.map_path("run-c")  # a map saved after the document was built is spared
     late.write_bytes(b"x")
-    os.utime(late, (doc["delineo"]["built"] + 1,) * 2)
+    os.utime(late, (doc.built + 1,) * 2)
     store.write(doc)
     assert late.exists()
     assert set(store.prune_maps([])) == {keep, late}
