@@ -122,3 +122,21 @@ def test_cli_threshold_and_min_area_are_recorded_and_annotations_reports_union_t
     assert r.returncode == 2 and "--threshold" in r.stderr and "Traceback" not in r.stderr
     r = run_delineo("annotations", str(tmp_path / "nothing.tif"))
     assert r.returncode == 2 and "nothing.tif" in r.stderr
+
+
+def test_tracing_follows_pixel_edges_and_stays_valid_where_pixels_touch_diagonally():
+    from app.core.tracing import vectorize
+
+    m = np.zeros((60, 80), np.uint8)
+    m[10:40, 5:50] = 200
+    m[20:30, 15:25] = 0  # a hole
+    m[45:55, 60:75] = 200
+    m[2, 2] = m[4, 4] = 200  # two pixels whose corners would pinch a ring
+    polys = vectorize(m, 0.5, 2.0, (100.0, 50.0), box(-1e4, -1e4, 1e4, 1e4), 1.0, 0.0, 0.0, 0.0)
+    assert all(p.is_valid for p in polys)
+    areas = sorted(p.area / 4 for p in polys)  # in mask pixels
+    assert areas[1] == 150 and areas[2] == pytest.approx(1250, abs=2)  # hole corners cut diagonally
+    assert 2 <= areas[0] <= 5
+    block = max(polys, key=lambda p: p.area)
+    assert block.bounds == (110.0, 70.0, 200.0, 130.0)  # on the pixels' edges, not their centres
+    assert len(block.interiors) == 1

@@ -24,7 +24,7 @@ from shapely.geometry.base import BaseGeometry
 
 from app.core.annotations import Annotation, Provenance
 from app.core.file_modes import make_ordinary
-from app.core.tracing import coarse, region_mask, trace_factor, vectorize
+from app.core.tracing import coarse, corner_map, region_mask, trace_factor, vectorize
 from app.errors import DelineoError
 
 FORMAT = "delineo-probability-map"
@@ -73,12 +73,12 @@ class ProbabilityMap:
         )
 
     def grid(self, factor: int) -> tuple[np.ndarray, np.ndarray]:
-        """The map and the region's mask on the tracing grid of `factor`, made once: every
-        re-trace at that grid reuses them."""
+        """The map on the tracing grid of `factor` and its `corner_map` inside the region, made
+        once: every re-trace at that grid only thresholds them."""
         if factor not in self._grids:
             prob = coarse(self.prob, factor)
             inside = region_mask(self.region, prob.shape, self.level0_per_model * factor, self.offset)
-            self._grids[factor] = (prob, inside)
+            self._grids[factor] = (prob, corner_map(prob, inside))
         return self._grids[factor]
 
     def trace(
@@ -86,7 +86,7 @@ class ProbabilityMap:
     ) -> list:
         """The run's outline at another sensitivity and minimum area; the model is not called."""
         factor = trace_factor(simplify_um, self.level0_per_model * self.slide_mpp)
-        prob, inside = self.grid(factor)
+        prob, corners = self.grid(factor)
         return vectorize(
             prob,
             threshold,
@@ -97,7 +97,7 @@ class ProbabilityMap:
             simplify_um,
             min_area_um2,
             min_hole_um2,
-            inside=inside,
+            corners=corners,
             factor=factor,
         )
 
