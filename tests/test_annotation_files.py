@@ -152,3 +152,22 @@ def test_a_dicom_series_has_one_autosave_whichever_file_was_opened(tmp_path):
 
 def test_the_sample_slide_keeps_its_own_name(tmp_path):
     assert AnnotationStore(SAMPLE_SVS, tmp_path).fallback.name.startswith(SAMPLE_SVS.name)
+
+
+def test_csv_rows_carry_review_state_and_totals_are_union_areas(tmp_path):
+    import csv
+
+    anns = [
+        Annotation(box(0, 0, 100, 100), provenance=MODEL, review="proposed"),
+        Annotation(box(50, 0, 150, 100), locked=True),  # overlaps the first by half
+    ]
+    rows = list(csv.DictReader(export.export_csv(tmp_path / "a.csv", anns, 0.5).open(encoding="utf-8")))
+    per = [r for r in rows if r["row"] == "annotation"]
+    assert [(r["origin"], r["review"], r["locked"]) for r in per] == [
+        ("model", "proposed", "no"),
+        ("painted", "accepted", "yes"),
+    ]
+    assert per[0]["source"].startswith("model ebhi-tumour-resunet 1.0.0")
+    (total,) = [r for r in rows if r["row"] == "class total"]
+    assert (total["class"], total["count"]) == ("Tumor", "2")
+    assert float(total["area_um2"]) == pytest.approx(15_000 * 0.25)  # the union, not 20,000 px²
