@@ -12,7 +12,7 @@ from app.cli.progress import format_dict, stderr_progress
 
 def add_to(sub) -> None:
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
-    b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide", "remote"])
+    b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide", "remote", "review"])
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
     add_region_args(b)
     b.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
@@ -24,7 +24,7 @@ def add_to(sub) -> None:
     b.add_argument("--repeats", type=int, default=None, help="model: 20 timings; pipeline: 5 runs")
     b.add_argument("--threads", type=int, default=0, help="0: all cores")
     b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
-    b.add_argument("--data", default=None, help="bench accuracy: EBHI-Seg folder or manifest")
+    b.add_argument("--data", default=None, help="bench accuracy, review: EBHI-Seg folder or manifest")
     b.add_argument("--split", default="val", help="bench accuracy: which split's tiles")
     b.add_argument("--url", default=None, help="bench remote: the endpoint (default: start one on 127.0.0.1)")
     b.add_argument("--token", default=None, help="bench remote: bearer token")
@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
 
         token = args.token or os.environ.get("DELINEO_TOKEN")
         result = bench_remote(args.url, token, args.model, in_flight=args.in_flight, progress=progress)
+    elif args.what == "review":
+        from app.inference.review_benchmark import bench_review
+
+        result = bench_review(engine_from_args(args), args.data, progress=progress)
+        print(json.dumps(result, indent=2))
+        return 0
     elif args.what == "slide":
         from app.ui.viewer_benchmark import bench_slide
 

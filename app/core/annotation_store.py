@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import time
@@ -30,8 +31,10 @@ from app.core.annotations import (
     REGION,
     REGION_ROLE,
     Annotation,
+    feature_collection_text,
     read_document,
     write_json_atomic,
+    write_text_atomic,
 )
 
 SUFFIX = ".annotations.geojson"
@@ -66,6 +69,38 @@ def folder_is_writable(folder: Path) -> bool:
     with contextlib.suppress(OSError):
         os.unlink(folder / f".delineo-write-test-{os.getpid()}")
     return True
+
+
+@dataclass(frozen=True)
+class AutosaveDocument:
+    """What the next save will write: a snapshot taken on the GUI thread in microseconds (the
+    annotations' geometries are immutable and every edit makes new annotations), turned into
+    JSON on the autosave thread by `AnnotationStore.write`."""
+
+    annotations: tuple[Annotation, ...]
+    region: BaseGeometry | None
+    mpp: float | None  # the pixel size the user set, saved with the annotations
+    measure_mpp: float | None  # the one measurements use: the slide's, else the user's
+    offset: tuple[float, float]
+    built: float  # time.time() when taken: pruning spares maps saved after it
+
+    def items(self) -> tuple[list[Annotation], list[str | None]]:
+        items, roles = list(self.annotations), [None] * len(self.annotations)
+        if self.region is not None and not self.region.is_empty:
+            items.append(Annotation(self.region, REGION[0], REGION[1], id=REGION_ID, name="Painted region"))
+            roles.append(REGION_ROLE)
+        return items, roles
+
+    def to_text(self) -> str:
+        items, roles = self.items()
+        top = {"delineo": {"mpp": self.mpp} if self.mpp is not None else {}}
+        return feature_collection_text(items, self.measure_mpp, self.offset, roles, top)
+
+    def to_dict(self) -> dict:
+        return json.loads(self.to_text())
+
+    def run_ids(self) -> set[str]:
+        return {a.provenance.run_id for a in self.annotations if a.provenance.run_id}
 
 
 @dataclass
@@ -111,24 +146,23 @@ class AnnotationStore:
         doc = read_document(src, self.offset)
         return SavedState(doc.annotations, doc.region, doc.notes, self._maps_beside(src), doc.mpp)
 
-    def document(self, annotations: list[Annotation], region: BaseGeometry, mpp: float | None = None) -> dict:
-        """What will be written; built on the caller's thread, written on another. `mpp` is a
-        pixel size the user set for a slide that records none: kept, and used to measure."""
-        measure_mpp = self.mpp or mpp
-        features = [a.to_feature(measure_mpp, self.offset) for a in annotations]
-        if region is not None and not region.is_empty:
-            painted = Annotation(region, REGION[0], REGION[1], id=REGION_ID, name="Painted region")
-            features.append(painted.to_feature(measure_mpp, self.offset, role=REGION_ROLE))
-        own: dict = {"built": time.time()}  # when: pruning spares maps saved after this
-        if mpp is not None:
-            own["mpp"] = mpp
-        return {"type": "FeatureCollection", "delineo": own, "features": features}
+    def document(
+        self, annotations: list[Annotation], region: BaseGeometry, mpp: float | None = None
+    ) -> AutosaveDocument:
+        """What will be written, taken on the caller's thread (cheap), written on another.
+        `mpp` is a pixel size the user set for a slide that records none: kept, and used to
+        measure."""
+        return AutosaveDocument(tuple(annotations), region, mpp, self.mpp or mpp, self.offset, time.time())
 
-    def write(self, document: dict) -> Path:
+    def write(self, document: AutosaveDocument | dict) -> Path:
+        """Save atomically, then delete the maps no saved annotation refers to."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        path = write_json_atomic(self.path, document)
-        built = (document.get("delineo") or {}).get("built")
-        self._prune(_run_ids_of(document), built)
+        if isinstance(document, AutosaveDocument):
+            path = write_text_atomic(self.path, document.to_text())
+            self._prune(document.run_ids(), document.built)
+        else:  # a FeatureCollection dict (an import written as it is)
+            path = write_json_atomic(self.path, document)
+            self._prune(_run_ids_of(document), time.time())
         return path
 
     # ------------------------------------------------------------------ probability maps

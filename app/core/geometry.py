@@ -111,8 +111,8 @@ def mask_to_polygons(
         poly = Polygon(ring(thin(c)), holes)
         with np.errstate(divide="ignore", invalid="ignore"):  # one-pixel-wide runs have no area
             poly = poly.buffer(0.5 * scale, join_style="mitre", mitre_limit=2.0)
-        if not poly.is_valid:
-            poly = polygonal(shapely.make_valid(poly))
+        if holes and not poly.is_valid:  # a simplified hole crossing its outline; GEOS buffers
+            poly = polygonal(shapely.make_valid(poly))  # are valid otherwise
         for part in getattr(poly, "geoms", [poly]):
             if isinstance(part, Polygon) and not part.is_empty and part.area >= min_area:
                 polys.append(part)

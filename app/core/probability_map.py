@@ -24,7 +24,7 @@ from shapely.geometry.base import BaseGeometry
 
 from app.core.annotations import Annotation, Provenance
 from app.core.file_modes import make_ordinary
-from app.core.tracing import region_mask, vectorize
+from app.core.tracing import coarse, corner_map, region_mask, trace_factor, vectorize
 from app.errors import DelineoError
 
 FORMAT = "delineo-probability-map"
@@ -54,7 +54,7 @@ class ProbabilityMap:
     default_threshold: float
     cls: str = TUMOUR[0]
     color: tuple[int, int, int] = TUMOUR[1]
-    _inside: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    _grids: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_blender(
@@ -72,19 +72,23 @@ class ProbabilityMap:
             **meta,
         )
 
-    @property
-    def inside(self) -> np.ndarray:
-        """The region rasterised on the map's grid, made once: every re-trace reuses it."""
-        if self._inside is None:
-            self._inside = region_mask(self.region, self.prob.shape, self.level0_per_model, self.offset)
-        return self._inside
+    def grid(self, factor: int) -> tuple[np.ndarray, np.ndarray]:
+        """The map on the tracing grid of `factor` and its `corner_map` inside the region, made
+        once: every re-trace at that grid only thresholds them."""
+        if factor not in self._grids:
+            prob = coarse(self.prob, factor)
+            inside = region_mask(self.region, prob.shape, self.level0_per_model * factor, self.offset)
+            self._grids[factor] = (prob, corner_map(prob, inside))
+        return self._grids[factor]
 
     def trace(
         self, threshold: float, min_area_um2: float, simplify_um: float = 1.0, min_hole_um2: float = 1000.0
     ) -> list:
         """The run's outline at another sensitivity and minimum area; the model is not called."""
+        factor = trace_factor(simplify_um, self.level0_per_model * self.slide_mpp)
+        prob, corners = self.grid(factor)
         return vectorize(
-            self.prob,
+            prob,
             threshold,
             self.level0_per_model,
             self.offset,
@@ -93,7 +97,8 @@ class ProbabilityMap:
             simplify_um,
             min_area_um2,
             min_hole_um2,
-            inside=self.inside,
+            corners=corners,
+            factor=factor,
         )
 
     def provenance(self, threshold: float, min_area_um2: float) -> Provenance:
