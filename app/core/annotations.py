@@ -19,20 +19,24 @@ from pathlib import Path
 
 import shapely
 import shapely.affinity
-from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
-from app.core.geometry import area_um2, perimeter_um, polygonal, repair
-from app.errors import DelineoError
+from app.core.geojson_input import MAX_GEOJSON_BYTES, MAX_VERTICES, AnnotationError, read_features
+from app.core.geometry import area_um2, perimeter_um
+
+# Re-exported: the limits and the error belong to the reader of raw GeoJSON.
+__all__ = [
+    "MAX_GEOJSON_BYTES",
+    "MAX_VERTICES",
+    "Annotation",
+    "AnnotationError",
+    "read_geojson",
+    "write_geojson",
+]
 
 TUMOUR = ("Tumor", (200, 0, 0))
 REGION = ("Region*", (0, 120, 255))  # QuPath's convention for an analysis region
-MAX_GEOJSON_BYTES = 200 << 20
-MAX_VERTICES = 5_000_000
-
-
-class AnnotationError(DelineoError):
-    pass
 
 
 @dataclass
@@ -139,68 +143,15 @@ def read_geojson(
     `object_type` or `type` for the object type; colours as [r, g, b] or packed ints.
     Raises AnnotationError (naming the file) when the file is unusable.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise AnnotationError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if size > MAX_GEOJSON_BYTES:
-        raise AnnotationError(
-            f"{path}: {size / 1e6:.0f} MB is larger than the {MAX_GEOJSON_BYTES >> 20} MB "
-            "Delineo imports; split the file or simplify its polygons"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise AnnotationError(f"{path}: not a text file; expected GeoJSON") from None
-    except json.JSONDecodeError as e:
-        raise AnnotationError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-        ) from None
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features")
-    elif isinstance(data, list):
-        features = data
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    else:
-        raise AnnotationError(f"{path}: not GeoJSON (expected a FeatureCollection, a Feature or a list)")
-    if not isinstance(features, list):
-        raise AnnotationError(f"{path}: 'features' is not a list")
+    features, notes = read_features(path)
     out: list[Annotation] = []
-    notes: list[str] = []
-    vertices = 0
-    for i, f in enumerate(features):
-        if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
-            notes.append(f"feature {i}: no geometry, skipped")
-            continue
-        props = f.get("properties") or {}
-        kind = props.get("objectType") or props.get("object_type") or props.get("type") or "annotation"
-        if str(kind).lower() not in ("annotation", "tma_core", "region"):
-            notes.append(f"feature {i}: a {kind}, not an annotation; skipped")
-            continue
-        try:
-            geom = shape(f["geometry"])
-        except (ValueError, TypeError, AttributeError, KeyError) as e:
-            raise AnnotationError(f"{path}: feature {i} has a malformed geometry ({e})") from None
-        geom = polygonal(geom) if not isinstance(geom, Polygon | MultiPolygon) else geom
-        if geom.is_empty:
-            notes.append(f"feature {i}: not a polygon, skipped")
-            continue
-        vertices += shapely.get_num_coordinates(geom)
-        if vertices > MAX_VERTICES:
-            raise AnnotationError(f"{path}: more than {MAX_VERTICES:,} vertices; simplify it before import")
-        geom, repaired = repair(geom)
-        if repaired:
-            notes.append(f"feature {i}: self-intersecting polygon repaired")
-        if geom.is_empty:
-            notes.append(f"feature {i}: empty after repair, skipped")
-            continue
+    for feature in features:
+        props, geom = feature.properties, feature.geometry
         if offset != (0, 0):
             geom = shapely.affinity.translate(geom, offset[0], offset[1])
         cls = props.get("classification") or {}
         name = cls.get("name") if isinstance(cls, dict) else (cls if isinstance(cls, str) else None)
-        fid = f.get("id") or props.get("id")
+        fid = feature.id
         try:
             fid = str(uuid.UUID(str(fid)))
         except ValueError:

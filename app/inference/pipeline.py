@@ -26,7 +26,7 @@ import shapely.prepared
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from app.core.geometry import mask_to_polygons, polygonal, rasterize
+from app.core.geometry import mask_to_polygons, polygonal, rasterize, region_within_slide
 from app.core.slide import Slide, SlideError
 from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
@@ -166,6 +166,9 @@ def delineate(
     same map (finish locally what a remote endpoint left)."""
     t0 = time.perf_counter()
     card = engine.card
+    # Validated and clipped here once, whoever calls: a region reaching past the slide would
+    # otherwise be rasterized at its full size.
+    region, clipped = region_within_slide(region, slide.dimensions)
     if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
         raise ValueError("resume needs a Delineation whose engine failed, from a model of the same tile size")
     plan = (
@@ -173,7 +176,7 @@ def delineate(
         if resume is not None
         else plan_tiles(slide, region, card.mpp, card.tile, card.overlap, card.multiple, slide_mpp)
     )
-    notes = []
+    notes = [clipped] if clipped else []
     choice = plan.choice
     if choice.mpp_assumed:
         notes.append(
