@@ -210,3 +210,47 @@ def test_continuous_edits_never_postpone_the_save_past_a_second(tmp_path, sample
         )
         lost = [i for i in old if not change_was_saved(i, names, region)]
         assert not lost, f"the kill {kill_after} s in lost edits {lost}, made more than 1 s before it"
+
+
+SAVE_THAT_HANGS = """
+import os, sys, time
+from app.core import annotations
+os.fsync = lambda fd: (print("WRITING", flush=True), time.sleep(600))
+annotations.write_json_atomic(sys.argv[1], {"type": "FeatureCollection", "features": []})
+"""
+
+
+def test_temporary_files_left_by_killed_saves_are_removed_on_open(tmp_path, sample_copy):
+    store = AnnotationStore(sample_copy, tmp_path / "data")
+    target = beside_slide(sample_copy)
+    # A save in another process, stopped in the middle (before its rename).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVE_THAT_HANGS, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE.parent,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"
+        (live,) = sample_copy.parent.glob(f".{target.name}.*.tmp")
+        time.sleep(1.1)
+        store.load()
+        assert live.exists()  # held by a live save: kept
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    # A leftover in the fallback folder, from a kill long ago; and files that are not ours.
+    store.fallback.parent.mkdir(parents=True)
+    old = store.fallback.with_name(f".{store.fallback.name}.k2j3h4.tmp")
+    old.write_text("{")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    others = [sample_copy.parent / ".notes.txt.abc.tmp", sample_copy.parent / f".{sample_copy.name}.tmp"]
+    for p in others:
+        p.write_text("x")
+        os.utime(p, (time.time() - 120, time.time() - 120))
+    store.load()
+    assert not live.exists() and not old.exists()
+    assert all(p.exists() for p in others)

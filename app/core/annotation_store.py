@@ -20,9 +20,14 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from app.core.annotations import REGION, Annotation, read_geojson, to_feature_collection, write_json_atomic
+from app.core.file_locks import remove_if_stale
 
 SUFFIX = ".annotations.geojson"
 REGION_ROLE = "region"
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def beside_slide(slide_path: Path) -> Path:
@@ -81,6 +86,7 @@ class AnnotationStore:
         return None
 
     def load(self) -> SavedState:
+        self.remove_stale_temporaries()
         src = self.existing()
         if src is None:
             return SavedState([], Polygon(), [])
@@ -89,6 +95,17 @@ class AnnotationStore:
         others = [a for a in anns if a.source != f"delineo:{REGION_ROLE}"]
         region = shapely.union_all([a.geometry for a in regions]) if regions else Polygon()
         return SavedState(others, region, notes)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporary files of our own saves (`.<name>.*.tmp`) that a kill during a save left
+        beside the slide or in the fallback folder; those a live save holds stay."""
+        removed = []
+        for target in (beside_slide(self.slide_path), self.fallback):
+            with contextlib.suppress(OSError):
+                for tmp in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+                    if remove_if_stale(tmp):
+                        removed.append(tmp)
+        return removed
 
     def document(self, annotations: list[Annotation], region: BaseGeometry) -> dict:
         """What will be written; built on the caller's thread, written on another."""

@@ -22,6 +22,7 @@ import shapely.affinity
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
+from app.core.file_locks import hold_while_writing
 from app.core.geojson_input import MAX_GEOJSON_BYTES, MAX_VERTICES, AnnotationError, read_features
 from app.core.geometry import area_um2, perimeter_um
 
@@ -92,6 +93,7 @@ def write_json_atomic(path: str | Path, data: dict | list) -> Path:
     the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    hold_while_writing(fd)  # tells a cleaner on open that this one is live, not left by a kill
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
