@@ -311,6 +311,32 @@ class Slide:
             img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
         return img
 
+    def thumbnail_with_gaps(self, max_side: int = 1024, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """As `thumbnail`, read block by block so that unreadable tiles do not fail it: the RGB
+        image (unreadable blocks white) and a bool mask of the unreadable pixels."""
+        w, h = self.dimensions
+        level = self.best_level_for_downsample(max(max(w, h) / max_side, 1.0))
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        img = np.full((lh, lw, 3), 255, np.uint8)
+        gaps = np.zeros((lh, lw), np.uint8)
+        for y in range(0, lh, block):
+            for x in range(0, lw, block):
+                bw, bh = min(block, lw - x), min(block, lh - y)
+                try:
+                    img[y : y + bh, x : x + bw] = self.read_region(
+                        round(x * ds), round(y * ds), level, bw, bh
+                    )
+                except SlideError as e:
+                    log.info("%s: level %d block at (%d, %d) unreadable: %s", self.path, level, x, y, e)
+                    gaps[y : y + bh, x : x + bw] = 1
+        scale = min(1.0, max_side / max(lw, lh))
+        if scale < 1.0:
+            size = (max(1, round(lw * scale)), max(1, round(lh * scale)))
+            img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+            gaps = cv2.resize(gaps, size, interpolation=cv2.INTER_NEAREST)
+        return img, gaps.astype(bool)
+
     def associated_image(self, name: str) -> np.ndarray:
         with self._reading():
             return self._associated_image(name)

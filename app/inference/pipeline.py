@@ -192,6 +192,8 @@ def delineate(
         log.info("%s: reading %s for a %g µm/px model", slide.name, choice.describe(), card.mpp)
     threshold = card.raw.get("output", {}).get("threshold", 0.5) if threshold is None else threshold
     tissue = tissue if tissue is not None else tissue_mask(slide)
+    if tissue.note:
+        notes.append(tissue.note)
     total = len(plan.tiles)
     if resume is None:
         blender = Blender(plan)
