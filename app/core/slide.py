@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -49,8 +50,10 @@ FORMAT_FILTER = (
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 # A plain image larger than this is almost certainly a mislabelled slide; Pillow would decode it
-# whole into memory.
-MAX_PLAIN_IMAGE_PIXELS = 30_000 * 30_000
+# whole into memory (4 bytes a pixel: 640 MB at this size). Delineo applies this limit itself,
+# with its own message, instead of Pillow's decompression-bomb warning at 89 M pixels (Pillow
+# refuses outright above 179 M).
+MAX_PLAIN_IMAGE_PIXELS = 160_000_000
 
 
 # Vendors whose tiled JPEG TIFF levels map one to one onto TIFF pages, so their tiles can be
@@ -368,21 +371,31 @@ class Slide:
         }
 
 
+@contextlib.contextmanager
+def _our_own_size_limit():
+    """Pillow's bomb check off while MAX_PLAIN_IMAGE_PIXELS, checked before decoding, rules."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _open_plain_image(p: Path) -> openslide.ImageSlide:
     try:
-        with Image.open(p) as im:
+        with _our_own_size_limit(), Image.open(p) as im:
             w, h = im.size
             if w * h > MAX_PLAIN_IMAGE_PIXELS:
                 raise SlideError(
-                    f"{p}: a {w}x{h} plain image is too large to open whole; "
-                    "convert it to a tiled pyramidal TIFF (e.g. with vips tiffsave --pyramid --tile)"
+                    f"{p}: a {w}x{h} plain image is more than the {MAX_PLAIN_IMAGE_PIXELS / 1e6:.0f} M "
+                    "pixels Delineo opens whole; convert it to a tiled pyramidal TIFF (e.g. with vips "
+                    "tiffsave --pyramid --tile)"
                 )
             im.load()  # surfaces truncation now rather than at the first tile
     except SlideError:
         raise
     except Image.DecompressionBombError:
         raise SlideError(
-            f"{p}: image too large to open as a plain image; convert it to a pyramidal TIFF"
+            f"{p}: a plain image of more than {MAX_PLAIN_IMAGE_PIXELS / 1e6:.0f} M pixels is too large to "
+            "open whole; convert it to a tiled pyramidal TIFF (e.g. with vips tiffsave --pyramid --tile)"
         ) from None
     except (OSError, SyntaxError, ValueError) as e:
         reason = str(e)
@@ -391,7 +404,8 @@ def _open_plain_image(p: Path) -> openslide.ImageSlide:
         elif "truncated" in reason.lower():
             reason = "the file is truncated (incomplete download or copy?)"
         raise SlideError(f"{p}: {reason}") from None
-    return openslide.ImageSlide(str(p))
+    with _our_own_size_limit():
+        return openslide.ImageSlide(str(p))
 
 
 def _rgba_on_white(img: Image.Image, ycbcr: bool = False) -> np.ndarray:
