@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_output(out)
     with Slide.open(args.slide) as slide:
+        for note in slide.notes:
+            print(f"note: {note}", file=sys.stderr)
         region = region_from_args(args, slide)
         engine = engine_from_args(args)
         bar = StderrProgress()

@@ -8,6 +8,7 @@ scanner formats and DICOM WSI; plain PNG/JPEG/TIFF images go through OpenSlide's
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import warnings
@@ -115,6 +116,8 @@ class Slide:
         )
         if self._ycbcr_frames:
             log.info("%s: DICOM says RGB but its JPEG frames are YCbCr; converting colours", path)
+        # What a user should hear about a slide that opened anyway.
+        self.notes: list[str] = _missing_levels(path, self.level_dimensions) if self.vendor == "dicom" else []
 
     # ------------------------------------------------------------------ opening
 
@@ -422,6 +425,21 @@ def _rgba_on_white(img: Image.Image, ycbcr: bool = False) -> np.ndarray:
     # OpenSlide returns premultiplied alpha: composite on white by adding the missing light.
     rgb = colour.astype(np.uint16) + (255 - alpha)
     return np.minimum(rgb, 255).astype(np.uint8)
+
+
+def _missing_levels(path: Path, dims: list[tuple[int, int]]) -> list[str]:
+    """A DICOM series is one file per level and OpenSlide opens whatever files are there, so a
+    missing file only shows as a gap: one step of the pyramid twice (or more) the others."""
+    steps = [a[0] / max(1, b[0]) for a, b in itertools.pairwise(dims)]
+    if len(steps) < 2:
+        return []
+    usual = float(np.median(steps))
+    return [
+        f"{path.parent}: the DICOM series has no level between {a[0]} x {a[1]} and {b[0]} x {b[1]} px "
+        f"while its other levels step by {usual:.3g}x; a file of the series is probably missing"
+        for (a, b), step in zip(itertools.pairwise(dims), steps, strict=True)
+        if step > 1.5 * usual
+    ]
 
 
 JPEG_BASELINE_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
