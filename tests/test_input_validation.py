@@ -4,6 +4,7 @@ the work they would cost (issue 13, findings 6 and 7)."""
 from __future__ import annotations
 
 import json
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -277,7 +278,7 @@ _document = _json | st.fixed_dictionaries(
 )
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("DELINEO_FUZZ_EXAMPLES", "150")),
     deadline=2000,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
