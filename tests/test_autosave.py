@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import shapely
 from conftest import open_and_wait
 from shapely.geometry import box, shape
 
@@ -144,3 +145,112 @@ def test_sigkill_loses_nothing_older_than_the_last_change(tmp_path, sample_copy)
     assert region and region[0].contains(box(200, 300, 280, 380).centroid)  # change 2
     # The file is complete JSON (atomic writes) and no temporary file is left.
     assert [p.name for p in sample_copy.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def kill_during_edits(
+    slide: Path, settings: Path, kill_after_s: float
+) -> tuple[float, list[tuple[int, float]]]:
+    """Run the app making a change every 150 ms, SIGKILL it `kill_after_s` after its first
+    change; (kill time, [(change, wall-clock time)])."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "kill_target.py"), str(slide), str(settings), "150"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=HERE.parent,
+    )
+    changes: list[tuple[int, float]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not changes and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("CHANGE"):
+                changes.append((int(line.split()[1]), float(line.split()[2])))
+        time.sleep(kill_after_s)
+        killed_at = time.time()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        changes += [
+            (int(w[1]), float(w[2])) for w in (ln.split() for ln in proc.stdout) if w[:1] == ["CHANGE"]
+        ]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    return killed_at, changes
+
+
+def change_was_saved(i: int, names: set, region) -> bool:
+    """kill_target's odd changes are named annotations, its even ones strokes of the region."""
+    if i % 2:
+        return f"change {i}" in names
+    return region.contains(box(100 * i, 300, 100 * i + 80, 380).centroid)
+
+
+def test_continuous_edits_never_postpone_the_save_past_a_second(tmp_path, sample_copy):
+    """Edits every 150 ms, faster than the debounce: no kill may lose an edit older than 1 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kills = (1.7, 3.0)
+    slides = []
+    for k in range(len(kills)):
+        slides.append(sample_copy.parent / f"kill{k}.svs")
+        slides[-1].write_bytes(sample_copy.read_bytes())
+    with ThreadPoolExecutor(len(kills)) as pool:  # two apps at once: half the wall time
+        runs = list(
+            pool.map(kill_during_edits, slides, [tmp_path / f"k{k}.ini" for k in range(len(kills))], kills)
+        )
+    for slide, kill_after, (killed_at, changes) in zip(slides, kills, runs, strict=True):
+        old = [i for i, t in changes if t < killed_at - 1.0]
+        assert len(old) >= 3, changes
+        feats = saved_features(beside_slide(slide)) if beside_slide(slide).exists() else []
+        names = {f["properties"].get("name") for f in feats}
+        region = shapely.union_all(
+            [shape(f["geometry"]) for f in feats if f["properties"]["source"] == "delineo:region"]
+        )
+        lost = [i for i in old if not change_was_saved(i, names, region)]
+        assert not lost, f"the kill {kill_after} s in lost edits {lost}, made more than 1 s before it"
+
+
+SAVE_THAT_HANGS = """
+import os, sys, time
+from app.core import annotations
+os.fsync = lambda fd: (print("WRITING", flush=True), time.sleep(600))
+annotations.write_json_atomic(sys.argv[1], {"type": "FeatureCollection", "features": []})
+"""
+
+
+def test_temporary_files_left_by_killed_saves_are_removed_on_open(tmp_path, sample_copy):
+    store = AnnotationStore(sample_copy, tmp_path / "data")
+    target = beside_slide(sample_copy)
+    # A save in another process, stopped in the middle (before its rename).
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SAVE_THAT_HANGS, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=HERE.parent,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"
+        (live,) = sample_copy.parent.glob(f".{target.name}.*.tmp")
+        time.sleep(1.1)
+        store.load()
+        assert live.exists()  # held by a live save: kept
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    # A leftover in the fallback folder, from a kill long ago; and files that are not ours.
+    store.fallback.parent.mkdir(parents=True)
+    old = store.fallback.with_name(f".{store.fallback.name}.k2j3h4.tmp")
+    old.write_text("{")
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    others = [sample_copy.parent / ".notes.txt.abc.tmp", sample_copy.parent / f".{sample_copy.name}.tmp"]
+    for p in others:
+        p.write_text("x")
+        os.utime(p, (time.time() - 120, time.time() - 120))
+    store.load()
+    assert not live.exists() and not old.exists()
+    assert all(p.exists() for p in others)

@@ -62,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(console=args.command != "gui")
+    if args.command != "gui":
+        _exit_cleanly_on_sigterm()
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -86,6 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"delineo: error: {e}", file=sys.stderr)
         return 2
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`, a closing terminal) unwinds like Ctrl+C, so partial output
+    files are removed by the writers' own cleanup instead of being left behind."""
+    import signal
+
+    def terminate(signum, _frame):
+        print("delineo: terminated", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def gui_main() -> int:

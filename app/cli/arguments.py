@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 class UsageError(Exception):
@@ -33,21 +34,28 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def region_from_args(args: argparse.Namespace, slide):
+    """The region to run on, validated and clipped to the slide (a note on stderr when clipped)."""
     from app.core.annotations import read_document
-    from app.core.geometry import parse_rect, polygonal
+    from app.core.geometry import parse_rect, polygonal, region_within_slide
 
     if bool(args.region) == bool(args.region_geojson):
         raise UsageError("give exactly one of --region X,Y,W,H or --region-geojson FILE")
     if args.region:
-        return parse_rect(args.region)
-    offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
-    doc = read_document(args.region_geojson, offset)  # a Delineo autosave's painted region counts too
-    geoms = [a.geometry for a in doc.annotations] + ([] if doc.region.is_empty else [doc.region])
-    if not geoms:
-        raise UsageError(f"{args.region_geojson}: no polygon to use as the region")
-    import shapely
+        region, what = parse_rect(args.region), f"--region {args.region}"
+    else:
+        offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
+        doc = read_document(args.region_geojson, offset)  # a Delineo autosave's painted region counts too
+        geoms = [a.geometry for a in doc.annotations] + ([] if doc.region.is_empty else [doc.region])
+        if not geoms:
+            raise UsageError(f"{args.region_geojson}: no polygon to use as the region")
+        import shapely
 
-    return polygonal(shapely.union_all(geoms))
+        region = polygonal(shapely.union_all(geoms))
+        what = f"--region-geojson {args.region_geojson}"
+    region, note = region_within_slide(region, slide.dimensions, what)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return region
 
 
 def engine_from_args(args: argparse.Namespace):

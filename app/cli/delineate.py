@@ -29,6 +29,29 @@ def add_to(sub) -> None:
     d.set_defaults(run=run)
 
 
+def check_output(out: Path) -> None:
+    """Before a run that may take minutes: the output folder exists and takes a file (tried)."""
+    from app.core.annotation_store import folder_is_writable
+
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; give a file name, e.g. {out / 'tumour.geojson'}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    if not folder_is_writable(out.parent):
+        raise UsageError(f"--out {out}: folder {out.parent} is not writable; choose another folder")
+
+
+def recovery_path(out: Path) -> Path:
+    """Where a result that could not be written to --out is kept: the per-user data folder."""
+    import time
+
+    from app.logs import data_dir
+
+    folder = data_dir() / "recovered"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{out.name}"
+
+
 def run(args: argparse.Namespace) -> int:
     from app.core.annotations import write_geojson
     from app.core.slide import Slide
@@ -41,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.min_area < 0:
         raise UsageError(f"--min-area {args.min_area:g}: give an area of 0 µm² or more, e.g. 1000")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: folder {out.parent} does not exist")
+    check_output(out)
     with Slide.open(args.slide) as slide:
+        for note in slide.notes:
+            print(f"note: {note}", file=sys.stderr)
         region = region_from_args(args, slide)
         engine = engine_from_args(args)
         bar = StderrProgress()
@@ -62,7 +86,15 @@ def run(args: argparse.Namespace) -> int:
         mpp = args.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
         annotations = result.annotations()
         offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
-        write_geojson(out, annotations, mpp, offset)
+        try:
+            write_geojson(out, annotations, mpp, offset)
+        except OSError as e:  # the folder went away or filled up during the run: keep the result
+            recovery = recovery_path(out)
+            write_geojson(recovery, annotations, mpp, offset)
+            raise UsageError(
+                f"--out {out}: could not be written at the end of the run ({e.strerror or e}); "
+                f"the result is kept in {recovery}"
+            ) from None
     if result.engine_error:
         print(
             f"delineo: error: {result.engine_error}. {result.tiles_done} of {result.tiles_total} tiles were "

@@ -14,10 +14,14 @@ def add_to(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from app.core.slide import Slide
 
     with Slide.open(args.slide) as slide:
         info = slide.info()
+        for note in slide.notes:
+            print(f"note: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -36,6 +36,7 @@ from app.core.annotations import (
     write_json_atomic,
     write_text_atomic,
 )
+from app.core.file_locks import remove_if_stale
 
 SUFFIX = ".annotations.geojson"
 MAP_SUFFIX = ".likelihood.tif"
@@ -140,11 +141,23 @@ class AnnotationStore:
         return None
 
     def load(self) -> SavedState:
+        self.remove_stale_temporaries()
         src = self.existing()
         if src is None:
             return SavedState([], Polygon(), [], self._maps_beside(self.path))
         doc = read_document(src, self.offset)
         return SavedState(doc.annotations, doc.region, doc.notes, self._maps_beside(src), doc.mpp)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporary files of our own saves (`.<name>.*.tmp`) that a kill during a save left
+        beside the slide or in the fallback folder; those a live save holds stay."""
+        removed = []
+        for target in (beside_slide(self.slide_path), self.fallback):
+            with contextlib.suppress(OSError):
+                for tmp in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+                    if remove_if_stale(tmp):
+                        removed.append(tmp)
+        return removed
 
     def document(
         self, annotations: list[Annotation], region: BaseGeometry, mpp: float | None = None

@@ -25,22 +25,27 @@ from pathlib import Path
 import numpy as np
 import shapely
 import shapely.affinity
-from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.geometry import Polygon, mapping
 from shapely.geometry.base import BaseGeometry
 
+from app.core.file_locks import hold_while_writing
 from app.core.file_modes import make_ordinary
-from app.core.geometry import area_um2, perimeter_um, polygonal, repair
-from app.errors import DelineoError
+from app.core.geojson_input import MAX_GEOJSON_BYTES, MAX_VERTICES, AnnotationError, read_collection
+from app.core.geometry import area_um2, perimeter_um
+
+# Re-exported: the limits and the error belong to the reader of raw GeoJSON.
+__all__ = [
+    "MAX_GEOJSON_BYTES",
+    "MAX_VERTICES",
+    "Annotation",
+    "AnnotationError",
+    "read_geojson",
+    "write_geojson",
+]
 
 TUMOUR = ("Tumor", (200, 0, 0))
 REGION = ("Region*", (0, 120, 255))  # QuPath's convention for an analysis region
-MAX_GEOJSON_BYTES = 200 << 20
-MAX_VERTICES = 5_000_000
 GEOJSON_CHUNK = 32  # outlines converted per call when writing (see feature_collection_text)
-
-
-class AnnotationError(DelineoError):
-    pass
 
 
 ORIGINS = ("painted", "model", "imported")
@@ -230,6 +235,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    hold_while_writing(fd)  # tells a cleaner on open that this one is live, not left by a kill
     try:
         make_ordinary(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -302,64 +308,12 @@ def read_document(path: str | Path, offset: tuple[float, float] = (0, 0)) -> Geo
     `object_type` or `type` for the object type; colours as [r, g, b] or packed ints.
     Raises AnnotationError (naming the file) when the file is unusable.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise AnnotationError(f"{path}: cannot be read ({e.strerror or e})") from None
-    if size > MAX_GEOJSON_BYTES:
-        raise AnnotationError(
-            f"{path}: {size / 1e6:.0f} MB is larger than the {MAX_GEOJSON_BYTES >> 20} MB "
-            "Delineo imports; split the file or simplify its polygons"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise AnnotationError(f"{path}: not a text file; expected GeoJSON") from None
-    except json.JSONDecodeError as e:
-        raise AnnotationError(
-            f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
-        ) from None
-    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features")
-    elif isinstance(data, list):
-        features = data
-    elif isinstance(data, dict) and data.get("type") == "Feature":
-        features = [data]
-    else:
-        raise AnnotationError(f"{path}: not GeoJSON (expected a FeatureCollection, a Feature or a list)")
-    if not isinstance(features, list):
-        raise AnnotationError(f"{path}: 'features' is not a list")
+    collection = read_collection(path)
+    notes = collection.notes
     out: list[Annotation] = []
     regions: list[BaseGeometry] = []
-    notes: list[str] = []
-    vertices = 0
-    for i, f in enumerate(features):
-        if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
-            notes.append(f"feature {i}: no geometry, skipped")
-            continue
-        props = f.get("properties") or {}
-        kind = props.get("objectType") or props.get("object_type") or props.get("type") or "annotation"
-        if str(kind).lower() not in ("annotation", "tma_core", "region"):
-            notes.append(f"feature {i}: a {kind}, not an annotation; skipped")
-            continue
-        try:
-            geom = shape(f["geometry"])
-        except (ValueError, TypeError, AttributeError, KeyError) as e:
-            raise AnnotationError(f"{path}: feature {i} has a malformed geometry ({e})") from None
-        geom = polygonal(geom) if not isinstance(geom, Polygon | MultiPolygon) else geom
-        if geom.is_empty:
-            notes.append(f"feature {i}: not a polygon, skipped")
-            continue
-        vertices += shapely.get_num_coordinates(geom)
-        if vertices > MAX_VERTICES:
-            raise AnnotationError(f"{path}: more than {MAX_VERTICES:,} vertices; simplify it before import")
-        geom, repaired = repair(geom)
-        if repaired:
-            notes.append(f"feature {i}: self-intersecting polygon repaired")
-        if geom.is_empty:
-            notes.append(f"feature {i}: empty after repair, skipped")
-            continue
+    for feature in collection.features:
+        i, props, geom = feature.index, feature.properties, feature.geometry
         if offset != (0, 0):
             geom = shapely.affinity.translate(geom, offset[0], offset[1])
         cls = props.get("classification") or {}
@@ -368,7 +322,7 @@ def read_document(path: str | Path, offset: tuple[float, float] = (0, 0)) -> Geo
         if own.get("role") == REGION_ROLE or props.get("source") == _OLD_REGION_SOURCE:
             regions.append(geom)
             continue
-        fid = f.get("id") or props.get("id")
+        fid = feature.id
         try:
             fid = str(uuid.UUID(str(fid)))
         except ValueError:
@@ -386,8 +340,7 @@ def read_document(path: str | Path, offset: tuple[float, float] = (0, 0)) -> Geo
                 name=props.get("name") if isinstance(props.get("name"), str) else None,
             )
         )
-    meta = data.get("delineo") if isinstance(data, dict) else None
-    mpp = meta.get("mpp") if isinstance(meta, dict) else None
+    mpp = collection.delineo.get("mpp")
     if mpp is not None and not (
         isinstance(mpp, int | float) and not isinstance(mpp, bool) and 0 < mpp < 1000
     ):

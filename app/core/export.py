@@ -37,6 +37,7 @@ from app.errors import DelineoError
 
 EXCLUSION_GROUP = "Exclusion"  # ASAP/CAMELYON convention for holes inside an annotation
 MAX_PNG_SIDE = 16_384
+MAX_MASK_PIXELS = 1 << 32  # level 0 of a 65 000 px square slide; finer takes hours and says nothing more
 
 
 class ExportError(DelineoError):
@@ -346,9 +347,16 @@ def export_tiff_mask(path, slide: Slide, annotations: list[Annotation], mpp: flo
     W, H = slide.dimensions
     slide_mpp = float(np.mean(slide.mpp)) if slide.mpp else None
     ds = (mpp / slide_mpp if slide_mpp else mpp) if mpp else 4.0
-    if ds <= 0:
-        raise ExportError("--mpp must be positive")
-    sizes = level_sizes(max(1, math.ceil(W / ds)), max(1, math.ceil(H / ds)), 2, 256)
+    if not ds > 0 or not math.isfinite(ds):
+        raise ExportError("--mpp must be a positive number")
+    mw, mh = math.ceil(W / ds), math.ceil(H / ds)
+    if mw * mh > MAX_MASK_PIXELS:
+        sane = max(1.0, math.sqrt(W * H / MAX_MASK_PIXELS)) * (slide_mpp or 1.0)
+        raise ExportError(
+            f"{path}: a {mw:,} x {mh:,} px mask at --mpp {mpp:g} is larger than the {MAX_MASK_PIXELS:,} px "
+            f"Delineo writes; use --mpp {math.ceil(sane * 1000) / 1000:g} or larger"
+        )
+    sizes = level_sizes(max(1, mw), max(1, mh), 2, 256)
     labels = class_indices(annotations)
     geoms = [a.geometry for a in annotations]
     values = [labels[a.cls] for a in annotations]
@@ -366,7 +374,7 @@ def export_tiff_mask(path, slide: Slide, annotations: list[Annotation], mpp: flo
 
     out_mpp = ds * slide_mpp if slide_mpp else None
     with atomic_output(path) as tmp:
-        write_pyramidal_tiff(tmp, source, sizes, channels=1, compression="zlib", mpp=out_mpp)
+        write_pyramidal_tiff(tmp, source, sizes, channels=1, compression="zlib", mpp=out_mpp, atomic=False)
     return Path(path)
 
 
@@ -421,6 +429,7 @@ def export_likelihood(
             channels=1,
             compression="zlib",
             mpp=level0_per_px * slide_mpp if slide_mpp else None,
+            atomic=False,
         )
     return Path(path)
 

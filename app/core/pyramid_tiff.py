@@ -58,10 +58,12 @@ def write_pyramidal_tiff(
     tile: int = 512,
     compression: str = "jpeg",
     quality: int = 90,
+    atomic: bool = True,
 ) -> Path:
-    """Write the pyramid atomically: a partial file never takes `path`'s name."""
+    """Write the pyramid atomically: a partial file never takes `path`'s name. `atomic=False`
+    writes `path` itself, for a caller whose `path` is already its own temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp = path.with_name(f".{path.name}.partial") if atomic else path
     photometric = "rgb" if channels == 3 else "minisblack"
     w0, h0 = sizes[0]
     desc = f"Aperio Image Library Delineo\n{w0}x{h0} [0,0 {w0}x{h0}] ({tile}x{tile})"
@@ -92,7 +94,8 @@ def write_pyramidal_tiff(
                 )
             tif._fh.flush()
             os.fsync(tif._fh._fh.fileno())
-        os.replace(tmp, path)
+        if tmp != path:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

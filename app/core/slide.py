@@ -8,8 +8,10 @@ scanner formats and DICOM WSI; plain PNG/JPEG/TIFF images go through OpenSlide's
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
+import warnings
 from pathlib import Path
 
 import cv2
@@ -49,8 +51,10 @@ FORMAT_FILTER = (
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 # A plain image larger than this is almost certainly a mislabelled slide; Pillow would decode it
-# whole into memory.
-MAX_PLAIN_IMAGE_PIXELS = 30_000 * 30_000
+# whole into memory (4 bytes a pixel: 640 MB at this size). Delineo applies this limit itself,
+# with its own message, instead of Pillow's decompression-bomb warning at 89 M pixels (Pillow
+# refuses outright above 179 M).
+MAX_PLAIN_IMAGE_PIXELS = 160_000_000
 
 
 # Vendors whose tiled JPEG TIFF levels map one to one onto TIFF pages, so their tiles can be
@@ -112,6 +116,8 @@ class Slide:
         )
         if self._ycbcr_frames:
             log.info("%s: DICOM says RGB but its JPEG frames are YCbCr; converting colours", path)
+        # What a user should hear about a slide that opened anyway.
+        self.notes: list[str] = _missing_levels(path, self.level_dimensions) if self.vendor == "dicom" else []
 
     # ------------------------------------------------------------------ opening
 
@@ -311,6 +317,32 @@ class Slide:
             img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
         return img
 
+    def thumbnail_with_gaps(self, max_side: int = 1024, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """As `thumbnail`, read block by block so that unreadable tiles do not fail it: the RGB
+        image (unreadable blocks white) and a bool mask of the unreadable pixels."""
+        w, h = self.dimensions
+        level = self.best_level_for_downsample(max(max(w, h) / max_side, 1.0))
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        img = np.full((lh, lw, 3), 255, np.uint8)
+        gaps = np.zeros((lh, lw), np.uint8)
+        for y in range(0, lh, block):
+            for x in range(0, lw, block):
+                bw, bh = min(block, lw - x), min(block, lh - y)
+                try:
+                    img[y : y + bh, x : x + bw] = self.read_region(
+                        round(x * ds), round(y * ds), level, bw, bh
+                    )
+                except SlideError as e:
+                    log.info("%s: level %d block at (%d, %d) unreadable: %s", self.path, level, x, y, e)
+                    gaps[y : y + bh, x : x + bw] = 1
+        scale = min(1.0, max_side / max(lw, lh))
+        if scale < 1.0:
+            size = (max(1, round(lw * scale)), max(1, round(lh * scale)))
+            img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+            gaps = cv2.resize(gaps, size, interpolation=cv2.INTER_NEAREST)
+        return img, gaps.astype(bool)
+
     def associated_image(self, name: str) -> np.ndarray:
         with self._reading():
             return self._associated_image(name)
@@ -342,21 +374,31 @@ class Slide:
         }
 
 
+@contextlib.contextmanager
+def _our_own_size_limit():
+    """Pillow's bomb check off while MAX_PLAIN_IMAGE_PIXELS, checked before decoding, rules."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _open_plain_image(p: Path) -> openslide.ImageSlide:
     try:
-        with Image.open(p) as im:
+        with _our_own_size_limit(), Image.open(p) as im:
             w, h = im.size
             if w * h > MAX_PLAIN_IMAGE_PIXELS:
                 raise SlideError(
-                    f"{p}: a {w}x{h} plain image is too large to open whole; "
-                    "convert it to a tiled pyramidal TIFF (e.g. with vips tiffsave --pyramid --tile)"
+                    f"{p}: a {w}x{h} plain image is more than the {MAX_PLAIN_IMAGE_PIXELS / 1e6:.0f} M "
+                    "pixels Delineo opens whole; convert it to a tiled pyramidal TIFF (e.g. with vips "
+                    "tiffsave --pyramid --tile)"
                 )
             im.load()  # surfaces truncation now rather than at the first tile
     except SlideError:
         raise
     except Image.DecompressionBombError:
         raise SlideError(
-            f"{p}: image too large to open as a plain image; convert it to a pyramidal TIFF"
+            f"{p}: a plain image of more than {MAX_PLAIN_IMAGE_PIXELS / 1e6:.0f} M pixels is too large to "
+            "open whole; convert it to a tiled pyramidal TIFF (e.g. with vips tiffsave --pyramid --tile)"
         ) from None
     except (OSError, SyntaxError, ValueError) as e:
         reason = str(e)
@@ -365,7 +407,8 @@ def _open_plain_image(p: Path) -> openslide.ImageSlide:
         elif "truncated" in reason.lower():
             reason = "the file is truncated (incomplete download or copy?)"
         raise SlideError(f"{p}: {reason}") from None
-    return openslide.ImageSlide(str(p))
+    with _our_own_size_limit():
+        return openslide.ImageSlide(str(p))
 
 
 def _rgba_on_white(img: Image.Image, ycbcr: bool = False) -> np.ndarray:
@@ -382,6 +425,21 @@ def _rgba_on_white(img: Image.Image, ycbcr: bool = False) -> np.ndarray:
     # OpenSlide returns premultiplied alpha: composite on white by adding the missing light.
     rgb = colour.astype(np.uint16) + (255 - alpha)
     return np.minimum(rgb, 255).astype(np.uint8)
+
+
+def _missing_levels(path: Path, dims: list[tuple[int, int]]) -> list[str]:
+    """A DICOM series is one file per level and OpenSlide opens whatever files are there, so a
+    missing file only shows as a gap: one step of the pyramid twice (or more) the others."""
+    steps = [a[0] / max(1, b[0]) for a, b in itertools.pairwise(dims)]
+    if len(steps) < 2:
+        return []
+    usual = float(np.median(steps))
+    return [
+        f"{path.parent}: the DICOM series has no level between {a[0]} x {a[1]} and {b[0]} x {b[1]} px "
+        f"while its other levels step by {usual:.3g}x; a file of the series is probably missing"
+        for (a, b), step in zip(itertools.pairwise(dims), steps, strict=True)
+        if step > 1.5 * usual
+    ]
 
 
 JPEG_BASELINE_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")

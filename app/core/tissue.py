@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from app.core.slide import Slide
+from app.core.slide import Slide, SlideError
 
 THUMBNAIL_SIDE = 2048
 
@@ -16,6 +16,7 @@ THUMBNAIL_SIDE = 2048
 class TissueMask:
     mask: np.ndarray  # bool (h, w), True = tissue
     scale: float  # mask pixels per level-0 pixel
+    note: str | None = None  # said when part of the thumbnail could not be read
 
     def fraction(self, x: float, y: float, w: float, h: float) -> float:
         """Share of tissue pixels in a level-0 rectangle (0 outside the slide)."""
@@ -43,5 +44,17 @@ def tissue_mask_from_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 def tissue_mask(slide: Slide, side: int = THUMBNAIL_SIDE) -> TissueMask:
-    thumb = slide.thumbnail(side)
+    """Tissue from the thumbnail. Where a tile of it cannot be read, the part is taken as
+    tissue (its tiles are then run, or counted unreadable): a bad tile never ends a run and
+    never hides tissue."""
+    try:
+        thumb = slide.thumbnail(side)
+    except SlideError:
+        thumb, gaps = slide.thumbnail_with_gaps(side)
+        mask = tissue_mask_from_rgb(thumb) | gaps
+        note = (
+            f"part of {slide.name}'s overview level could not be read ({gaps.mean():.1%} of the slide); "
+            "it was treated as tissue"
+        )
+        return TissueMask(mask, thumb.shape[1] / slide.dimensions[0], note)
     return TissueMask(tissue_mask_from_rgb(thumb), thumb.shape[1] / slide.dimensions[0])

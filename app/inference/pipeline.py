@@ -25,6 +25,7 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from app.core.annotations import Annotation
+from app.core.geometry import region_within_slide
 from app.core.probability_map import ProbabilityMap
 from app.core.slide import Slide, SlideError
 from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
@@ -174,6 +175,9 @@ def delineate(
     same map (finish locally what a remote endpoint left)."""
     t0 = time.perf_counter()
     card = engine.card
+    # Validated and clipped here once, whoever calls: a region reaching past the slide would
+    # otherwise be rasterized at its full size.
+    region, clipped = region_within_slide(region, slide.dimensions)
     if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
         raise ValueError("resume needs a Delineation whose engine failed, from a model of the same tile size")
     plan = (
@@ -181,7 +185,7 @@ def delineate(
         if resume is not None
         else plan_tiles(slide, region, card.mpp, card.tile, card.overlap, card.multiple, slide_mpp)
     )
-    notes = []
+    notes = [clipped] if clipped else []
     choice = plan.choice
     if choice.mpp_assumed:
         notes.append(
@@ -197,6 +201,8 @@ def delineate(
         log.info("%s: reading %s for a %g µm/px model", slide.name, choice.describe(), card.mpp)
     threshold = card.raw.get("output", {}).get("threshold", 0.5) if threshold is None else threshold
     tissue = tissue if tissue is not None else tissue_mask(slide)
+    if tissue.note:
+        notes.append(tissue.note)
     total = len(plan.tiles)
     if resume is None:
         blender = Blender(plan)

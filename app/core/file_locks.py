@@ -1,0 +1,62 @@
+"""Which temporary files a live save holds, so the ones left by a killed save can be removed.
+
+A save holds an exclusive advisory lock on its temporary file until it renames it; the kernel
+drops the lock when the process dies, however it dies. Where there are no advisory locks
+(Windows), an open file cannot be deleted, which protects a live save just as well.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+# Older than this, a temporary file is never a live save's (a save takes milliseconds); younger,
+# only its lock says. A file a moment old may not be locked yet: mkstemp, then flock.
+STALE_AFTER_S = 60.0
+JUST_CREATED_S = 1.0
+
+
+def hold_while_writing(fd: int) -> None:
+    """Lock an open temporary file for as long as it stays open."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_if_stale(path: Path, now: float | None = None) -> bool:
+    """Delete a temporary file of ours unless a live save holds it; True when deleted."""
+    try:
+        age = (time.time() if now is None else now) - path.stat().st_mtime
+    except OSError:
+        return False
+    if age < JUST_CREATED_S:
+        return False
+    if age < STALE_AFTER_S and fcntl is not None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False  # held: a save in progress in some process
+        try:
+            path.unlink()
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
+    try:
+        path.unlink()
+    except OSError:  # on Windows: open in a live save
+        return False
+    return True
