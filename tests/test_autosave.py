@@ -24,6 +24,12 @@ def saved_features(path: Path) -> list[dict]:
     return json.loads(path.read_text())["features"]
 
 
+def role_of(feature: dict) -> str:
+    """The painted region's feature has the delineo role "region"; an annotation, its origin."""
+    own = feature["properties"].get("delineo", {})
+    return own.get("role") or own["provenance"]["origin"]
+
+
 def test_changes_are_saved_beside_the_slide_within_a_second(qtbot, window, sample_copy):
     open_and_wait(qtbot, window, sample_copy)
     target = beside_slide(sample_copy)
@@ -34,8 +40,8 @@ def test_changes_are_saved_beside_the_slide_within_a_second(qtbot, window, sampl
     assert time.perf_counter() - t0 < 1.0
     window.editor.model.add(box(1000, 1000, 1400, 1300))
     qtbot.waitUntil(lambda: len(saved_features(target)) == 2, timeout=1000)
-    roles = sorted(f["properties"]["source"] for f in saved_features(target))
-    assert roles == ["delineo:region", "painted"]
+    roles = sorted(role_of(f) for f in saved_features(target))
+    assert roles == ["painted", "region"]
     assert "beside the slide" in window.save_label.text() or "Saved" in window.save_label.text()
     # No temporary files are left behind.
     assert [p.name for p in sample_copy.parent.iterdir() if p.name.startswith(".")] == []
@@ -141,7 +147,7 @@ def test_sigkill_loses_nothing_older_than_the_last_change(tmp_path, sample_copy)
     feats = saved_features(beside_slide(sample_copy))
     names = {f["properties"].get("name") for f in feats}
     assert {"change 1", "change 3"} <= names  # annotations made before the last change
-    region = [shape(f["geometry"]) for f in feats if f["properties"]["source"] == "delineo:region"]
+    region = [shape(f["geometry"]) for f in feats if role_of(f) == "region"]
     assert region and region[0].contains(box(200, 300, 280, 380).centroid)  # change 2
     # The file is complete JSON (atomic writes) and no temporary file is left.
     assert [p.name for p in sample_copy.parent.iterdir() if p.name.endswith(".tmp")] == []
@@ -206,7 +212,7 @@ def test_continuous_edits_never_postpone_the_save_past_a_second(tmp_path, sample
         feats = saved_features(beside_slide(slide)) if beside_slide(slide).exists() else []
         names = {f["properties"].get("name") for f in feats}
         region = shapely.union_all(
-            [shape(f["geometry"]) for f in feats if f["properties"]["source"] == "delineo:region"]
+            [shape(f["geometry"]) for f in feats if role_of(f) == "region"]
         )
         lost = [i for i in old if not change_was_saved(i, names, region)]
         assert not lost, f"the kill {kill_after} s in lost edits {lost}, made more than 1 s before it"
