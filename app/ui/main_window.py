@@ -570,6 +570,8 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{slide.name} — Delineo")
         self._add_recent(str(slide.path))
         self.settings.setValue("last_dir", str(Path(slide.path).parent))
+        for i, note in enumerate(slide.notes):  # e.g. a DICOM series with a level file missing
+            self.banners.show_message(f"slide-note:{i}", f"{slide.name}: {note}")
         self.statusBar().showMessage(f"Opened {slide.name}", 6000)
         log.info("opened %s", slide.path)
         self.slideOpened.emit(path)
