@@ -298,6 +298,22 @@ class ClassTotal:
     area_px: float  # level-0 px²
 
 
+def union_area(geoms: list[BaseGeometry]) -> float:
+    """The area of the union, uniting only the outlines that overlap another: most outlines of
+    a run touch nothing, and GEOS unions of thousands of them take seconds (1,000: 1.3 s)."""
+    if not geoms:
+        return 0.0
+    tree = shapely.STRtree(geoms)
+    left, right = tree.query(geoms, predicate="intersects")
+    touching = left != right
+    if not touching.any():
+        return float(shapely.area(geoms).sum())
+    overlapping = np.zeros(len(geoms), bool)
+    overlapping[left[touching]] = True
+    alone = float(shapely.area([g for g, o in zip(geoms, overlapping, strict=True) if not o]).sum())
+    return alone + float(shapely.union_all([g for g, o in zip(geoms, overlapping, strict=True) if o]).area)
+
+
 def class_totals(anns: list[Annotation], mpp: float | None) -> list[ClassTotal]:
     """Count and area per class, Tumor first then by name. The area is that of the union:
     overlapping annotations are not counted twice."""
@@ -307,7 +323,7 @@ def class_totals(anns: list[Annotation], mpp: float | None) -> list[ClassTotal]:
     out = []
     for cls in sorted(groups, key=lambda c: (c != "Tumor", c)):
         members = groups[cls]
-        area = float(shapely.union_all([a.geometry for a in members]).area)
+        area = union_area([a.geometry for a in members])
         out.append(
             ClassTotal(
                 cls,
