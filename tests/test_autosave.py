@@ -33,8 +33,8 @@ def test_changes_are_saved_beside_the_slide_within_a_second(qtbot, window, sampl
     assert time.perf_counter() - t0 < 1.0
     window.editor.model.add(box(1000, 1000, 1400, 1300))
     qtbot.waitUntil(lambda: len(saved_features(target)) == 2, timeout=1000)
-    roles = sorted(f["properties"]["source"] for f in saved_features(target))
-    assert roles == ["delineo:region", "painted"]
+    own = [f["properties"]["delineo"] for f in saved_features(target)]
+    assert sorted(o.get("role") or o["provenance"]["origin"] for o in own) == ["painted", "region"]
     assert "beside the slide" in window.save_label.text() or "Saved" in window.save_label.text()
     # No temporary files are left behind.
     assert [p.name for p in sample_copy.parent.iterdir() if p.name.startswith(".")] == []
@@ -140,7 +140,7 @@ def test_sigkill_loses_nothing_older_than_the_last_change(tmp_path, sample_copy)
     feats = saved_features(beside_slide(sample_copy))
     names = {f["properties"].get("name") for f in feats}
     assert {"change 1", "change 3"} <= names  # annotations made before the last change
-    region = [shape(f["geometry"]) for f in feats if f["properties"]["source"] == "delineo:region"]
+    region = [shape(f["geometry"]) for f in feats if f["properties"]["delineo"].get("role") == "region"]
     assert region and region[0].contains(box(200, 300, 280, 380).centroid)  # change 2
     # The file is complete JSON (atomic writes) and no temporary file is left.
     assert [p.name for p in sample_copy.parent.iterdir() if p.name.endswith(".tmp")] == []
