@@ -46,7 +46,10 @@ def mosaic_slide(tmp_path_factory):
 def run(mosaic_slide):
     engine = CountingEngine(create_engine("openvino", precision="int8"))
     with Slide.open(mosaic_slide) as s:
-        result = run_to_end(delineate(s, box(0, 0, 896, 896), engine, min_area_um2=200.0))
+        # Not the default tracing settings: a re-trace must reuse the run's own.
+        result = run_to_end(
+            delineate(s, box(0, 0, 896, 896), engine, min_area_um2=200.0, simplify_um=2.0, min_hole_um2=400.0)
+        )
     return result, engine
 
 
@@ -83,6 +86,7 @@ def test_the_map_survives_a_restart_and_a_damaged_one_is_a_clear_error(run, tmp_
     path = pmap.save(tmp_path / "m.likelihood.tif")
     back = ProbabilityMap.load(path)
     assert np.array_equal(back.prob, pmap.prob) and back.run_id == pmap.run_id
+    assert (back.simplify_um, back.min_hole_um2) == (2.0, 400.0)
     assert back.region.equals(pmap.region) and back.offset == pmap.offset
     assert canonical(back.trace(0.4, 300.0)) == canonical(pmap.trace(0.4, 300.0))
     data = bytearray(path.read_bytes())

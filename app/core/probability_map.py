@@ -54,6 +54,8 @@ class ProbabilityMap:
     default_threshold: float
     cls: str = TUMOUR[0]
     color: tuple[int, int, int] = TUMOUR[1]
+    simplify_um: float = 1.0  # the run's tracing settings: a re-trace uses them unless told
+    min_hole_um2: float = 1000.0
     _grids: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -82,9 +84,16 @@ class ProbabilityMap:
         return self._grids[factor]
 
     def trace(
-        self, threshold: float, min_area_um2: float, simplify_um: float = 1.0, min_hole_um2: float = 1000.0
+        self,
+        threshold: float,
+        min_area_um2: float,
+        simplify_um: float | None = None,
+        min_hole_um2: float | None = None,
     ) -> list:
-        """The run's outline at another sensitivity and minimum area; the model is not called."""
+        """The run's outline at another sensitivity and minimum area; the model is not called.
+        Simplification and hole filling default to the run's own."""
+        simplify_um = self.simplify_um if simplify_um is None else simplify_um
+        min_hole_um2 = self.min_hole_um2 if min_hole_um2 is None else min_hole_um2
         factor = trace_factor(simplify_um, self.level0_per_model * self.slide_mpp)
         prob, corners = self.grid(factor)
         return vectorize(
@@ -136,6 +145,8 @@ class ProbabilityMap:
             "engine": self.engine,
             "default_threshold": self.default_threshold,
             "class": {"name": self.cls, "color": list(self.color)},
+            "simplify_um": self.simplify_um,
+            "min_hole_um2": self.min_hole_um2,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -238,4 +249,6 @@ class ProbabilityMap:
             if isinstance(klass, dict) and isinstance(klass.get("name"), str)
             else TUMOUR[0],
             color=tuple(color) if ok_color else TUMOUR[1],
+            simplify_um=number("simplify_um", positive=False),
+            min_hole_um2=number("min_hole_um2", positive=False),
         )

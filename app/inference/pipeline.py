@@ -272,6 +272,8 @@ def delineate(
         default_threshold=float(card.raw.get("output", {}).get("threshold", 0.5)),
         cls=str(tumour_class.get("name", "Tumor")),
         color=tuple(tumour_class.get("color", (200, 0, 0))),
+        simplify_um=float(simplify_um),
+        min_hole_um2=float(min_hole_um2),
         **(
             {"run_id": resume.probability_map.run_id} if resume is not None and resume.probability_map else {}
         ),
