@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +72,7 @@ class DelineationController(QObject):
         self.runs: dict[str, RunRecord] = {}
         self.current: RunRecord | None = None
         self.min_area_um2 = DEFAULT_MIN_AREA_UM2
+        self.threshold: float | None = None  # None: the model card's
         self._run_slide = None
         self._run_region: BaseGeometry | None = None
         self._run_settings = None
@@ -108,6 +108,7 @@ class DelineationController(QObject):
         self.slide, self.store = slide, store
         self._remove_overlay()
         self.runs = {}
+        self.threshold = None
         self._set_current(None)
 
     def restore_runs(self, maps: dict[str, Path], annotations) -> None:
@@ -205,8 +206,8 @@ class DelineationController(QObject):
             {
                 "resume": resume,
                 "min_area_um2": self.min_area_um2,
+                "threshold": self.threshold,
                 "slide_mpp": float(sum(mpp) / 2) if mpp else None,
-                "run_id": resume.run_id if resume is not None else uuid.uuid4().hex[:12],
             },
         )
 
@@ -334,9 +335,7 @@ class DelineationController(QObject):
         if button is not self.finish_locally_button:
             self._keep(run)
             return
-        resume = run.delineation
-        resume.run_id = run.map.run_id
-        self._launch(self._run_region, self._replace_protected, resume=resume)
+        self._launch(self._run_region, self._replace_protected, resume=run.delineation)
 
     def _on_failed(self, message: str) -> None:
         was_running = self.running
@@ -384,6 +383,7 @@ class DelineationController(QObject):
             if generation != self._retrace_generation or self.runs.get(record.run_id) is not record:
                 return
             record.threshold, record.min_area_um2 = threshold, min_area_um2
+            self.threshold, self.min_area_um2 = threshold, min_area_um2  # the next run uses them too
             self._apply_retrace(record, new)
 
         create_worker(

@@ -141,13 +141,13 @@ class DelineationWorker(QObject):
     @Slot(object, object, object, object)
     def run(self, slide: Slide, region: BaseGeometry, settings: EngineSettings, options: dict) -> None:
         """A run over the region, or with options["resume"] (an unfinished Delineation) its
-        pending tiles; options also carry the run id, the minimum area and the slide's mpp."""
+        pending tiles; options also carry the minimum area and the slide's mpp."""
         self.cancel_event.clear()
         try:
             engine = self.engine_for(settings)
             self.status.emit(f"Delineating with {engine.name}…")
             card = engine.card
-            threshold = card.raw.get("output", {}).get("threshold", 0.5)
+            threshold = options.get("threshold") or card.raw.get("output", {}).get("threshold", 0.5)
             min_area = options["min_area_um2"]
             tissue = self._tissue.get(str(slide.path))
             ran = 0
@@ -160,22 +160,12 @@ class DelineationWorker(QObject):
                 resume=options.get("resume"),
                 slide_mpp=options.get("slide_mpp"),
                 min_area_um2=min_area,
+                threshold=threshold,
             )
             for ev in events:
                 if isinstance(ev, Delineation):
-                    pmap = ProbabilityMap.from_blender(
-                        ev.blender,
-                        ev.plan,
-                        region,
-                        ev.plan.choice.slide_mpp,
-                        run_id=options["run_id"],
-                        model=card.name,
-                        version=card.version,
-                        engine=engine.name,
-                        default_threshold=threshold,
-                    )
-                    anns = pmap.annotations(threshold, min_area)
-                    self.finished.emit(RunFinished(ev, pmap, anns, threshold, min_area))
+                    run = RunFinished(ev, ev.probability_map, ev.annotations(), ev.threshold, ev.min_area_um2)
+                    self.finished.emit(run)
                     return
                 self.tileDone.emit(
                     self._update(ev, threshold, card.tumour_colour, ran := ran + (ev.prob is not None))
