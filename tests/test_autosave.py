@@ -211,9 +211,7 @@ def test_continuous_edits_never_postpone_the_save_past_a_second(tmp_path, sample
         assert len(old) >= 3, changes
         feats = saved_features(beside_slide(slide)) if beside_slide(slide).exists() else []
         names = {f["properties"].get("name") for f in feats}
-        region = shapely.union_all(
-            [shape(f["geometry"]) for f in feats if role_of(f) == "region"]
-        )
+        region = shapely.union_all([shape(f["geometry"]) for f in feats if role_of(f) == "region"])
         lost = [i for i in old if not change_was_saved(i, names, region)]
         assert not lost, f"the kill {kill_after} s in lost edits {lost}, made more than 1 s before it"
 

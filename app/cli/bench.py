@@ -12,7 +12,9 @@ from app.cli.progress import format_dict, stderr_progress
 
 def add_to(sub) -> None:
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
-    b.add_argument("what", choices=["model", "pipeline", "accuracy", "slide", "remote", "review"])
+    b.add_argument(
+        "what", choices=["model", "pipeline", "accuracy", "slide", "remote", "review", "review-gui"]
+    )
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
     add_region_args(b)
     b.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
@@ -68,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
 
         token = args.token or os.environ.get("DELINEO_TOKEN")
         result = bench_remote(args.url, token, args.model, in_flight=args.in_flight, progress=progress)
+    elif args.what == "review-gui":
+        from app.ui.review_benchmark import bench_review_gui
+
+        result = bench_review_gui(progress=progress)
     elif args.what == "review":
         from app.inference.review_benchmark import bench_review
 
