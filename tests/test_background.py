@@ -1,4 +1,5 @@
-"""Work handed to a pool thread reports back on the GUI thread, result or error."""
+"""Work handed to a superqt worker reports back on the GUI thread, result or error: every
+slot the window connects to a worker relies on it (Qt objects are touched only there)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import threading
 
 from PySide6.QtCore import QThread
 from PySide6.QtWidgets import QApplication
-
-from app.ui.background import run_in_background
+from superqt.utils import create_worker
 
 
 def test_result_and_error_callbacks_run_on_the_gui_thread(qtbot):
@@ -21,18 +21,17 @@ def test_result_and_error_callbacks_run_on_the_gui_thread(qtbot):
     def fail():
         raise ValueError("bad input")
 
-    run_in_background(
+    create_worker(
         work,
-        lambda r: seen.update(result=r, result_gui=QThread.currentThread() is gui),
-        lambda e: seen.update(unexpected=e),
+        _start_thread=True,
+        _connect={"returned": lambda r: seen.update(result=r, result_gui=QThread.currentThread() is gui)},
     )
-    run_in_background(
+    create_worker(
         fail,
-        lambda r: seen.update(unexpected=r),
-        lambda e: seen.update(error=str(e), error_gui=QThread.currentThread() is gui),
+        _start_thread=True,
+        _connect={"errored": lambda e: seen.update(error=str(e), error_gui=QThread.currentThread() is gui)},
     )
     qtbot.waitUntil(lambda: "result" in seen and "error" in seen, timeout=5000)
     assert seen["worker"] != threading.main_thread().name
     assert seen["result"] == 42 and seen["result_gui"]
     assert seen["error"] == "bad input" and seen["error_gui"]
-    assert "unexpected" not in seen

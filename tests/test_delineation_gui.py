@@ -97,7 +97,7 @@ def test_delineate_tiles_arrive_one_by_one_and_annotations_appear(qtbot, window,
     t0 = time.perf_counter()
     with qtbot.waitSignal(window.delineationFinished, timeout=120_000) as sig:
         qtbot.keyClick(window, Qt.Key.Key_D, Qt.KeyboardModifier.ControlModifier)
-        assert window.progress.isVisible() and window.cancel_button.isVisible()
+        assert window.controller.progress.isVisible() and window.controller.cancel_button.isVisible()
     hb.stop()
     result = sig.args[0]
     assert result.tiles_done >= 4
@@ -109,7 +109,7 @@ def test_delineate_tiles_arrive_one_by_one_and_annotations_appear(qtbot, window,
     print(f"\nfirst tile {first_tile * 1000:.0f} ms after the click; longest GUI gap {longest} ms")
     # A gap this long would mean the GUI thread did inference or disk work itself.
     assert longest < 250
-    assert not window.progress.isVisible()
+    assert not window.controller.progress.isVisible()
     # Annotations with their areas in the panel, as many as the result's polygons.
     assert len(window.annotations) == len(result.polygons)
     if window.annotations:
@@ -131,7 +131,7 @@ def test_cancel_stops_within_a_tile_and_keeps_what_is_done(qtbot, window, large_
         window.delineate()
         qtbot.waitUntil(lambda: window.overlay is not None and len(window.overlay.tiles) >= 2, timeout=60_000)
         shown_at_cancel = len(window.overlay.tiles)
-        qtbot.mouseClick(window.cancel_button, Qt.MouseButton.LeftButton)
+        qtbot.mouseClick(window.controller.cancel_button, Qt.MouseButton.LeftButton)
     result = sig.args[0]
     assert result.cancelled
     # Stops within a tile: the one in inference when Cancel was clicked may finish, and one
@@ -153,9 +153,9 @@ def test_overlay_toggle_and_opacity(qtbot, window, sample_copy):
     assert window.overlay.opacity() == pytest.approx(0.8)
     qtbot.keyClick(window, Qt.Key.Key_H)
     assert not window.overlay_action.isChecked()
-    assert all(not i.isVisible() for i in window.annotation_items.values())
+    assert all(not i.isVisible() for i in window.layer.items.values())
     qtbot.keyClick(window, Qt.Key.Key_H)
-    assert all(i.isVisible() for i in window.annotation_items.values())
+    assert all(i.isVisible() for i in window.layer.items.values())
 
 
 def test_delineate_without_a_region_says_what_to_do(qtbot, window, sample_copy):
@@ -176,7 +176,7 @@ def test_clicking_an_annotation_selects_it_without_moving_the_view(qtbot, window
     pos = window.view.mapFromScene(1100, 1500)
     qtbot.mouseClick(window.view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
     assert window.annotations_panel.selected_ids() == [window.annotations[0].id]
-    assert window.annotation_items[window.annotations[0].id].zValue() > 25  # highlighted
+    assert window.layer.items[window.annotations[0].id].zValue() > 25  # highlighted
     assert window.view.visible_rect().center() == before
     # Delete from the list removes it from the view and the list.
     qtbot.keyClick(window.annotations_panel, Qt.Key.Key_Delete)

@@ -47,13 +47,13 @@ def test_endpoint_dying_mid_run_offers_to_finish_locally(qtbot, qsettings, large
         win.delineate()
         qtbot.waitUntil(lambda: win.overlay is not None and len(win.overlay.tiles) >= 3, timeout=60_000)
         own.kill()
-        qtbot.waitUntil(lambda: getattr(win, "remote_failure_box", None) is not None, timeout=60_000)
-        box = win.remote_failure_box
+        qtbot.waitUntil(lambda: win.controller.remote_failure_box is not None, timeout=60_000)
+        box = win.controller.remote_failure_box
         assert box.isVisible() and "stopped answering" in box.text() and "on this computer" in box.text()
         kept = len(win.overlay.tiles)
         assert kept >= 3 and len(win.annotations) == before  # nothing switched silently, nothing lost
         with qtbot.waitSignal(win.delineationFinished, timeout=120_000) as sig:
-            qtbot.mouseClick(win.finish_locally_button, Qt.MouseButton.LeftButton)
+            qtbot.mouseClick(win.controller.finish_locally_button, Qt.MouseButton.LeftButton)
         result = sig.args[0]
         assert result.finished and result.engine_error is None
         assert result.tiles_done + result.tiles_skipped == result.tiles_total

@@ -289,9 +289,9 @@ def test_the_window_fits_a_1366x768_laptop_at_150_percent(qtbot, window, sample_
     open_and_wait(qtbot, window, sample_copy)
     paint_rectangle(qtbot, window)
     window.delineate()
-    qtbot.waitUntil(lambda: window.cancel_button.isVisible(), timeout=10_000)
+    qtbot.waitUntil(lambda: window.controller.cancel_button.isVisible(), timeout=10_000)
     bar = window.statusBar()
-    for w in (window.progress, window.cancel_button):
+    for w in (window.controller.progress, window.controller.cancel_button):
         r = w.geometry()
         assert r.right() <= bar.width() and r.width() > 20, f"{w} is cut off"
     qtbot.waitUntil(lambda: not window.running, timeout=120_000)

@@ -14,11 +14,10 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QRectF, QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QActionGroup, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
-    QDoubleSpinBox,
     QFileDialog,
     QFrame,
     QInputDialog,
@@ -26,14 +25,11 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QScrollArea,
-    QToolBar,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QElidingLabel, QLabeledSlider
 
 from app.logs import log_file
-from app.ui import icons
 from app.ui.annotation_commands import AnnotationCommands
 from app.ui.annotation_layer import AnnotationLayer
 from app.ui.annotations_panel import AnnotationsPanel
@@ -43,14 +39,16 @@ from app.ui.delineation_controller import DelineationController
 from app.ui.garbage_collection import collect_garbage_on_gui_thread
 from app.ui.help_dialogs import INTENDED_USE, ShortcutsDialog, show_about
 from app.ui.info_panel import SlideInfoPanel
+from app.ui.recent_files import RecentFiles
 from app.ui.review_panel import ReviewPanel
 from app.ui.settings_dialog import SettingsDialog, load_settings
 from app.ui.slide_session import OpenedSlide, SlideSession
 from app.ui.slide_view import SlideView
-from app.ui.tools import BrushTool, EraserTool, PolygonTool, RectangleTool, SelectTool, SplitLineTool
+from app.ui.status_line import StatusLine
+from app.ui.tool_bar import ToolBar
+from app.ui.tools import SelectTool, SplitLineTool
 
 log = logging.getLogger(__name__)
-MAX_RECENT = 10
 PREFERRED_SIZE = (1280, 820)
 EXPORTS = (
     ("geojson", "QuPath &GeoJSON…", "GeoJSON (*.geojson)"),
@@ -97,7 +95,9 @@ class MainWindow(QMainWindow):
         self.session = SlideSession(self.settings, self)
         self.controller = DelineationController(self, self.view, self.layer, self.settings)
         self._build_docks()
-        self._build_status_bar()
+        self.status = StatusLine(self.statusBar(), self.controller.progress, self.controller.cancel_button)
+        self.engine_label = self.status.engine_label
+        self.level_label = self.status.level_label
         self._connect()
         self._build_menus()
         self._build_toolbar()
@@ -140,19 +140,6 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.info_dock, self.classes_dock)
         self.info_dock.raise_()
 
-    def _build_status_bar(self) -> None:
-        # Progress and Cancel come first and the labels elide, so on a 1366x768 laptop at 150 %
-        # the run's controls stay on screen.
-        self.pos_label = QElidingLabel()
-        self.level_label = QElidingLabel()
-        self.engine_label = QElidingLabel()
-        bar = self.statusBar()
-        bar.addPermanentWidget(self.controller.progress)
-        bar.addPermanentWidget(self.controller.cancel_button)
-        for label, stretch in ((self.pos_label, 2), (self.level_label, 3), (self.engine_label, 2)):
-            label.setMinimumWidth(40)
-            bar.addPermanentWidget(label, stretch)
-
     def _connect(self) -> None:
         layer, panel, c, s = self.layer, self.annotations_panel, self.controller, self.session
         layer.changed.connect(self._annotations_changed)
@@ -190,12 +177,12 @@ class MainWindow(QMainWindow):
         s.importFailed.connect(self._import_failed)
         s.exported.connect(self._exported)
         s.exportFailed.connect(self._export_failed)
-        self.view.cursorMoved.connect(self._show_cursor)
-        self.view.viewChanged.connect(self._show_level)
+        self.view.cursorMoved.connect(lambda x, y: self.status.show_cursor(self.slide, x, y))
+        self.view.viewChanged.connect(lambda: self.status.show_level(self.view))
         self.view.tileFailed.connect(lambda msg: self.show_status(msg, 8000))
         self.view.contextMenuAt = self._context_menu_at
 
-    # ------------------------------------------------------------------ compatibility with callers
+    # ------------------------------------------------------------------ what callers read most
 
     @property
     def slide(self):
@@ -214,10 +201,6 @@ class MainWindow(QMainWindow):
         return self.layer.annotations
 
     @property
-    def annotation_items(self):
-        return self.layer.items
-
-    @property
     def worker(self):
         return self.controller.worker
 
@@ -226,33 +209,14 @@ class MainWindow(QMainWindow):
         return self.controller.overlay
 
     @property
-    def progress(self):
-        return self.controller.progress
-
-    @property
-    def cancel_button(self):
-        return self.controller.cancel_button
-
-    @property
     def running(self) -> bool:
         return self.controller.running
-
-    @property
-    def remote_failure_box(self):
-        return self.controller.remote_failure_box
-
-    @property
-    def finish_locally_button(self):
-        return self.controller.finish_locally_button
 
     def add_annotations(self, new) -> None:
         self.layer.add(list(new))
 
     def delineate(self) -> None:
         self.controller.start()
-
-    def cancel_delineation(self) -> None:
-        self.controller.cancel()
 
     # ------------------------------------------------------------------ menus and tools
 
@@ -272,7 +236,8 @@ class MainWindow(QMainWindow):
         self.open_action = self._action("&Open…", self.open_dialog, QKeySequence.StandardKey.Open.name, m)
         self.open_action.setShortcut(QKeySequence.StandardKey.Open)
         self.recent_menu = m.addMenu("Open &Recent")
-        self._refresh_recent()
+        self.recent = RecentFiles(self.settings, self.recent_menu, self)
+        self.recent.openRequested.connect(self.open_slide)
         m.addSeparator()
         self._action("&Import annotations…", self.import_dialog, "Ctrl+I", m)
         export_menu = m.addMenu("&Export")
@@ -350,70 +315,21 @@ class MainWindow(QMainWindow):
         self._action("&About Delineo", lambda: show_about(self, str(log_file())), None, m)
 
     def _build_toolbar(self) -> None:
-        bar = QToolBar("Tools", self)
-        bar.setObjectName("tools")
-        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, bar)
-        group = QActionGroup(self)
-        self.tool_actions: dict[str, QAction] = {}
-        for cls, icon in (
-            (SelectTool, icons.select_icon()),
-            (BrushTool, icons.brush_icon()),
-            (EraserTool, icons.eraser_icon()),
-            (PolygonTool, icons.polygon_icon()),
-            (RectangleTool, icons.rectangle_icon()),
-        ):
-            a = QAction(icon, cls.name, self, checkable=True)
-            a.setShortcut(QKeySequence(cls.shortcut))
-            a.setToolTip(cls.tip)
-            a.triggered.connect(lambda _=False, n=cls.name: self.editor.set_tool(n))
-            group.addAction(a)
-            bar.addAction(a)
-            self.tool_actions[cls.name] = a
-        self.tool_actions[SelectTool.name].setChecked(True)
-        self.editor.toolChanged.connect(self._tool_changed)
-        self.brush_size = QDoubleSpinBox()
-        self.brush_size.setRange(10, 20_000)
-        self.brush_size.setDecimals(0)
-        self.brush_size.setSuffix(" µm")
-        self.brush_size.setValue(self.editor.brush_um)
-        self.brush_size.setToolTip("Brush and eraser diameter ([ and ] change it)")
-        self.brush_size.valueChanged.connect(self.editor.set_brush_um)
-        self.editor.brushChanged.connect(self._brush_changed)
-        bar.addWidget(self.brush_size)
-        bar.addSeparator()
-        # Icons only in the bar (the texts name the step and change width); the step is in the tooltip.
-        self.undo_action.setIcon(icons.undo_icon())
-        self.redo_action.setIcon(icons.redo_icon())
-        for a in (self.undo_action, self.redo_action):
-            bar.addAction(a)
-            bar.widgetForAction(a).setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
-        bar.addSeparator()
         self.delineate_action = self._action("Delineate region", self.delineate, "Ctrl+D")
-        self.delineate_action.setIcon(icons.delineate_icon())
         self.delineate_action.setToolTip("Delineate tumour in the painted region (Ctrl+D)")
-        bar.addAction(self.delineate_action)
-        bar.widgetForAction(self.delineate_action).setToolButtonStyle(
-            Qt.ToolButtonStyle.ToolButtonTextBesideIcon
-        )
-        esc = self._action("Cancel delineation", self.cancel_delineation, "Esc")
+        esc = self._action("Cancel delineation", self.controller.cancel, "Esc")
         esc.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
-        bar.addSeparator()
-        bar.addAction(self.overlay_action)
-        self.opacity = QLabeledSlider(Qt.Orientation.Horizontal)
-        self.opacity.setRange(0, 100)
-        self.opacity.setValue(45)
-        self.opacity.setMaximumWidth(160)
-        self.opacity.setToolTip("Opacity of the model's overlay and outlines (%)")
-        self.opacity.valueChanged.connect(self._set_opacity)
-        bar.addWidget(self.opacity)
+        self.tool_bar = ToolBar(
+            self.editor, self.undo_action, self.redo_action, self.delineate_action, self.overlay_action, self
+        )
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.tool_bar)
+        self.brush_size, self.opacity = self.tool_bar.brush_size, self.tool_bar.opacity
+        self.tool_bar.opacityChanged.connect(self._set_opacity)
+        self.editor.brushChanged.connect(self._brush_changed)
         self._set_opacity(self.opacity.value())
 
-    def _tool_changed(self, name: str) -> None:
-        if name in self.tool_actions:
-            self.tool_actions[name].setChecked(True)
-
     def show_shortcuts(self) -> None:
-        tools = list(self.tool_actions.values())
+        tools = list(self.tool_bar.tool_actions.values())
         self.shortcuts_dialog = ShortcutsDialog(tools + self.actions(), self)
         self.shortcuts_dialog.open()
 
@@ -439,20 +355,12 @@ class MainWindow(QMainWindow):
         self.layer.set_opacity(min(1.0, 0.3 + value / 100))
 
     def _brush_changed(self, um: float) -> None:
-        self.brush_size.blockSignals(True)
-        self.brush_size.setValue(um)
-        self.brush_size.blockSignals(False)
         unit = "µm" if self.slide is not None and self.slide.mpp else "px"
-        self.brush_size.setSuffix(f" {unit}")
+        self.tool_bar.show_brush(um, unit)
         self.statusBar().showMessage(f"Brush {um:.0f} {unit}", 2000)
 
     def show_status(self, message: str, timeout_ms: int = 8000) -> None:
-        """A status message elided to the room the bar has; the whole text is its tooltip."""
-        bar = self.statusBar()
-        room = max(bar.width() // 2, 120)
-        elided = bar.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, room)
-        bar.setToolTip(message if elided != message else "")
-        bar.showMessage(elided, timeout_ms)
+        self.status.show(message, timeout_ms)
 
     def _show_worker_status(self, message: str) -> None:
         self.show_status(message, 10_000)
@@ -568,7 +476,7 @@ class MainWindow(QMainWindow):
         self.view.overview.setVisible(self.overview_action.isChecked())
         self.info_panel.show_slide(slide.info(), opened.associated)
         self.setWindowTitle(f"{slide.name} — Delineo")
-        self._add_recent(str(slide.path))
+        self.recent.add(str(slide.path))
         self.settings.setValue("last_dir", str(Path(slide.path).parent))
         for i, note in enumerate(slide.notes):  # e.g. a DICOM series with a level file missing
             self.banners.show_message(f"slide-note:{i}", f"{slide.name}: {note}")
@@ -723,26 +631,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ recent files and drops
 
     def recent_files(self) -> list[str]:
-        value = self.settings.value("recent", [])
-        if isinstance(value, str):
-            value = [value]
-        return [str(v) for v in (value or [])]
-
-    def _add_recent(self, path: str) -> None:
-        path = str(Path(path).resolve())
-        recent = [p for p in self.recent_files() if p != path]
-        self.settings.setValue("recent", [path, *recent][:MAX_RECENT])
-        self._refresh_recent()
-
-    def _refresh_recent(self) -> None:
-        self.recent_menu.clear()
-        recent = self.recent_files()
-        for p in recent:
-            a = self.recent_menu.addAction(Path(p).name)
-            a.setToolTip(p)
-            a.setStatusTip(p)
-            a.triggered.connect(lambda _=False, p=p: self.open_slide(p))
-        self.recent_menu.setEnabled(bool(recent))
+        return self.recent.files()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if event.mimeData().hasUrls() and any(u.isLocalFile() for u in event.mimeData().urls()):
@@ -753,27 +642,6 @@ class MainWindow(QMainWindow):
         if files:
             event.acceptProposedAction()
             self.open_slide(files[0])
-
-    # ------------------------------------------------------------------ status
-
-    def _show_cursor(self, x: float, y: float) -> None:
-        if self.slide is None:
-            return
-        w, h = self.slide.dimensions
-        if not (0 <= x < w and 0 <= y < h):
-            self.pos_label.setText("")
-            return
-        text = f"x {x:,.0f}  y {y:,.0f} px"
-        if self.slide.mpp:
-            text += f"  |  {x * self.slide.mpp[0]:,.1f}, {y * self.slide.mpp[1]:,.1f} µm"
-        self.pos_label.setText(text)
-
-    def _show_level(self) -> None:
-        if self.slide is not None and self.view.grid is not None:
-            self.level_label.setText(
-                f"{self.view.grid.describe(self.view.level_for_zoom())}  ·  zoom {self.view.zoom:.3g}  ·  "
-                f"{self.view.scale_bar.mag_text}"
-            )
 
     # ------------------------------------------------------------------ geometry
 

@@ -16,10 +16,10 @@ from PySide6.QtWidgets import (
     QPushButton,
     QWidget,
 )
+from superqt.utils import create_worker
 
 from app.inference.modelcard import DEFAULT_MODEL
 from app.paths import MODELS_DIR
-from app.ui.background import run_in_background
 from app.ui.delineation_worker import EngineSettings
 from app.ui.endpoint_token import PLAIN_TEXT_WARNING, keyring_available, load_token, save_token
 
@@ -175,7 +175,9 @@ class SettingsDialog(QDialog):
             finally:
                 engine.close()
 
-        run_in_background(probe, self._tested, self._test_failed)
+        create_worker(
+            probe, _start_thread=True, _connect={"returned": self._tested, "errored": self._test_failed}
+        )
 
     def _tested(self, result) -> None:
         info, rtt = result
