@@ -26,6 +26,8 @@ _COMMAND_MODULES = (
     "export",
     "serve",
     "bench",
+    "self_test",
+    "data",
 )
 
 
