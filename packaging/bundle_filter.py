@@ -78,3 +78,31 @@ def keep(dest: str) -> bool:
     """False for a bundled file that is in a dropped group."""
     d = dest.replace("\\", "/")
     return not any(part in d for part in _DROPPED)
+
+
+def unneeded_top_level(binaries: list[tuple[str, str]], needs) -> set[str]:
+    """Top-level libraries (the system ones PyInstaller pulled in as dependencies) that nothing
+    kept needs any more, e.g. GTK, cairo and pango once the GTK theme plugin is dropped.
+
+    `binaries` are (destination, source) pairs; `needs(source)` gives the library names a file
+    links against. Everything in a package folder, Python's own library and extension modules
+    are roots; a top-level library stays when a root needs it, directly or through another."""
+    top = {dest: src for dest, src in binaries if "/" not in dest.replace("\\", "/")}
+    roots = [src for dest, src in binaries if dest not in top or _is_root(dest)]
+    kept: set[str] = set()
+    todo = list(roots)
+    seen: set[str] = set()
+    while todo:
+        src = todo.pop()
+        if src in seen:
+            continue
+        seen.add(src)
+        for name in needs(src):
+            if name in top and name not in kept:
+                kept.add(name)
+                todo.append(top[name])
+    return {dest for dest in top if dest not in kept and not _is_root(dest)}
+
+
+def _is_root(dest: str) -> bool:
+    return dest.startswith("libpython") or ".cpython-" in dest or dest.endswith(".abi3.so")

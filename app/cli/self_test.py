@@ -49,6 +49,8 @@ def _window_check(slide: str | None):
         from app.ui.main_window import MainWindow
 
         app = QApplication.instance() or QApplication([sys.argv[0]])
+        app.setOrganizationName("Delineo")  # as run_gui does: the same settings file as the viewer
+        app.setApplicationName("Delineo")
         formats = {bytes(f).decode() for f in QImageReader.supportedImageFormats()}
         win = MainWindow()
         failed: list[str] = []
