@@ -52,6 +52,7 @@ def _window_check(slide: str | None):
         app.setOrganizationName("Delineo")  # as run_gui does: the same settings file as the viewer
         app.setApplicationName("Delineo")
         formats = {bytes(f).decode() for f in QImageReader.supportedImageFormats()}
+        at_window = _seconds_since_process_start()
         win = MainWindow()
         failed: list[str] = []
         win.openFailed.connect(failed.append)
@@ -78,7 +79,11 @@ def _window_check(slide: str | None):
         missing = sorted({"jpeg", "png", "tiff"} - formats)
         if missing:
             raise DelineoError(f"Qt image-format plugins missing: {', '.join(missing)}")
-        started = f", drawn {since_start:.2f} s after the process started" if since_start else ""
+        started = (
+            f", drawn {since_start:.2f} s after the process started (window made at {at_window:.2f} s)"
+            if since_start and at_window
+            else ""
+        )
         return f"Qt {app.platformName()} platform, sample drawn{started}"
 
     return Check("main window", run)
