@@ -113,11 +113,13 @@ def _seconds_since_process_start() -> float | None:
 def run(args: argparse.Namespace) -> int:
     from app.inference.self_test import core_checks, environment, run_checks, verdict
 
-    checks = core_checks(model=args.model, slide=args.slide)
+    only = (args.only or "").lower()
+    engines = not only or any(word in only for word in ("openvino", "onnx", "int8", "fp16", "fp32", "gpu"))
+    checks = core_checks(model=args.model, slide=args.slide, engines=engines)
     if not args.no_window:
         checks.append(_window_check(args.slide))
-    if args.only:
-        checks = [c for c in checks if args.only.lower() in c.name.lower()]
+    if only:
+        checks = [c for c in checks if only in c.name.lower()]
     env = environment()
     if not args.json:
         print(

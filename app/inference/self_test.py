@@ -198,11 +198,14 @@ def _openvino_has_gpu() -> bool:
         return False
 
 
-def core_checks(model: str | Path | None = None, slide: str | Path | None = None) -> list[Check]:
-    """The Qt-free checks, in order: sample, model files, one tile per engine and precision, font."""
+def core_checks(
+    model: str | Path | None = None, slide: str | Path | None = None, engines: bool = True
+) -> list[Check]:
+    """The Qt-free checks, in order: sample, model files, one tile per engine and precision, font.
+    `engines=False` leaves the engine checks out (and OpenVINO unloaded)."""
     ctx = _Context(Path(slide) if slide else SAMPLE_SLIDE, model)
     checks = [Check("sample slide", ctx.open_sample), Check("model files", ctx.verify_model)]
-    for engine, precision, device in _runs(_openvino_has_gpu()):
+    for engine, precision, device in _runs(_openvino_has_gpu()) if engines else []:
         name = f"{engine} {precision}" + ("" if device == "CPU" else f" {device}")
         checks.append(Check(name, lambda e=engine, p=precision, d=device: ctx.engine_run(e, p, d)))
     checks.append(Check("export font", ctx.export_font))
