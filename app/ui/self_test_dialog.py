@@ -30,7 +30,7 @@ class SelfTestDialog(QDialog):
             f"{env['platform']}"
         )
         self.status = QLabel("Running the checks…")
-        self.text = QPlainTextEdit(self._header + "\n")
+        self.text = QPlainTextEdit(self._header)
         self.text.setReadOnly(True)
         self.text.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
