@@ -92,3 +92,8 @@ def test_dialog_shows_each_line_the_verdict_and_copies_the_report(qtbot, damaged
     assert "FAIL" in dialog.status.text()
     dialog.copy_button.click()
     assert QGuiApplication.clipboard().text() == text
+
+
+def test_only_that_matches_no_check_is_a_usage_error():
+    r = run_delineo("self-test", "--only", "no-such-check", "--no-window")
+    assert r.returncode == 2 and "no-such-check" in r.stderr and "model files" in r.stderr

@@ -119,7 +119,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_window:
         checks.append(_window_check(args.slide))
     if only:
+        names = ", ".join(c.name for c in checks)
         checks = [c for c in checks if only in c.name.lower()]
+        if not checks:
+            from app.cli.arguments import UsageError
+
+            raise UsageError(f"--only {args.only}: no check's name contains it (checks: {names})")
     env = environment()
     if not args.json:
         print(
