@@ -27,6 +27,8 @@ _COMMAND_MODULES = (
     "export",
     "serve",
     "bench",
+    "self_test",
+    "data",
 )
 
 

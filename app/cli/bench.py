@@ -26,7 +26,12 @@ def add_to(sub) -> None:
     b.add_argument("--repeats", type=int, default=None, help="model: 20 timings; pipeline: 5 runs")
     b.add_argument("--threads", type=int, default=0, help="0: all cores")
     b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
-    b.add_argument("--data", default=None, help="bench accuracy, review: EBHI-Seg folder or manifest")
+    b.add_argument(
+        "--data",
+        default=None,
+        help="bench accuracy: EBHI-Seg folder or manifest (default: $DELINEO_DATA); "
+        "bench review: EBHI-Seg tiles (default: the bundled ones)",
+    )
     b.add_argument("--split", default="val", help="bench accuracy: which split's tiles")
     b.add_argument("--url", default=None, help="bench remote: the endpoint (default: start one on 127.0.0.1)")
     b.add_argument("--token", default=None, help="bench remote: bearer token")
@@ -61,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
         engine = engine_from_args(args)
         result = bench_pipeline(args.target, region, engine, repeats=args.repeats or 5, progress=progress)
     elif args.what == "accuracy":
+        from app.core.dataset import data_folder
         from app.inference.benchmark import bench_accuracy
 
-        data = args.data or "../shared/data/ebhi-seg"
+        data = data_folder(args.data)
         result = bench_accuracy(data, engine_from_args(args), split=args.split, progress=progress)
     elif args.what == "remote":
         from app.inference.benchmark import bench_remote

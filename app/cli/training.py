@@ -10,7 +10,11 @@ from app.cli.progress import stderr_progress
 
 def add_to(sub) -> None:
     t = sub.add_parser("train", help="train the tumour UNet ([train] extra)")
-    t.add_argument("--data", required=True, help="EBHI-Seg folder (with manifest.csv) or manifest")
+    t.add_argument(
+        "--data",
+        default=None,
+        help="EBHI-Seg folder (with manifest.csv) or manifest (default: $DELINEO_DATA)",
+    )
     t.add_argument("--out", required=True, help="folder for checkpoints and the log")
     t.add_argument("--epochs", type=int, default=20)
     t.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -38,8 +42,8 @@ def add_to(sub) -> None:
     c.add_argument("--out", required=True)
     c.add_argument(
         "--data",
-        default="../shared/data/ebhi-seg",
-        help="EBHI-Seg folder: train tiles calibrate, val tiles validate",
+        default=None,
+        help="EBHI-Seg folder: train tiles calibrate, val tiles validate (default: $DELINEO_DATA)",
     )
     c.add_argument("--calibration-tiles", type=int, default=300)
     c.add_argument("--name", default=None, help="model name (default: the --out folder's name)")
@@ -51,12 +55,15 @@ def _needs_train_extra(e: ImportError, what: str) -> UsageError:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from app.core.dataset import data_folder
+
+    data = data_folder(args.data)  # before torch: a missing folder is said at once
     try:
         from app.model.train import TrainConfig, train
     except ImportError as e:
         raise _needs_train_extra(e, "training") from None
     cfg = TrainConfig(
-        data=args.data,
+        data=str(data),
         out=args.out,
         epochs=args.epochs,
         device=args.device,
@@ -74,15 +81,25 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from app.core.dataset import data_folder
+
     if args.target == "ascend":
         try:
             from app.model.ascend import convert_for_ascend
         except ImportError as e:
             raise _needs_train_extra(e, "conversion") from None
+        from app.inference.modelcard import ModelCard
+
+        ModelCard.load(args.checkpoint)  # a wrong model name is the first thing to say
         convert_for_ascend(
-            args.checkpoint, args.out, data=args.data, soc=args.soc_version, progress=stderr_progress
+            args.checkpoint,
+            args.out,
+            data=data_folder(args.data),
+            soc=args.soc_version,
+            progress=stderr_progress,
         )
         return 0
+    data = str(data_folder(args.data))
     try:
         from app.model import convert
     except ImportError as e:
@@ -90,7 +107,7 @@ def run_convert(args: argparse.Namespace) -> int:
     convert.convert(
         args.checkpoint,
         args.out,
-        data=args.data,
+        data=data,
         calibration_tiles=args.calibration_tiles,
         name=args.name,
         progress=stderr_progress,

@@ -4,6 +4,7 @@ calibration and evaluation so the tumour target is defined in exactly one place.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,28 @@ non-tumour: high-grade IN is pre-invasive and is deliberately taught as negative
 
 class ManifestError(DelineoError):
     """A manifest that cannot be used; the message names the file and the fix."""
+
+
+DATA_ENV = "DELINEO_DATA"
+GET_THE_DATA = (
+    "download EBHI-Seg (doi:10.3389/fmed.2023.1114673), convert it with "
+    "`delineo data ebhi-seg DOWNLOADED_DIR --out DIR`, then pass --data DIR or set DELINEO_DATA=DIR"
+)
+
+
+def data_folder(given: str | Path | None = None) -> Path:
+    """The EBHI-Seg folder (with manifest.csv) for train, convert and bench accuracy: `given`, or
+    $DELINEO_DATA (that folder, or a folder holding `ebhi-seg/`). The repository ships none."""
+    if given is not None:
+        return Path(given)
+    env = os.environ.get(DATA_ENV, "").strip()
+    if not env:
+        raise ManifestError(f"no training data given: {GET_THE_DATA}")
+    root = Path(env).expanduser()
+    for candidate in (root, root / "ebhi-seg"):
+        if (candidate / "manifest.csv").is_file():
+            return candidate
+    raise ManifestError(f"{root} (from ${DATA_ENV}): no manifest.csv there or in ebhi-seg/; {GET_THE_DATA}")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from app.core.pyramid_tiff import level_sizes, write_pyramidal_tiff
 from app.core.scale import format_length_um, nice_length
 from app.core.slide import Slide
 from app.errors import DelineoError
+from app.paths import FONTS_DIR
 
 EXCLUSION_GROUP = "Exclusion"  # ASAP/CAMELYON convention for holes inside an annotation
 MAX_PNG_SIDE = 16_384
@@ -205,6 +206,9 @@ def export_csv(path, annotations: list[Annotation], mpp: float | None) -> Path:
 
 
 FONT_CANDIDATES = (
+    str(
+        FONTS_DIR / "DejaVuSans.ttf"
+    ),  # shipped (resources/fonts), so every OS and the frozen app draw µ and ²
     "DejaVuSans.ttf",  # Linux (Pillow finds it in the system font folders)
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "LiberationSans-Regular.ttf",

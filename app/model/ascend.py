@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.dataset import data_folder
 from app.inference.engines import ONNXRuntimeEngine
 from app.inference.evaluation import compare_to_reference
 from app.inference.modelcard import ModelCard, write_card
@@ -141,7 +142,7 @@ def atc_command(model_file: str, input_name: str, tile: int, soc: str, output: s
 def convert_for_ascend(
     model: str | Path | None,
     out: str | Path,
-    data: str | Path = "../shared/data/ebhi-seg",
+    data: str | Path | None = None,  # None: $DELINEO_DATA (app.core.dataset.data_folder)
     tiles: int = 64,
     soc: str = "Ascend910B",
     external_over: int = PROTOBUF_LIMIT,
@@ -220,6 +221,6 @@ def _validation_pairs(data: str | Path, n: int):
     """`n` tiles spread over the EBHI-Seg `val` split (never train: calibration's business)."""
     from app.core.dataset import read_manifest
 
-    pairs = read_manifest(data, split="val")
+    pairs = read_manifest(data_folder(data), split="val")
     step = max(1, len(pairs) // n)
     return pairs[::step][:n]
