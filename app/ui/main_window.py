@@ -312,6 +312,7 @@ class MainWindow(QMainWindow):
 
         m = self.menuBar().addMenu("&Help")
         self._action("&Keyboard shortcuts", self.show_shortcuts, "F1", m)
+        self._action("&Self-test…", self.show_self_test, None, m)
         self._action("&About Delineo", lambda: show_about(self, str(log_file())), None, m)
 
     def _build_toolbar(self) -> None:
@@ -327,6 +328,12 @@ class MainWindow(QMainWindow):
         self.tool_bar.opacityChanged.connect(self._set_opacity)
         self.editor.brushChanged.connect(self._brush_changed)
         self._set_opacity(self.opacity.value())
+
+    def show_self_test(self) -> None:
+        from app.ui.self_test_dialog import SelfTestDialog
+
+        self.self_test_dialog = SelfTestDialog(self)
+        self.self_test_dialog.open()
 
     def show_shortcuts(self) -> None:
         tools = list(self.tool_bar.tool_actions.values())
