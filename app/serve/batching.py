@@ -1,9 +1,11 @@
 """Dynamic batching: tiles from concurrent requests run as one model execution.
 
-A batch closes when it holds `max_batch` tiles or `max_wait_ms` after its first request,
-whichever comes first (Triton's dynamic batcher, in the server's event loop). The model runs on
-one executor thread, so while a batch computes the next one fills up. Requests whose tiles have
-another height and width wait for a batch of their own.
+A batch closes when it holds `max_batch` tiles (or `max_pixels` pixels) or `max_wait_ms` after
+its first request, whichever comes first (Triton's dynamic batcher, in the server's event loop).
+A request larger than that is split into parts that each fit, so one model execution never
+holds more than `max_pixels` (its memory grows with them). The model runs on one executor
+thread, so while a batch computes the next one fills up. Requests whose tiles have another
+height and width wait for a batch of their own.
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ class _Job:
 
 class DynamicBatcher:
     def __init__(
-        self, run: Callable[[np.ndarray], np.ndarray], max_batch: int = 16, max_wait_ms: float = 20.0
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        max_batch: int = 16,
+        max_wait_ms: float = 20.0,
+        max_pixels: int = 4 << 20,
     ):
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch must be at least 1 and max_wait_ms not negative")
+        if max_batch < 1 or max_wait_ms < 0 or max_pixels < 1:
+            raise ValueError("max_batch and max_pixels must be at least 1 and max_wait_ms not negative")
         self.run = run
         self.max_batch = max_batch
+        self.max_pixels = max_pixels
         self.max_wait_s = max_wait_ms / 1000
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._queue: asyncio.Queue[_Job] | None = None
@@ -46,16 +53,27 @@ class DynamicBatcher:
         self.batch_counts: Counter[int] = Counter()
         self.batch_ns: Counter[int] = Counter()
 
+    def parts(self, n: int, pixels_per_tile: int) -> int:
+        """Tiles per part when a request of `n` tiles is split to fit one execution."""
+        return max(1, min(n, self.max_batch, self.max_pixels // max(1, pixels_per_tile)))
+
     async def infer(self, tiles: np.ndarray) -> np.ndarray:
         """Probabilities for these tiles, computed together with whatever else is waiting."""
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._queue = asyncio.Queue()
             self._task = loop.create_task(self._collect())
-        job = _Job(tiles, loop.create_future())
         self.requests += 1
-        await self._queue.put(job)
-        return await job.future
+        step = self.parts(len(tiles), _pixels(tiles) // max(1, len(tiles)))
+        jobs = [_Job(tiles[i : i + step], loop.create_future()) for i in range(0, len(tiles), step)]
+        for job in jobs:
+            await self._queue.put(job)
+        try:
+            outs = [await job.future for job in jobs]
+        finally:
+            for job in jobs:  # a client that went away: its queued parts are skipped
+                job.future.cancel()
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -63,7 +81,10 @@ class DynamicBatcher:
         while True:
             first = carry if carry is not None else await self._queue.get()
             carry = None
+            if first.future.done():
+                continue
             jobs, n, shape = [first], len(first.tiles), first.tiles.shape[1:]
+            px = _pixels(first.tiles)
             deadline = loop.time() + self.max_wait_s
             while n < self.max_batch:
                 timeout = deadline - loop.time()
@@ -73,11 +94,18 @@ class DynamicBatcher:
                     job = await asyncio.wait_for(self._queue.get(), timeout)
                 except TimeoutError:
                     break
-                if job.tiles.shape[1:] != shape or n + len(job.tiles) > self.max_batch:
+                if job.future.done():
+                    continue
+                if (
+                    job.tiles.shape[1:] != shape
+                    or n + len(job.tiles) > self.max_batch
+                    or px + _pixels(job.tiles) > self.max_pixels
+                ):
                     carry = job
                     break
                 jobs.append(job)
                 n += len(job.tiles)
+                px += _pixels(job.tiles)
             await self._execute(jobs)
 
     async def _execute(self, jobs: list[_Job]) -> None:
@@ -115,3 +143,9 @@ class DynamicBatcher:
                 for size, count in sorted(self.batch_counts.items())
             ],
         }
+
+
+def _pixels(tiles: np.ndarray) -> int:
+    """N x H x W of uint8 NHWC or float NCHW tiles (the channel axis is the one of size 3)."""
+    n, a, b, c = tiles.shape
+    return n * (a * b if c == 3 else b * c)
