@@ -248,8 +248,9 @@ class RemoteEngine:
             if not isinstance(listed, list) or len(listed) > 1000:
                 raise RemoteError(f"{listing}: 'models' is not a list of models")
             names = [m.get("name") if isinstance(m, dict) else m for m in listed]
-            if not all(is_model_name(n) for n in names):
-                raise RemoteError(f"{listing}: lists a model whose name is not a plain name")
+            odd = next((n for n in names if not is_model_name(n)), None)
+            if odd is not None:
+                raise RemoteError(f"{listing}: lists {str(odd)[:80]!r}, which is not a model name")
             if len(names) != 1:
                 raise RemoteError(
                     f"{self.base}: serves {len(names)} models ({', '.join(names[:20]) or 'none'}); name "
