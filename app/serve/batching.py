@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Job:
     tiles: np.ndarray
+    dest: np.ndarray  # where its probabilities go: a slice of the request's answer
     future: asyncio.Future
 
 
@@ -36,6 +37,7 @@ class DynamicBatcher:
         max_batch: int = 16,
         max_wait_ms: float = 20.0,
         max_pixels: int = 4 << 20,
+        thread_initializer: Callable[[], None] | None = None,
     ):
         if max_batch < 1 or max_wait_ms < 0 or max_pixels < 1:
             raise ValueError("max_batch and max_pixels must be at least 1 and max_wait_ms not negative")
@@ -43,7 +45,9 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_pixels = max_pixels
         self.max_wait_s = max_wait_ms / 1000
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="model", initializer=thread_initializer
+        )
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
         # Statistics, in the shape of Triton's statistics extension.
@@ -64,16 +68,19 @@ class DynamicBatcher:
             self._queue = asyncio.Queue()
             self._task = loop.create_task(self._collect())
         self.requests += 1
-        step = self.parts(len(tiles), _pixels(tiles) // max(1, len(tiles)))
-        jobs = [_Job(tiles[i : i + step], loop.create_future()) for i in range(0, len(tiles), step)]
+        n = len(tiles)
+        out = np.empty((n, *_spatial(tiles)), np.float32)
+        step = self.parts(n, _pixels(tiles) // max(1, n))
+        jobs = [_Job(tiles[i : i + step], out[i : i + step], loop.create_future()) for i in range(0, n, step)]
         for job in jobs:
             await self._queue.put(job)
         try:
-            outs = [await job.future for job in jobs]
+            for job in jobs:
+                await job.future
         finally:
             for job in jobs:  # a client that went away: its queued parts are skipped
                 job.future.cancel()
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return out
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -108,28 +115,36 @@ class DynamicBatcher:
                 px += _pixels(job.tiles)
             await self._execute(jobs)
 
+    def _run_jobs(self, jobs: list[_Job]) -> int:
+        """On the model thread: assemble the batch, run it, copy each job's part out (copies of
+        megabytes stay off the event loop, which keeps answering health probes)."""
+        batch = jobs[0].tiles if len(jobs) == 1 else np.concatenate([j.tiles for j in jobs])
+        out = self.run(batch)
+        start = 0
+        for j in jobs:
+            end = start + len(j.tiles)
+            j.dest[...] = out[start:end]
+            start = end
+        return len(batch)
+
     async def _execute(self, jobs: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        batch = jobs[0].tiles if len(jobs) == 1 else np.concatenate([j.tiles for j in jobs])
         t0 = time.perf_counter_ns()
         try:
-            out = await loop.run_in_executor(self.executor, self.run, batch)
+            n = await loop.run_in_executor(self.executor, self._run_jobs, jobs)
         except Exception as e:
-            log.exception("model execution failed for a batch of %d tiles", len(batch))
+            log.exception("model execution failed for a batch of %d parts", len(jobs))
             for j in jobs:
                 if not j.future.done():
                     j.future.set_exception(e)
             return
         self.executions += 1
-        self.tiles += len(batch)
-        self.batch_counts[len(batch)] += 1
-        self.batch_ns[len(batch)] += time.perf_counter_ns() - t0
-        start = 0
+        self.tiles += n
+        self.batch_counts[n] += 1
+        self.batch_ns[n] += time.perf_counter_ns() - t0
         for j in jobs:
-            end = start + len(j.tiles)
             if not j.future.done():  # a client that went away leaves a cancelled future
-                j.future.set_result(out[start:end])
-            start = end
+                j.future.set_result(None)
 
     def statistics(self, name: str, version: str) -> dict:
         return {
@@ -143,6 +158,12 @@ class DynamicBatcher:
                 for size, count in sorted(self.batch_counts.items())
             ],
         }
+
+
+def _spatial(tiles: np.ndarray) -> tuple[int, int]:
+    """(H, W) of uint8 NHWC or float NCHW tiles."""
+    _, a, b, c = tiles.shape
+    return (a, b) if c == 3 else (b, c)
 
 
 def _pixels(tiles: np.ndarray) -> int:

@@ -12,6 +12,7 @@ turned into Python numbers.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,18 +154,46 @@ def _tensor(body: bytes, offset: int, spec: dict, shape: list[int], dtype: np.dt
     data = spec.get("data")
     if not isinstance(data, list):
         raise _bad(f"input '{name}' has no 'data' (a list of numbers) and no binary_data_size")
+    if data and not isinstance(data[0], list):
+        return _flat_values(data, name, shape, count, dtype)
     try:
-        values = np.asarray(data)
+        values = np.asarray(data)  # nested lists: bounded by the JSON size limit
     except (ValueError, TypeError, OverflowError):
         raise _bad(f"input '{name}': 'data' is not a list of numbers in the shape {shape}") from None
     if values.size != count:
         raise _bad(f"input '{name}': {values.size} values for shape {shape} ({count} expected)")
+    _check_values(values, name, dtype)
+    return values.astype(dtype).reshape(-1)
+
+
+JSON_CHUNK = 1 << 16  # values converted at a time; the GIL is let go between chunks
+
+
+def _flat_values(data: list, name: str, shape: list[int], count: int, dtype: np.dtype) -> np.ndarray:
+    """A flat list of JSON numbers into `dtype`, a chunk at a time: each conversion holds the
+    GIL for a few milliseconds only, so the event loop keeps answering (health probes)."""
+    if len(data) != count:
+        raise _bad(f"input '{name}': {len(data)} values for shape {shape} ({count} expected)")
+    out = np.empty(count, dtype)
+    for start in range(0, count, JSON_CHUNK):
+        try:
+            chunk = np.asarray(data[start : start + JSON_CHUNK])
+        except (ValueError, TypeError, OverflowError):
+            chunk = None
+        if chunk is None or chunk.ndim != 1:
+            raise _bad(f"input '{name}': 'data' is not a list of numbers in the shape {shape}")
+        _check_values(chunk, name, dtype)
+        out[start : start + len(chunk)] = chunk
+        time.sleep(0)  # let the event loop's thread take the GIL
+    return out
+
+
+def _check_values(values: np.ndarray, name: str, dtype: np.dtype) -> None:
     if dtype.kind == "u":
         if values.dtype.kind not in "iu" or (values.size and (values.min() < 0 or values.max() > 255)):
             raise _bad(f"input '{name}' is UINT8: its values must be whole numbers 0..255")
     elif values.dtype.kind not in "iuf" or not np.isfinite(values).all():
         raise _bad(f"input '{name}' must hold finite numbers (no NaN, no infinity)")
-    return values.astype(dtype).reshape(-1)
 
 
 def _wants_binary(head: dict) -> bool:
@@ -191,7 +220,7 @@ def _wants_binary(head: dict) -> bool:
 
 def encode_response(
     prob: np.ndarray, model_name: str, version: str, request_id: str, binary: bool
-) -> tuple[bytes, dict[str, str]]:
+) -> tuple[bytes | memoryview, dict[str, str]]:
     """The answer's body and headers: JSON numbers, or a JSON header and little-endian bytes."""
     import orjson
 
@@ -201,10 +230,14 @@ def encode_response(
     if not binary:
         out["data"] = prob.ravel()
         return orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY), {"content-type": "application/json"}
-    raw = prob.tobytes()
-    out["parameters"] = {"binary_data_size": len(raw)}
+    out["parameters"] = {"binary_data_size": prob.nbytes}
     header = orjson.dumps(head)
-    return header + raw, {
+    # One buffer, filled by numpy (which lets the GIL go while it copies): no bytes
+    # concatenation of megabytes that would hold up the event loop.
+    buffer = bytearray(len(header) + prob.nbytes)
+    buffer[: len(header)] = header
+    np.copyto(np.frombuffer(buffer, "<f4", offset=len(header)).reshape(prob.shape), prob)
+    return memoryview(buffer), {
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(len(header)),
     }

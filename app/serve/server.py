@@ -22,9 +22,9 @@ from app.errors import DelineoError
 from app.inference.modelcard import ModelCard
 from app.serve.batching import DynamicBatcher
 from app.serve.codec import OUTPUT, InputContract, RequestError, encode_response, parse_request
-from app.serve.guard import OPEN_PATHS, Guard
+from app.serve.guard import BODY, OPEN_PATHS, Guard
 from app.serve.limits import Limits
-from app.serve.runtime import TileRuntime
+from app.serve.runtime import TileRuntime, in_low_priority_thread, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,9 @@ def build_app(
     limits = limits or Limits()
     card = ModelCard.load(model)
     card.check_integrity()  # every file the card lists, before anything is loaded
-    runtime = TileRuntime(card, provider, threads, precision)
+    # The model's threads run at a lower priority than the event loop's: on a busy host the
+    # health probe and admission answers come first.
+    runtime = in_low_priority_thread(lambda: TileRuntime(card, provider, threads, precision))
     raw = runtime.raw_input() if raw_input else None
     spec = raw or {"name": INPUT, "datatype": "UINT8"}
     contract = InputContract(spec["name"], spec["datatype"], 1 if raw else 3, card.multiple, limits)
@@ -148,7 +150,11 @@ def build_app(
     if problem:
         raise ServeError(f"server limits: {problem}")
     batcher = DynamicBatcher(
-        runtime.run_raw if raw_input else runtime.run, max_batch, max_wait_ms, limits.max_batch_pixels
+        runtime.run_raw if raw_input else runtime.run,
+        max_batch,
+        max_wait_ms,
+        limits.max_batch_pixels,
+        thread_initializer=lower_thread_priority,
     )
     tile_model = make_model_class(kserve)(card, contract, f"onnxruntime_{runtime.provider}")
     server = model_server.ModelServer(enable_grpc=False, workers=1, enable_docs_url=False)
@@ -198,7 +204,9 @@ def build_app(
             return error(404, f"model '{name}' version '{version}' is not served (it has {card.version})")
         if not tile_model.ready:
             return error(503, f"model '{name}' is not ready", {"retry-after": "1"})
-        body = await request.body()
+        body = request.scope.get(BODY)
+        if body is None:  # not through the guard (cannot happen when served): read it here
+            body = await request.body()
         header = request.headers.get("inference-header-content-length")
         try:
             parsed = await asyncio.to_thread(
@@ -206,6 +214,7 @@ def build_app(
             )
         except RequestError as e:
             return error(e.status, e.message)
+        request.scope.pop(BODY, None)
         del body  # the tiles are a view of it when binary: it lives on with them, no longer
         prob = await batcher.infer(parsed.tiles)
         content, headers = await asyncio.to_thread(
