@@ -12,6 +12,7 @@ a client can check what it talks to. KServe's model-repository extension is swit
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import sys
@@ -286,4 +287,8 @@ def serve(
         file=sys.stderr,
         flush=True,
     )
+    # Everything loaded so far lives as long as the server: out of the collector's sight, a full
+    # collection no longer walks KServe's and the model's objects (a pause the probes would see).
+    gc.collect()
+    gc.freeze()
     asyncio.run(server._serve())
