@@ -1,16 +1,19 @@
 """What one request and the whole server may hold, and the memory budget those limits keep.
 
 The budget is for the Kubernetes manifest's pod of 8 GiB (packaging/kserve/inferenceservice.yaml),
-measured with the shipped model on ONNX Runtime (CPU; `delineo bench serve-load`):
+measured with the shipped model on ONNX Runtime INT8 (CPU, 2-core VM):
 
-- the process with the model loaded: about 0.3 GB;
+- the process with the model loaded: 0.26 GB;
 - one model execution: about 520 bytes per pixel at its peak (16 x 512² tiles: 2.2 GB), so
-  executions are capped at `max_batch_pixels` (4 Mi px, one 2048² tile or 16 of 512²): 2.2 GB;
-- requests in flight (admitted, read, queued, answered): their bodies, their probabilities
-  (4 bytes a pixel) and the encoded answer, under 4 times the body's bytes for UINT8 tiles;
-  admitted bodies are capped at `max_in_flight_bytes` (512 MiB): 2 GB. A JSON body counts
-  `JSON_WEIGHT` times its size (each decoded value is a Python object);
-- total about 4.5 GB, which leaves the 8 GiB pod room for the allocator's slack.
+  executions are capped at `max_batch_pixels` (4 Mi px: one 2048² tile or 16 of 512²); after
+  executions of every shape ONNX Runtime's arena stays at 2.4 GB;
+- requests in flight (admitted, read, queued, answered): each holds its body, its
+  probabilities (4 bytes a pixel) and the encoded answer, under 4 times the body's bytes for
+  UINT8 tiles; admitted bodies are capped at `max_in_flight_bytes` (512 MiB): under 2 GB. A JSON
+  body counts `JSON_WEIGHT` times its size (each decoded value is a Python object);
+- total under 4.7 GB, which leaves the 8 GiB pod room for the allocator's slack. The largest
+  legal request alone (16 x 1024², 48 MiB) peaks at 2.5 GB (the same request took 4.8 GB as one
+  batch before executions were capped).
 
 A request past a per-request limit is refused with 4xx before its body is read where the
 headers already tell; one that would pass the in-flight budget gets 503 with Retry-After.
