@@ -72,10 +72,11 @@ class DynamicBatcher:
         out = np.empty((n, *_spatial(tiles)), np.float32)
         step = self.parts(n, _pixels(tiles) // max(1, n))
         jobs = [_Job(tiles[i : i + step], out[i : i + step], loop.create_future()) for i in range(0, n, step)]
-        for job in jobs:
-            await self._queue.put(job)
         try:
+            # One part at a time: a large request's next part queues behind whatever arrived
+            # meanwhile, so small requests are not stuck behind all of it.
             for job in jobs:
+                await self._queue.put(job)
                 await job.future
         finally:
             for job in jobs:  # a client that went away: its queued parts are skipped

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import socket
 import statistics
 import subprocess
@@ -71,7 +72,7 @@ def _sample(pid: int, url: str, stop, results) -> None:
                     ok = client.get(f"{url}/v2/health/ready").status_code == 200
                 except httpx.HTTPError:
                     ok = False
-                health.append((time.perf_counter() - t0) * 1000)
+                health.append((time.time(), (time.perf_counter() - t0) * 1000))
                 failures += not ok
             stop.wait(0.02)
     results.put({"peak_rss": peak, "health_ms": health, "health_failures": failures})
@@ -123,14 +124,14 @@ def _announce(port: int, length: int) -> int:
     return int(answer.split()[1]) if answer.startswith(b"HTTP/1.1 ") else 0
 
 
-def _level(url: str, port: int, concurrency: int, plan: list) -> dict:
+def _level(url: str, port: int, concurrency: int, plan: list, spans: list) -> dict:
     import httpx
 
     local = threading.local()
 
     def one(item) -> tuple[str, int, float, int]:
         kind, payload = item
-        t0 = time.perf_counter()
+        t0, started = time.perf_counter(), time.time()
         if kind == "oversized":
             status = _announce(port, payload)
             return kind, status, time.perf_counter() - t0, 0
@@ -148,6 +149,8 @@ def _level(url: str, port: int, concurrency: int, plan: list) -> dict:
             head = json.loads(body[:n])
             shape = head["inputs"][0]["shape"]
             tiles = shape[0] * shape[1] * shape[2]
+        if kind == "largest":
+            spans.append((started, time.time()))
         return kind, status, time.perf_counter() - t0, tiles
 
     t0 = time.perf_counter()
@@ -196,10 +199,10 @@ def bench_serve_load(
         tile = benchmark_tile(1024)[0]
         rng = np.random.default_rng(0)
         sampler.start()
-        rows = []
+        rows, spans = [], []
         for c in levels:
             say(f"{requests} requests, {c} at a time…")
-            rows.append(_level(url, port, c, _requests(requests, tile, rng)))
+            rows.append(_level(url, port, c, _requests(requests, tile, rng), spans))
         alive = proc.poll() is None
         stop.set()
         sampled = results.get(timeout=30)
@@ -213,7 +216,9 @@ def bench_serve_load(
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
-    health = sampled["health_ms"]
+    health = [ms for _, ms in sampled["health_ms"]]
+    slow = [t for t, ms in sampled["health_ms"] if ms > HEALTH_FLOOR_MS]
+    during_largest = sum(any(a <= t <= b for a, b in spans) for t in slow)
     peak_mb = round(sampled["peak_rss"] / 2**20)
     return {
         "server_args": extra,
@@ -226,7 +231,11 @@ def bench_serve_load(
         "health_probes": len(health),
         "health_failures": sampled["health_failures"],
         "health_ms_p50": round(statistics.median(health), 1) if health else None,
+        "health_ms_p99": round(float(np.percentile(health, 99)), 1) if health else None,
         "health_ms_max": round(max(health), 1) if health else None,
+        "health_over_100ms": len(slow),
+        "health_over_100ms_during_largest_request": during_largest,
         "health_within_100ms": bool(health) and max(health) <= HEALTH_FLOOR_MS,
         "cpu": cpu_name(),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
