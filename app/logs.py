@@ -19,6 +19,13 @@ def data_dir() -> Path:
     return d
 
 
+def cache_dir() -> Path:
+    """Per-user cache directory (created on demand): what can be recomputed, e.g. checksums."""
+    d = Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def log_file() -> Path:
     d = Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
     d.mkdir(parents=True, exist_ok=True)

@@ -300,3 +300,147 @@ def test_remote_engine_sends_fp16_to_a_server_taking_the_models_own_input(tmp_pa
         assert rr.status_code == 400 and "image" in rr.json()["error"]
     finally:
         own.stop()
+
+
+# ----------------------------------------------------------------------------- a hostile server
+
+
+class _FakeServer:
+    """A tiny Open Inference Protocol server on 127.0.0.1 that answers what a test tells it."""
+
+    def __init__(self, metadata: dict, infer_answer: tuple[dict, bytes] | None = None):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        fake = self
+        self.metadata, self.infer_answer = metadata, infer_answer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, body: bytes, headers: dict | None = None):
+                self.send_response(200)
+                for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/v2/models":
+                    self._send(json.dumps({"models": [{"name": fake.metadata["name"]}]}).encode())
+                else:
+                    self._send(json.dumps(fake.metadata).encode())
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                head, raw = fake.infer_answer
+                header = json.dumps(head).encode()
+                self._send(header + raw, {"Inference-Header-Content-Length": str(len(header))})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _metadata(name: str = MODEL, card: dict | None = None) -> dict:
+    meta = {
+        "name": name,
+        "versions": ["1"],
+        "platform": "fake",
+        "inputs": [{"name": "tiles", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}],
+        "outputs": [{"name": "probability", "datatype": "FP32", "shape": [-1, -1, -1]}],
+    }
+    if card is not None:
+        meta["parameters"] = {"delineo_card": card}
+    return meta
+
+
+def _shipped_card() -> dict:
+    from app.inference.modelcard import ModelCard
+    from app.serve.server import card_summary
+
+    return card_summary(ModelCard.load(MODEL))
+
+
+def test_a_model_name_from_a_server_is_never_a_path(tmp_path):
+    import shutil
+
+    from conftest import ROOT
+
+    planted = tmp_path / "planted"  # a real card on the laptop that the server points at
+    shutil.copytree(ROOT / "resources" / "models" / MODEL, planted)
+    for name in (str(planted), str(planted / "card.json"), "../" + MODEL, "a/b"):
+        fake = _FakeServer(_metadata(name))  # no delineo_card: the client would look for a local one
+        try:
+            for url in (fake.url, f"{fake.url}/v2/models/{MODEL}"):  # listed, or named by the user
+                with pytest.raises(RemoteError, match="not a model name"):
+                    RemoteEngine(url)
+        finally:
+            fake.close()
+
+
+def test_numbers_from_a_server_are_bounded(tmp_path):
+    from app.errors import DelineoError
+
+    huge = _shipped_card()
+    huge["input"] = {**huge["input"], "tile": 65536}
+    fake = _FakeServer(_metadata(card=huge))
+    try:
+        with pytest.raises(DelineoError) as e:
+            RemoteEngine(fake.url)
+        assert f"{fake.url}/v2/models/{MODEL}" in str(e.value) and "input.tile 65536" in str(e.value)
+    finally:
+        fake.close()
+    for bad_card in ({**_shipped_card(), "mpp": float("inf")}, {**_shipped_card(), "classes": []}):
+        fake = _FakeServer(_metadata(card=bad_card))
+        try:
+            with pytest.raises(DelineoError, match="not a usable model card"):
+                RemoteEngine(fake.url)
+        finally:
+            fake.close()
+    bad_meta = _metadata(card=_shipped_card())
+    bad_meta["inputs"][0]["shape"] = [-1, 10**9, "x", 3]
+    fake = _FakeServer(bad_meta)
+    try:
+        with pytest.raises(RemoteError, match="shape"):
+            RemoteEngine(fake.url)
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize(
+    ("head", "raw", "message"),
+    [
+        # An answer claiming a 65536² output in a few bytes.
+        (
+            {"outputs": [{"name": "probability", "datatype": "FP32", "shape": [1, 65536, 65536],
+                          "parameters": {"binary_data_size": 64}}]},
+            b"\0" * 64,
+            "outside the answer|shape",
+        ),
+        # The right size for a different shape than asked.
+        (
+            {"outputs": [{"name": "probability", "datatype": "FP32", "shape": [1, 8, 8],
+                          "parameters": {"binary_data_size": 256}}]},
+            b"\0" * 256,
+            "the request needs",
+        ),
+        ({"outputs": [{"name": "probability", "datatype": "FP32", "shape": ["1", 32, 32]}]}, b"", "shape"),
+        ({"outputs": "nope"}, b"", "outputs"),
+    ],
+)  # fmt: skip
+def test_answers_from_a_server_are_checked(head, raw, message):
+    fake = _FakeServer(_metadata(card=_shipped_card()), (head, raw))
+    try:
+        engine = RemoteEngine(fake.url, retries=0)
+        with pytest.raises(RemoteError, match=message) as e:
+            engine.predict(np.zeros((1, 32, 32, 3), np.uint8))
+        assert "/infer" in str(e.value)
+    finally:
+        fake.close()

@@ -13,7 +13,8 @@ from app.cli.progress import format_dict, stderr_progress
 def add_to(sub) -> None:
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
     b.add_argument(
-        "what", choices=["model", "pipeline", "accuracy", "slide", "remote", "review", "review-gui"]
+        "what",
+        choices=["model", "pipeline", "accuracy", "slide", "remote", "review", "review-gui", "serve-load"],
     )
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
     add_region_args(b)
@@ -36,6 +37,8 @@ def add_to(sub) -> None:
     b.add_argument("--url", default=None, help="bench remote: the endpoint (default: start one on 127.0.0.1)")
     b.add_argument("--token", default=None, help="bench remote: bearer token")
     b.add_argument("--in-flight", type=int, default=4, help="bench remote: tiles in flight at once")
+    b.add_argument("--requests", type=int, default=200, help="bench serve-load: requests per level")
+    b.add_argument("--levels", default="1,4,16", help="bench serve-load: concurrent clients, comma-separated")
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=run)
 
@@ -86,6 +89,16 @@ def run(args: argparse.Namespace) -> int:
         result = bench_review(engine_from_args(args), args.data, progress=progress)
         print(json.dumps(result, indent=2))
         return 0
+    elif args.what == "serve-load":
+        from app.serve.load_test import bench_serve_load
+
+        try:
+            levels = tuple(int(x) for x in args.levels.split(","))
+        except ValueError:
+            raise UsageError(f"--levels {args.levels}: give whole numbers, e.g. 1,4,16") from None
+        if not levels or min(levels) < 1 or max(levels) > 64 or not 1 <= args.requests <= 5000:
+            raise UsageError("bench serve-load: --levels 1..64 clients each, --requests 1..5000")
+        result = bench_serve_load(args.requests, levels, progress=progress)
     elif args.what == "slide":
         from app.ui.viewer_benchmark import bench_slide
 

@@ -25,6 +25,18 @@ def add_to(sub) -> None:
     v.add_argument("--max-wait-ms", type=float, default=20.0, help="longest a request waits for others")
     v.add_argument("--threads", type=int, default=0, help="CPU threads for the model (0: all cores)")
     v.add_argument(
+        "--max-in-flight-mb",
+        type=int,
+        default=512,
+        help="request bodies held at once (MiB); past it clients get 503 and Retry-After",
+    )
+    v.add_argument(
+        "--read-timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the next part of a request body before answering 408",
+    )
+    v.add_argument(
         "--raw-input",
         action="store_true",
         help="take the model's own input (normalized FP16/FP32 NCHW, as Triton serves it), not uint8",
@@ -33,13 +45,19 @@ def add_to(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.serve.limits import Limits
     from app.serve.server import read_token, serve
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: give a port between 1 and 65535")
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise UsageError("--max-batch must be at least 1 and --max-wait-ms not negative")
+    if not 0 < args.read_timeout <= 3600:
+        raise UsageError(f"--read-timeout {args.read_timeout:g}: give seconds between 0 and 3600")
+    if args.max_in_flight_mb < 1:
+        raise UsageError(f"--max-in-flight-mb {args.max_in_flight_mb}: give at least 1")
     token = read_token(args.token, args.token_file)
+    limits = Limits(max_in_flight_bytes=args.max_in_flight_mb << 20, read_timeout_s=args.read_timeout)
     serve(
         args.model,
         args.host,
@@ -51,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
         args.threads,
         raw_input=args.raw_input,
         precision=args.precision,
+        limits=limits,
     )
     return 0

@@ -218,7 +218,12 @@ class ONNXRuntimeEngine:
     FP16 ONNX that `delineo convert --target ascend` writes), on the CPU unless `providers` say."""
 
     def __init__(
-        self, card: ModelCard, precision: str = "int8", threads: int = 0, providers: list | None = None
+        self,
+        card: ModelCard,
+        precision: str = "int8",
+        threads: int = 0,
+        providers: list | None = None,
+        spinning: bool = True,
     ):
         try:
             import onnxruntime as ort
@@ -239,6 +244,8 @@ class ONNXRuntimeEngine:
         opts.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:  # a server: idle model threads must not take the cores its event loop needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = card.file(key)
         try:
             self.session = ort.InferenceSession(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from app.core.dataset import data_folder
+from app.errors import DelineoError
 from app.inference.engines import ONNXRuntimeEngine
 from app.inference.evaluation import compare_to_reference
 from app.inference.modelcard import ModelCard, write_card
@@ -27,7 +28,7 @@ PROTOBUF_LIMIT = 2 * 1024**3  # bytes: a single ONNX protobuf cannot be larger
 MIN_COSINE = 0.9999
 
 
-class AscendConversionError(Exception):
+class AscendConversionError(DelineoError):
     """A model that cannot be made Ascend-ready; the message says why."""
 
 
@@ -156,9 +157,15 @@ def convert_for_ascend(
     card = ModelCard.load(model)
     src = card.file("onnx-fp32")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if out.resolve() == card.path.resolve():
         raise AscendConversionError(f"--out {out}: give a new folder, not the model's own")
+    if out.exists() and not out.is_dir():
+        raise AscendConversionError(f"--out {out}: is a file; give a folder to write the Ascend model into")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = e.strerror
+        raise AscendConversionError(f"--out {out}: cannot create it ({why}); choose another folder") from None
     fp32 = onnx.load(str(src))
     opset = next((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset != 17:

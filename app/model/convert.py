@@ -153,10 +153,10 @@ def convert(
     validation_limit: int | None = None,
     progress: Progress = print,
 ) -> ModelCard:
+    model, ckpt = load_checkpoint(checkpoint)  # first: a refused checkpoint leaves nothing behind
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = name or out.name
-    model, ckpt = load_checkpoint(checkpoint)
     norm = ckpt["normalization"]
     multiple = 2 ** model.config["levels"]
     t0 = time.time()

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from app.core.dataset import Pair, load_image, load_target, read_manifest
+from app.errors import DelineoError
 from app.inference.modelcard import NORMALIZATION, to_model_input
 from app.model import augment
 from app.model.unet import ResUNet, count_parameters
@@ -217,7 +219,8 @@ def train(cfg: TrainConfig, progress=print) -> Path:
         ckpt = {
             "state_dict": model.state_dict(),
             "config": model.config,
-            "train_config": asdict(cfg),
+            # Plain data only, so that `load_checkpoint` can refuse anything else (weights_only).
+            "train_config": json.loads(json.dumps(asdict(cfg), default=str)),
             "normalization": NORMALIZATION,
             "epoch": epoch,
             "val": metrics,
@@ -238,10 +241,39 @@ def train(cfg: TrainConfig, progress=print) -> Path:
     return out / "best.pt"
 
 
+class CheckpointError(DelineoError):
+    """A checkpoint that cannot be loaded safely; the message names the file."""
+
+
 def load_checkpoint(path: str | Path) -> tuple[ResUNet, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = ckpt["config"]
-    model = ResUNet(cfg["in_channels"], cfg["classes"], cfg["base"], cfg["levels"])
-    model.load_state_dict(ckpt["state_dict"])
+    """A checkpoint written by `train`: tensors and plain data only. Loading never unpickles
+    arbitrary objects (`weights_only=True`), so a crafted .pt cannot run code here."""
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; give the best.pt that delineo train wrote")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects{what} besides tensors and plain data, and "
+            "loading those could run code; use a checkpoint written by delineo train"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    try:
+        cfg = ckpt["config"]
+        model = ResUNet(cfg["in_channels"], cfg["classes"], cfg["base"], cfg["levels"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a Delineo training checkpoint ({_first_line(e)})") from None
     model.eval()
     return model, ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(e).__name__

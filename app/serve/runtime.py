@@ -3,7 +3,12 @@ tile contract (uint8 RGB NHWC in, tumour probability out) shared with the deskto
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
@@ -11,6 +16,37 @@ from app.inference.engines import ONNX_FILES, EngineError, ONNXRuntimeEngine
 from app.inference.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
+
+MODEL_NICE = 5  # the model's threads yield to the event loop's (health probes, admission, I/O)
+T = TypeVar("T")
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: per-thread nice; threads it starts,
+    such as ONNX Runtime's pool, inherit it). Elsewhere a no-op."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MODEL_NICE)
+
+
+def in_low_priority_thread(make: Callable[[], T]) -> T:
+    """`make()` on a thread of lowered priority, so the threads it creates inherit that."""
+    result: list = []
+
+    def run() -> None:
+        lower_thread_priority()
+        try:
+            result.append((True, make()))
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread
+            result.append((False, e))
+
+    t = threading.Thread(target=run, name="model-setup")
+    t.start()
+    t.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
 
 PROVIDERS = {
     "cann": "CANNExecutionProvider",
@@ -79,7 +115,7 @@ class TileRuntime:
         providers = [(PROVIDERS[self.provider], PROVIDER_OPTIONS[self.provider])]
         if self.provider != "cpu":
             providers.append(("CPUExecutionProvider", {}))
-        self.engine = ONNXRuntimeEngine(card, have[0], threads, providers)
+        self.engine = ONNXRuntimeEngine(card, have[0], threads, providers, spinning=False)
         self.model_file = self.engine.path
         tile = card.tile
         self.run(np.full((1, tile, tile, 3), 240, np.uint8))  # warm up before the first request

@@ -1,47 +1,41 @@
 """`delineo serve`: the tumour model behind the Open Inference Protocol, on KServe's model server.
 
-KServe provides the protocol (REST v2 with Triton's binary tensor extension, health, errors as
-`{"error": ...}`); this module adds what a lab needs around it: dynamic batching, a bearer token,
-request limits, a bind address (KServe 0.21 binds 0.0.0.0 unconditionally), Triton-style
-statistics, and model metadata that carries the model card so a client can check what it talks to.
+KServe provides the protocol's routes (health, metadata, errors as `{"error": ...}`); this module
+adds what a lab needs around them: an inference route that validates every request once
+(app/serve/codec.py) and decodes it off the event loop, dynamic batching in parts that fit the
+memory budget (app/serve/limits.py), a bearer token and admission control (app/serve/guard.py),
+readiness that means every model is ready, a bind address (KServe 0.21 binds 0.0.0.0
+unconditionally), Triton-style statistics, and model metadata that carries the model card so
+a client can check what it talks to. KServe's model-repository extension is switched off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import gc
 import ipaddress
-import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from app import __version__
 from app.errors import DelineoError
 from app.inference.modelcard import ModelCard
 from app.serve.batching import DynamicBatcher
-from app.serve.runtime import TileRuntime
+from app.serve.codec import OUTPUT, InputContract, RequestError, encode_response, parse_request
+from app.serve.guard import BODY, OPEN_PATHS, Guard
+from app.serve.limits import Limits
+from app.serve.runtime import TileRuntime, in_low_priority_thread, lower_thread_priority
 
 log = logging.getLogger(__name__)
 
+__all__ = ["OPEN_PATHS", "Limits", "ServeError", "build_app", "read_token", "serve"]
+
 INPUT = "tiles"  # uint8 RGB, (N, H, W, 3)
-OUTPUT = "probability"  # float32 tumour probability, (N, H, W)
-INFERENCE_HEADER = "inference-header-content-length"
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # no token needed (probes)
 
 
 class ServeError(DelineoError):
     """A server that cannot start; the message names the setting."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 256 << 20  # 256 MiB: 64 tiles of 1024² uint8 fit with room
-    max_tiles: int = 64  # per request
-    max_side: int = 2048  # px, each of H and W
-    min_side: int = 16
 
 
 def _kserve():
@@ -66,25 +60,14 @@ def card_summary(card: ModelCard) -> dict:
 
 
 def make_model_class(kserve):
-    from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferResponse
-
     class TileModel(kserve.Model):
-        def __init__(
-            self,
-            card: ModelCard,
-            batcher: DynamicBatcher,
-            limits: Limits,
-            platform: str,
-            raw: dict | None = None,
-        ):
+        """The served model as KServe's registry knows it (readiness, metadata); inference goes
+        through this module's own route, not `predict`."""
+
+        def __init__(self, card: ModelCard, contract: InputContract, platform: str):
             super().__init__(card.name)
-            self.card, self.batcher, self.limits, self.platform = card, batcher, limits, platform
-            # The input contract: uint8 RGB tiles (normalized here), or with `raw` the model's own
-            # input (normalized NCHW in its float type), as Triton would serve the ONNX.
-            self.raw = raw
-            self.input = raw or {"name": INPUT, "datatype": "UINT8", "shape": [-1, -1, -1, 3]}
-            self.channel_axis = 1 if raw else 3
+            self.card, self.contract, self.platform = card, contract, platform
+            self.input = {"name": contract.name, "datatype": contract.datatype, "shape": _shape(contract)}
             self.ready = True
 
         def get_input_types(self) -> list[dict]:
@@ -92,55 +75,6 @@ def make_model_class(kserve):
 
         def get_output_types(self) -> list[dict]:
             return [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1, -1]}]
-
-        def tiles(self, request) -> np.ndarray:
-            """The request's tensor, or InvalidInput (400) saying what is wrong and what is expected."""
-            name, datatype = self.input["name"], self.input["datatype"]
-            layout = "[N, 3, H, W]" if self.raw else "[N, H, W, 3]"
-            inputs = request.inputs or []
-            if len(inputs) != 1 or inputs[0].name != name:
-                names = ", ".join(repr(i.name) for i in inputs) or "none"
-                raise InvalidInput(f"expected one input named '{name}' ({datatype}, {layout}); got {names}")
-            t = inputs[0]
-            if t.datatype != datatype:
-                raise InvalidInput(f"input '{name}' must be {datatype}; got {t.datatype}")
-            shape = list(t.shape)
-            lim = self.limits
-            if len(shape) != 4 or shape[self.channel_axis] != 3:
-                raise InvalidInput(f"input '{name}' must have shape {layout}; got {shape}")
-            n, (h, w) = shape[0], (shape[2:] if self.raw else shape[1:3])
-            if not 1 <= n <= lim.max_tiles:
-                raise InvalidInput(f"{n} tiles in one request; send 1 to {lim.max_tiles}")
-            if not (lim.min_side <= h <= lim.max_side and lim.min_side <= w <= lim.max_side):
-                raise InvalidInput(f"tile size {h} x {w} outside {lim.min_side}..{lim.max_side} px")
-            if self.raw and (h % self.card.multiple or w % self.card.multiple):
-                raise InvalidInput(f"tile size {h} x {w}: pad to a multiple of {self.card.multiple}")
-            try:
-                arr = t.as_numpy()
-            except Exception as e:  # noqa: BLE001 - kserve raises several kinds for bad data
-                raise InvalidInput(
-                    f"input '{name}': data does not match shape {shape} {datatype} ({e})"
-                ) from None
-            if arr.size != n * h * w * 3:
-                raise InvalidInput(f"input '{name}': {arr.size} values for shape {shape}")
-            return np.ascontiguousarray(arr.reshape(shape))
-
-        async def predict(self, payload, headers=None, response_headers=None):
-            prob = await self.batcher.infer(self.tiles(payload))
-            # Binary when the request asks for it, as a whole or for this output (then the data
-            # is never turned into a Python list).
-            asked = [o.binary_data for o in payload.request_outputs or [] if o.name == OUTPUT]
-            binary = bool(asked[0]) if asked and asked[0] is not None else bool(payload.use_binary_outputs)
-            out = InferOutput(name=OUTPUT, shape=list(prob.shape), datatype="FP32")
-            out.set_data_from_numpy(prob, binary_data=binary)
-            return InferResponse(
-                response_id=payload.id or "",
-                model_name=self.name,
-                model_version=self.card.version,
-                infer_outputs=[out],
-                use_binary_outputs=binary,
-                requested_outputs=payload.request_outputs,
-            )
 
         def metadata(self) -> dict:
             return {
@@ -155,60 +89,18 @@ def make_model_class(kserve):
     return TileModel
 
 
-class Guard:
-    """ASGI middleware: the bearer token on everything but health probes, and a body limit."""
-
-    def __init__(self, app, token: str | None, max_body_bytes: int):
-        self.app = app
-        self.token = f"Bearer {token}".encode() if token else None
-        self.max_body = max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        if self.token is not None and scope["path"] not in OPEN_PATHS:
-            given = headers.get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.token):
-                why = "wrong bearer token" if given else "this server needs 'Authorization: Bearer <token>'"
-                return await _reply(send, 401, why, [(b"www-authenticate", b"Bearer")])
-        if scope["method"] in ("POST", "PUT"):
-            length = headers.get(b"content-length")
-            if length is None:
-                return await _reply(
-                    send, 411, "send a Content-Length header (chunked bodies are not accepted)"
-                )
-            try:
-                size = int(length)
-            except ValueError:
-                return await _reply(send, 400, f"bad Content-Length {length!r}")
-            header = headers.get(b"inference-header-content-length")
-            if header is not None and not (header.isdigit() and int(header) <= size):
-                return await _reply(
-                    send,
-                    400,
-                    f"Inference-Header-Content-Length {header.decode(errors='replace')!r} is not a "
-                    f"byte count within the body of {size} bytes",
-                )
-            if size > self.max_body:
-                return await _reply(
-                    send,
-                    413,
-                    f"request of {size} bytes is over the limit of {self.max_body}; send fewer tiles",
-                )
-        return await self.app(scope, receive, send)
-
-
-async def _reply(send, status: int, message: str, extra: list | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra or [])})
-    await send({"type": "http.response.body", "body": body})
+def _shape(contract: InputContract) -> list[int]:
+    return [-1, -1, -1, 3] if contract.channel_axis == 3 else [-1, 3, -1, -1]
 
 
 def read_token(token: str | None, token_file: str | None) -> str | None:
-    if token and token_file:
+    """The token from --token or --token-file; an empty one is refused, never taken as 'none'."""
+    if token is not None and token_file:
         raise ServeError("give --token or --token-file, not both")
+    if token is not None:
+        token = token.strip()
+        if not token:
+            raise ServeError("--token is empty; give a token (openssl rand -hex 24) or leave --token out")
     if token_file:
         p = Path(token_file)
         try:
@@ -217,7 +109,9 @@ def read_token(token: str | None, token_file: str | None) -> str | None:
             raise ServeError(f"--token-file {p}: cannot read it ({e.strerror})") from None
         if not token:
             raise ServeError(f"--token-file {p}: the file is empty")
-    return token or None
+    if token is not None and any(c.isspace() or not c.isprintable() for c in token):
+        raise ServeError("the token must be printable characters without spaces")
+    return token
 
 
 def _is_loopback(host: str) -> bool:
@@ -227,96 +121,13 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _fix_decoding(dataplane) -> None:
-    """Three fixes to KServe 0.21's REST request decoding:
-
-    - binary tensors are turned into Python lists (one `.item()` per value: half a second for a
-      512² tile) and back; here they stay bytes, read with `np.frombuffer` (`raw_inputs`);
-    - a body that contradicts its own header (binary data cut short) escapes as ValueError,
-      answered 500, when it is the client's error: 400;
-    - a JSON body without Content-Type (tritonclient sends none) is refused as binary.
-    """
-    from kserve.errors import InvalidInput
-
-    decode = dataplane.decode
-
-    def decode_checked(body, headers, *args, **kwargs):
-        if isinstance(body, bytes) and headers is not None:
-            if INFERENCE_HEADER not in headers:  # the protocol: no header, the body is all JSON
-                headers = {**headers, INFERENCE_HEADER: str(len(body))}
-            fast = _decode_binary(body, int(headers[INFERENCE_HEADER]), kwargs.get("model_name"))
-            if fast is not None:
-                return fast, {}
-        try:
-            return decode(body, headers, *args, **kwargs)
-        except InvalidInput:
-            raise
-        except (ValueError, TypeError, KeyError, IndexError) as e:
-            raise InvalidInput(f"malformed request: {e}") from None
-
-    dataplane.decode = decode_checked
-
-
-def _decode_binary(body: bytes, json_length: int, model_name: str | None):
-    """An InferRequest whose binary inputs stay bytes; None when some input is JSON data (then
-    KServe's own decoder takes it)."""
-    import orjson
-    from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
-
-    try:
-        head = orjson.loads(body[:json_length])
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"malformed request: the JSON header is not JSON ({e})") from None
-    if not isinstance(head, dict) or not isinstance(head.get("inputs"), list):
-        raise InvalidInput("malformed request: expected an object with a list of 'inputs'")
-    inputs, raws, offset = [], [], json_length
-    for spec in head["inputs"]:
-        if not isinstance(spec, dict):
-            raise InvalidInput("malformed request: each input must be an object")
-        params = spec.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is None:
-            return None
-        if not isinstance(size, int) or size < 0 or offset + size > len(body):
-            raise InvalidInput(f"binary data of input '{spec.get('name')}' is cut short or its size is wrong")
-        try:
-            inputs.append(
-                InferInput(
-                    name=spec["name"], shape=spec["shape"], datatype=spec["datatype"], parameters=params
-                )
-            )
-        except KeyError as e:
-            raise InvalidInput(f"malformed request: an input lacks {e}") from None
-        raws.append(body[offset : offset + size])
-        offset += size
-    outputs = head.get("outputs")
-    requested = (
-        [
-            RequestedOutput(name=o["name"], parameters=o.get("parameters"))
-            for o in outputs
-            if isinstance(o, dict)
-        ]
-        if isinstance(outputs, list)
-        else None
-    )
-    return InferRequest(
-        model_name=model_name,
-        infer_inputs=inputs,
-        request_id=head.get("id"),
-        raw_inputs=raws,
-        parameters=head.get("parameters"),
-        request_outputs=requested or None,
-    )
-
-
 def build_app(
     model: str | Path | None = None,
     provider: str = "auto",
     token: str | None = None,
     max_batch: int = 16,
     max_wait_ms: float = 20.0,
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     threads: int = 0,
     raw_input: bool = False,
     precision: str = "auto",
@@ -325,20 +136,48 @@ def build_app(
     kserve, model_server, _ = _kserve()
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
+    limits = limits or Limits()
     card = ModelCard.load(model)
-    runtime = TileRuntime(card, provider, threads, precision)
-    batcher = DynamicBatcher(runtime.run_raw if raw_input else runtime.run, max_batch, max_wait_ms)
+    card.check_integrity()  # every file the card lists, before anything is loaded
+    # The model's threads run at a lower priority than the event loop's: on a busy host the
+    # health probe and admission answers come first.
+    runtime = in_low_priority_thread(lambda: TileRuntime(card, provider, threads, precision))
     raw = runtime.raw_input() if raw_input else None
-    tile_model = make_model_class(kserve)(card, batcher, limits, f"onnxruntime_{runtime.provider}", raw)
+    spec = raw or {"name": INPUT, "datatype": "UINT8"}
+    contract = InputContract(spec["name"], spec["datatype"], 1 if raw else 3, card.multiple, limits)
+    problem = limits.check(contract.datatype)
+    if problem:
+        raise ServeError(f"server limits: {problem}")
+    batcher = DynamicBatcher(
+        runtime.run_raw if raw_input else runtime.run,
+        max_batch,
+        max_wait_ms,
+        limits.max_batch_pixels,
+        thread_initializer=lower_thread_priority,
+    )
+    tile_model = make_model_class(kserve)(card, contract, f"onnxruntime_{runtime.provider}")
     server = model_server.ModelServer(enable_grpc=False, workers=1, enable_docs_url=False)
     server.register_model(tile_model)
-    _fix_decoding(server.dataplane)
     app = model_server.app
 
-    # Routes registered before KServe's take precedence: the listing in the protocol's object
-    # form, metadata with the card, Triton-style statistics.
+    def error(status: int, message: str, headers: dict | None = None):
+        return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+
+    # Routes registered before KServe's take precedence.
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "delineo", "version": __version__, "extensions": ["binary_tensor_data", "statistics"]}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        models = server.registered_models.get_models()
+        waiting = [name for name, m in models.items() if not m.ready]
+        if not models or waiting:
+            return error(503, f"not ready: {', '.join(waiting) or 'no model'} not loaded")
+        return {"ready": True}
+
     @app.get("/v2/models")
     async def list_models():
         return {
@@ -347,7 +186,7 @@ def build_app(
 
     def known(name: str):
         if name != tile_model.name:
-            return JSONResponse(status_code=404, content={"error": f"model '{name}' is not served here"})
+            return error(404, f"model '{name}' is not served here")
         return None
 
     @app.get("/v2/models/{name}")
@@ -358,16 +197,44 @@ def build_app(
     async def model_stats(name: str):
         return known(name) or {"model_stats": [batcher.statistics(name, card.version)]}
 
+    async def infer(request):  # a plain Starlette route: FastAPI would read the body itself
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if (bad := known(name)) is not None:
+            return bad
+        if version not in (None, card.version):
+            return error(404, f"model '{name}' version '{version}' is not served (it has {card.version})")
+        if not tile_model.ready:
+            return error(503, f"model '{name}' is not ready", {"retry-after": "1"})
+        body = request.scope.get(BODY)
+        if body is None:  # not through the guard (cannot happen when served): read it here
+            body = await request.body()
+        header = request.headers.get("inference-header-content-length")
+        try:
+            parsed = await asyncio.to_thread(
+                parse_request, body, int(header) if header is not None else None, contract
+            )
+        except RequestError as e:
+            return error(e.status, e.message)
+        request.scope.pop(BODY, None)
+        del body  # the tiles are a view of it when binary: it lives on with them, no longer
+        prob = await batcher.infer(parsed.tiles)
+        content, headers = await asyncio.to_thread(
+            encode_response, prob, name, card.version, parsed.request_id, parsed.binary_output
+        )
+        return Response(content=content, headers=headers, media_type=headers["content-type"])
+
+    app.router.add_route("/v2/models/{name}/infer", infer, methods=["POST"])
+    app.router.add_route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"])
+
     async def bad_request(_: Request, exc: RequestValidationError):
         first = (exc.errors() or [{}])[0]
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         why = first.get("msg", "not a valid inference request")
-        return JSONResponse(
-            status_code=400, content={"error": f"malformed request: {why} ({where or 'body'})"}
-        )
+        return error(400, f"malformed request: {why} ({where or 'body'})")
 
     app.add_exception_handler(RequestValidationError, bad_request)
-    app.add_middleware(Guard, token=token, max_body_bytes=limits.max_body_bytes)
+    max_body = limits.max_body_bytes(contract.datatype)
+    app.add_middleware(Guard, token=token, limits=limits, max_body_bytes=max_body)
     return server, tile_model, runtime
 
 
@@ -382,14 +249,17 @@ def serve(
     threads: int = 0,
     raw_input: bool = False,
     precision: str = "auto",
+    limits: Limits | None = None,
 ) -> None:
     """Run until interrupted (SIGINT/SIGTERM end it cleanly)."""
+    limits = limits or Limits()
     server, tile_model, runtime = build_app(
         model,
         provider,
         token,
         max_batch,
         max_wait_ms,
+        limits=limits,
         threads=threads,
         raw_input=raw_input,
         precision=precision,
@@ -412,8 +282,13 @@ def serve(
     print(
         f"delineo serve: {tile_model.name} {tile_model.card.version} ({runtime.model_file.name}) on "
         f"{runtime.provider}, http://{host}:{port}/v2/models/{tile_model.name}; max batch {max_batch}, "
-        f"max wait {max_wait_ms:g} ms; {'token required' if token else 'no token'}",
+        f"max wait {max_wait_ms:g} ms, at most {limits.max_request_pixels >> 20} Mi px a request and "
+        f"{limits.max_in_flight_bytes >> 20} MiB in flight; {'token required' if token else 'no token'}",
         file=sys.stderr,
         flush=True,
     )
+    # Everything loaded so far lives as long as the server: out of the collector's sight, a full
+    # collection no longer walks KServe's and the model's objects (a pause the probes would see).
+    gc.collect()
+    gc.freeze()
     asyncio.run(server._serve())
