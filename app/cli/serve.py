@@ -45,8 +45,13 @@ def add_to(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.serve.limits import Limits
-    from app.serve.server import read_token, serve
+    try:
+        from app.serve.limits import Limits
+        from app.serve.server import read_token, serve
+    except ImportError as e:  # the desktop app (and a plain install) leave the server out
+        raise UsageError(
+            f"serving needs the [serve] extra ({e.name} is missing): pip install -e '.[serve]'"
+        ) from None
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: give a port between 1 and 65535")
