@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, SAMPLE_SVS, run_delineo
@@ -86,7 +87,8 @@ def test_a_pickle_that_would_run_code_is_refused_by_convert(tmp_path):
         "torch.save({'config': Evil(), 'state_dict': {}}, sys.argv[1])\n"
     )
     subprocess.run([sys.executable, "-c", maker, str(evil), str(marker)], check=True, timeout=120)
-    r = run_delineo("convert", str(evil), "--out", str(tmp_path / "out"), timeout=120)
+    data = Path(__file__).parent / "data" / "ebhi"  # real data given, so only the checkpoint is wrong
+    r = run_delineo("convert", str(evil), "--out", str(tmp_path / "out"), "--data", str(data), timeout=120)
     assert r.returncode == 2, r.stderr
     assert str(evil) in r.stderr and "run code" in r.stderr and "Traceback" not in r.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
