@@ -86,7 +86,8 @@ def test_hand_edited_and_locked_outlines_survive_a_rerun_unless_replaced(qtbot, 
     qtbot.waitUntil(lambda: win.controller.replace_box is not None, timeout=5_000)
     assert not win.running  # nothing runs until the pathologist answers
     box_ = win.controller.replace_box
-    assert "drawn or edited by hand" in box_.text()
+    assert "edited or accepted by hand" in box_.text()
+    assert box_.defaultButton().text() == "Cancel"  # Enter neither replaces nor stacks
     with qtbot.waitSignal(win.delineationFinished, timeout=120_000):
         win.controller.keep_both_button.click()
     ids = {x.id for x in win.annotations}
@@ -370,3 +371,61 @@ def test_window_geometry_is_remembered(qtbot, qsettings):
     qtbot.addWidget(again)
     assert (again.width(), again.height()) == (700, 500)
     again.close()
+
+
+def test_accepted_outlines_are_kept_by_retrace_and_asked_about_by_a_rerun(qtbot, delineated):
+    win = delineated
+    win.controller.accept_all_in_region()
+    accepted = {a.id: a.geometry for a in model_outlines(win)}
+    assert accepted and all(a.review == "accepted" for a in model_outlines(win))
+    win.review_panel.sensitivity.setValue(85)  # re-trace: nothing accepted changes, no slivers
+    qtbot.wait(600)
+    for ann_id, geom in accepted.items():
+        kept = win.layer.by_id(ann_id)
+        assert kept is not None and kept.review == "accepted" and kept.geometry.equals(geom)
+    mpp = win.session.mpp()
+    assert all(a.area_um2(mpp) >= win.review_panel.min_area.value() - 1e-6 for a in model_outlines(win))
+    win.delineate()  # accepted outlines are a decision: a re-run asks first
+    qtbot.waitUntil(lambda: win.controller.replace_box is not None, timeout=5_000)
+    win.controller.replace_box.reject()
+
+
+def test_the_controls_follow_undo_and_a_new_slide(qtbot, delineated, tmp_path):
+    from conftest import TCGA_SVS
+
+    win = delineated
+    panel = win.review_panel
+    panel.sensitivity.setValue(75)  # threshold 0.25
+    qtbot.waitUntil(
+        lambda: all(a.provenance.threshold == pytest.approx(0.25) for a in model_outlines(win)),
+        timeout=10_000,
+    )
+    qtbot.keyClick(win, Qt.Key.Key_Z, CTRL)  # undo the re-trace: the controls say 0.50 again
+    assert all(a.provenance.threshold == pytest.approx(0.5) for a in model_outlines(win))
+    assert panel.threshold == pytest.approx(0.5)
+    qtbot.keyClick(win, Qt.Key.Key_Z, CTRL)  # undo the run itself: nothing left to re-trace
+    assert not model_outlines(win)
+    assert not panel.sensitivity.isEnabled()
+    qtbot.keyClick(win, Qt.Key.Key_Y, CTRL)
+    assert model_outlines(win) and panel.sensitivity.isEnabled()
+    # A new run uses what the controls show.
+    panel.sensitivity.setValue(70)
+    qtbot.wait(300)
+    delineate(qtbot, win)
+    assert all(a.provenance.threshold == pytest.approx(0.3) for a in model_outlines(win))
+    # Another slide starts from the model card's threshold.
+    slide = tmp_path / TCGA_SVS.name
+    slide.write_bytes(TCGA_SVS.read_bytes())
+    open_and_wait(qtbot, win, slide)
+    assert panel.threshold == pytest.approx(0.5) and not panel.sensitivity.isEnabled()
+
+
+def test_a_region_without_tumour_says_so(qtbot, window, sample_copy):
+    open_and_wait(qtbot, window, sample_copy)
+    window.delineate()  # no region yet
+    assert any("Paint a region first" in t for t in window.banners.texts())
+    window.editor.model.add(box(0, 0, 300, 300))  # the glass in the top-left corner
+    assert not any("Paint a region first" in t for t in window.banners.texts())
+    delineate(qtbot, window)
+    assert not window.annotations
+    assert any("found no tumour" in t for t in window.banners.texts())

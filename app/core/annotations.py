@@ -130,8 +130,10 @@ class Annotation:
 
     @property
     def is_proposal(self) -> bool:
-        """Only what the model drew and nobody touched or locked is the model's to replace."""
-        return self.provenance.origin == "model" and not self.provenance.edited and not self.locked
+        """Only what the model drew and nobody touched, accepted or locked is the model's to
+        replace: a re-run or a re-trace never takes back a pathologist's decision silently."""
+        p = self.provenance
+        return p.origin == "model" and not p.edited and not self.locked and self.review == "proposed"
 
     def edited(self, geometry: BaseGeometry) -> Annotation:
         """This annotation with a hand-edited geometry: same id (the undo stack and the panel

@@ -47,7 +47,8 @@ def short_source(a: Annotation) -> str:
 
 
 def state_text(a: Annotation) -> str:
-    return ("locked, " if a.locked else "") + a.review
+    state = "edited" if a.provenance.edited and a.review == "proposed" else a.review
+    return ("locked, " if a.locked else "") + state
 
 
 class AnnotationsPanel(QWidget):
@@ -125,21 +126,20 @@ class AnnotationsPanel(QWidget):
             lines.append(
                 f"<span style='color:rgb{tuple(t.color)}'>■</span> {t.cls}: {t.count} outline(s), {area}"
             )
-        proposed = sum(a.review == "proposed" for a in annotations)
+        proposed = sum(a.is_proposal for a in annotations)
         if proposed:
             lines.append(f"{proposed} proposed by the model, not yet accepted")
         return "<br>".join(lines)
 
     def _select_rows(self, ids: list[str]) -> None:
+        """Exactly these rows (selectRow would extend the selection while Shift is held)."""
         chosen = set(ids)
         model = self.table.selectionModel()
-        self.table.clearSelection()
+        model.clearSelection()
+        flags = model.SelectionFlag.Select | model.SelectionFlag.Rows
         for row, i in enumerate(self.ids):
             if i in chosen:
-                self.table.selectRow(row) if len(chosen) == 1 else model.select(
-                    self.table.model().index(row, 0),
-                    model.SelectionFlag.Select | model.SelectionFlag.Rows,
-                )
+                model.select(self.table.model().index(row, 0), flags)
 
     def show_selection(self, ids: list[str]) -> None:
         """Mirror the view's selection without echoing it back."""

@@ -30,6 +30,7 @@ from app.ui.annotation_layer import AnnotationLayer
 from app.ui.delineation_worker import RunFinished, TileUpdate, WorkerThread
 from app.ui.overlay import TileOverlay
 from app.ui.settings_dialog import load_settings
+from app.ui.shapes import geometry_path
 
 log = logging.getLogger(__name__)
 DEFAULT_MIN_AREA_UM2 = 1000.0
@@ -55,7 +56,7 @@ class DelineationController(QObject):
     finished = Signal(object)  # Delineation
     failed = Signal(str)
     message = Signal(str, int)  # status text, timeout ms
-    notice = Signal(str)  # something the user must read whole (the window shows a banner)
+    notice = Signal(str, str)  # key, something the user must read whole (the window shows a banner)
     runChanged = Signal(object)  # RunRecord | None: the run the sensitivity controls act on
 
     def __init__(self, window, view, layer: AnnotationLayer, settings):
@@ -108,8 +109,8 @@ class DelineationController(QObject):
         self.slide, self.store = slide, store
         self._remove_overlay()
         self.runs = {}
-        self.threshold = None
         self._set_current(None)
+        self.threshold, self.min_area_um2 = None, DEFAULT_MIN_AREA_UM2
 
     def restore_runs(self, maps: dict[str, Path], annotations) -> None:
         """Runs saved beside the slide: their maps load when first re-traced."""
@@ -141,7 +142,9 @@ class DelineationController(QObject):
             return
         region = self.region_model.geometry
         if region.is_empty:
-            self.message.emit("Paint a region first: B for the brush, P polygon, R rectangle", 6000)
+            self.notice.emit(
+                "region", "Paint a region first (B brush, P polygon, R rectangle), then Delineate."
+            )
             return
         protected = protected_overlapping(self.layer.annotations, region)
         if protected:
@@ -156,14 +159,16 @@ class DelineationController(QObject):
         box_.setIcon(QMessageBox.Icon.Question)
         box_.setWindowTitle("Replace outlines in the region?")
         text = (
-            f"The region overlaps {len(protected)} outline(s) that were drawn or edited by hand"
+            f"The region overlaps {len(protected)} outline(s) that were drawn, edited or accepted by hand"
             + (f" ({locked} locked, which are never changed)" if locked else "")
             + ".\n\nReplace them inside the region with the model's outline, keep both, or cancel?"
         )
         box_.setText(text)
         self.replace_button = box_.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
         self.keep_both_button = box_.addButton("Keep both", QMessageBox.ButtonRole.AcceptRole)
-        box_.addButton(QMessageBox.StandardButton.Cancel)
+        cancel = box_.addButton(QMessageBox.StandardButton.Cancel)
+        box_.setDefaultButton(cancel)  # Enter never replaces nor stacks by accident
+        box_.setEscapeButton(cancel)
         box_.setWindowModality(Qt.WindowModality.WindowModal)
         box_.buttonClicked.connect(lambda b: self._answered(b, region))
         self.replace_box = box_
@@ -185,7 +190,7 @@ class DelineationController(QObject):
             self._run_settings = load_settings(self.settings)
             self._remove_overlay()
             w, h = self.slide.dimensions
-            self.overlay = TileOverlay(QRectF(0, 0, w, h))
+            self.overlay = TileOverlay(QRectF(0, 0, w, h), geometry_path(region))
             self.overlay.setOpacity(self.window.overlay_opacity())
             self.overlay.setVisible(self.window.overlay_visible())
             self.view.scene().addItem(self.overlay)
@@ -288,9 +293,15 @@ class DelineationController(QObject):
             + (f", replacing {replaced} earlier one(s) in the region" if replaced > 0 else "")
         )
         self.message.emit(msg, 20_000)
-        for note in result.notes:
+        for i, note in enumerate(result.notes):
             log.info("%s: %s", self.slide.name, note)
-            self.notice.emit(note)
+            self.notice.emit(f"run-note:{i}", note)
+        if not run.annotations and not result.cancelled:
+            self.notice.emit(
+                "nothing-found",
+                f"The model found no tumour in the region ({result.tiles_done} tiles run, "
+                f"{result.tiles_skipped} background). Raise the Sensitivity to see weaker findings.",
+            )
         self.finished.emit(result)
 
     def _save_map(self, pmap: ProbabilityMap) -> None:
@@ -361,8 +372,41 @@ class DelineationController(QObject):
             self._set_current(self.runs[run_id])
 
     def _set_current(self, record: RunRecord | None) -> None:
+        """The run the sensitivity controls show and act on; the next run uses its settings."""
         self.current = record
+        if record is not None:
+            self.threshold, self.min_area_um2 = record.threshold, record.min_area_um2
         self.runChanged.emit(record)
+
+    def sync_with_layer(self) -> None:
+        """After any change (an undo or redo included) the controls show what the run's
+        outlines were traced with; a run with no outline left (undone, deleted) cannot be
+        re-traced, and one brought back by redo can again."""
+        live_runs = {a.provenance.run_id for a in self.layer.annotations if a.provenance.run_id}
+        record = self.current
+        if record is None or record.run_id not in live_runs:
+            alive = [r for r in self.runs.values() if r.run_id in live_runs]
+            choice = alive[-1] if alive else None
+            if choice is not record:
+                self._set_current(choice)
+            return
+        traced = next(
+            (
+                a.provenance
+                for a in self.layer.annotations
+                if a.provenance.run_id == record.run_id and a.is_proposal
+            ),
+            None,
+        )
+        if traced is None or (traced.threshold, traced.min_area_um2) == (
+            record.threshold,
+            record.min_area_um2,
+        ):
+            return
+        record.threshold = traced.threshold or record.threshold
+        if traced.min_area_um2 is not None:
+            record.min_area_um2 = traced.min_area_um2
+        self._set_current(record)
 
     def retrace(self, threshold: float, min_area_um2: float) -> None:
         """Re-trace the current run's outlines at a new threshold and minimum area, off the GUI
@@ -405,7 +449,13 @@ class DelineationController(QObject):
         if hand:
             edited = shapely.union_all(hand)
             new = [dataclasses.replace(a, geometry=polygonal(a.geometry.difference(edited))) for a in new]
-            new = [a for a in new if not a.geometry.is_empty]
+            # What is left beside an edited outline obeys the minimum area too (no slivers).
+            mpp = record.map.slide_mpp
+            new = [
+                a
+                for a in new
+                if not a.geometry.is_empty and a.geometry.area * mpp * mpp >= record.min_area_um2
+            ]
         if not old and not new:
             return
         merged = replace_in_region(kept, new, record.map.region, replace_protected=False)

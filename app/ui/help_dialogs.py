@@ -22,11 +22,11 @@ MOUSE = (
     ("Click an outline", "Select it; Shift+click adds to the selection; a click elsewhere deselects"),
     ("Right-click an outline", "Class, lock, accept, merge, split, centre, delete"),
     ("Drag a vertex", "Move it (one selected outline; its vertices show as squares)"),
-    ("Alt+click a vertex", "Delete it"),
     ("Double-click an edge", "Insert a vertex"),
     ("Ctrl+drag the region", "Move the painted region"),
     ("Brush with an outline selected", "Add to the outline; Alt+brush or the eraser subtracts"),
     ("1-9 with outlines selected", "Set their class (Classes panel order); 1 alone is native resolution"),
+    ("Ctrl+click or Alt+click a vertex", "Delete it (Ctrl where the desktop takes Alt+drag to move windows)"),
 )
 
 INTENDED_USE = (
@@ -47,6 +47,9 @@ class ShortcutsDialog(QDialog):
         for a in actions:
             keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in a.shortcuts())
             text = a.text().replace("&", "").rstrip("…")
+            for fixed in ("Undo", "Redo"):  # their text names the last step; the key is what matters
+                if text.startswith(fixed):
+                    text = fixed
             if keys and text and (text, keys) not in seen:
                 seen.add((text, keys))
                 rows.append((keys, text))

@@ -157,7 +157,7 @@ class MainWindow(QMainWindow):
         self.review_panel.min_area.valueChanged.connect(lambda v: setattr(c, "min_area_um2", float(v)))
         c.runChanged.connect(self.review_panel.set_run)
         c.message.connect(self.show_status)
-        c.notice.connect(lambda text: self.banners.show_message(f"note:{text[:40]}", text))
+        c.notice.connect(self._notice)
         c.started.connect(self._run_started)
         c.finished.connect(self._run_finished)
         c.failed.connect(self._run_failed)
@@ -166,12 +166,13 @@ class MainWindow(QMainWindow):
         w.status.connect(self._show_worker_status)
         w.engineReady.connect(self._show_engine)
         self.editor.model.changed.connect(s.autosaver.changed)
+        self.editor.model.changed.connect(lambda: self.banners.dismiss("region"))
         layer.changed.connect(s.autosaver.changed)
         s.opened.connect(self._on_opened)
         s.openFailed.connect(self._on_open_failed)
         s.restored.connect(self._restored)
         s.restoreFailed.connect(lambda msg: self.show_error("Saved annotations not restored", msg))
-        s.saved.connect(lambda path: self.save_label.setText(s.saved_text(path)))
+        s.saved.connect(self._on_saved)
         s.saveFailed.connect(self._on_save_failed)
         s.imported.connect(self._imported)
         s.importFailed.connect(self._import_failed)
@@ -272,6 +273,8 @@ class MainWindow(QMainWindow):
             cmd.accept_action,
         ):
             m.addAction(a)
+        self.class_menu = m.addMenu("Set c&lass")
+        self.class_menu.aboutToShow.connect(self._fill_class_menu)
         m.addSeparator()
         self._action("&Clear region", self.editor.model.clear, None, m)
         m.addSeparator()
@@ -328,6 +331,14 @@ class MainWindow(QMainWindow):
         self.tool_bar.opacityChanged.connect(self._set_opacity)
         self.editor.brushChanged.connect(self._brush_changed)
         self._set_opacity(self.opacity.value())
+
+    def _fill_class_menu(self) -> None:
+        from app.ui.annotation_commands import swatch
+
+        self.class_menu.clear()
+        for i, cls in enumerate(self.classes.classes, start=1):
+            a = self.class_menu.addAction(swatch(cls.color), f"{cls.name}\t{i}" if i <= 9 else cls.name)
+            a.triggered.connect(lambda _=False, c=cls: self.commands.set_class(c))
 
     def show_self_test(self) -> None:
         from app.ui.self_test_dialog import SelfTestDialog
@@ -413,6 +424,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ annotations
 
     def _annotations_changed(self) -> None:
+        self.controller.sync_with_layer()
         self.annotations_panel.set_annotations(
             self.layer.annotations, self.session.mpp(), self.layer.selected
         )
@@ -423,9 +435,17 @@ class MainWindow(QMainWindow):
         self.controller.follow_selection()
 
     def _panel_selected(self, ids: list[str]) -> None:
-        self.layer.select(ids)
-        if len(ids) == 1:
-            self._centre_on_annotation(ids[0])
+        self.layer.select(ids)  # a double-click centres on it (activated)
+
+    def _notice(self, key: str, text: str) -> None:
+        if (
+            "pixel size" in text
+            and self.slide is not None
+            and self.session.user_mpp is None
+            and not self.slide.mpp
+        ):
+            return  # the no-pixel-size banner already says it, with the button to set one
+        self.banners.show_message(key, text)
 
     def _centre_on_annotation(self, ann_id: str) -> None:
         a = self.layer.by_id(ann_id)
@@ -481,6 +501,7 @@ class MainWindow(QMainWindow):
             )
         )
         self.view.overview.setVisible(self.overview_action.isChecked())
+        self._associated = opened.associated
         self.info_panel.show_slide(slide.info(), opened.associated)
         self.setWindowTitle(f"{slide.name} — Delineo")
         self.recent.add(str(slide.path))
@@ -522,7 +543,7 @@ class MainWindow(QMainWindow):
     def pixel_size_dialog(self) -> None:
         if self.slide is None:
             return
-        current = self.session.mpp() or 0.5
+        current = self.session.mpp() or 1.0  # what runs assume until it is set
         value, ok = QInputDialog.getDouble(
             self,
             "Set pixel size",
@@ -538,6 +559,7 @@ class MainWindow(QMainWindow):
     def set_pixel_size(self, mpp: float) -> None:
         self.session.set_pixel_size(mpp)
         self.banners.dismiss("mpp")
+        self.info_panel.show_slide(self.slide.info(), self._associated)
         self.view._view_changed()
         self._brush_changed(self.editor.brush_um)
         self._annotations_changed()
@@ -556,6 +578,7 @@ class MainWindow(QMainWindow):
         self.layer.reset([])
         self.editor.model.reset()
         self.banners.clear()
+        self.status.clear_position()
         self.save_label.setText("")
         self.view.close_slide()
 
@@ -616,6 +639,10 @@ class MainWindow(QMainWindow):
         self.show_error("Export failed", message)
         self.exported.emit("")
 
+    def _on_saved(self, path: str) -> None:
+        self.save_label.setText(self.session.saved_text(path))
+        self.save_label.setToolTip(path)
+
     def _on_save_failed(self, message: str) -> None:
         self.save_label.setText(f"<b>Not saved:</b> {message}")
         self.banners.show_message("save", f"Not saved: {message}")
@@ -665,6 +692,11 @@ class MainWindow(QMainWindow):
         self.fit_to(screen.availableGeometry() if screen is not None else None)
 
     def fit_to(self, available) -> None:
+        """Size and place the window for this screen; on a short one (a laptop) the docks share
+        one column as tabs, Annotations in front, so its totals and controls are not cut off."""
+        if available is not None and available.height() < 900:
+            self.tabifyDockWidget(self.info_dock, self.annotations_dock)
+            self.annotations_dock.raise_()
         w, h = PREFERRED_SIZE
         if available is not None:
             w, h = min(w, available.width()), min(h, available.height() - 30)  # room for the title bar

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QRectF, Qt
-from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen
+from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
 
 from app.core.annotations import Annotation
@@ -24,12 +24,13 @@ def tile_mask_image(prob: np.ndarray, threshold: float, colour: tuple[int, int, 
 
 
 class TileOverlay(QGraphicsItem):
-    """Finished tiles, each painted over its core as it arrives; the item's opacity is the
-    user's overlay opacity."""
+    """Finished tiles, each painted over its core as it arrives, inside the painted region only
+    (as the outline will be); the item's opacity is the user's overlay opacity."""
 
-    def __init__(self, bounds: QRectF):
+    def __init__(self, bounds: QRectF, clip: QPainterPath | None = None):
         super().__init__()
         self.bounds = QRectF(bounds)
+        self.clip = clip
         self.tiles: list[tuple[QRectF, QImage]] = []
         self.setZValue(20)
         self.setOpacity(0.45)
@@ -48,6 +49,8 @@ class TileOverlay(QGraphicsItem):
     def paint(self, painter: QPainter, option, widget=None) -> None:
         exposed = option.exposedRect
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
+        if self.clip is not None:
+            painter.setClipPath(self.clip)
         for rect, img in self.tiles:
             if rect.intersects(exposed):
                 painter.drawImage(rect, img)
@@ -93,7 +96,7 @@ class AnnotationItem(QGraphicsPathItem):
         c = QColor(*a.color)
         if self.display.outline or selected:
             pen = QPen(SELECTED if selected else c, 3.5 if selected else 2)
-            if a.review == "proposed" and not selected:
+            if a.review == "proposed" and not a.provenance.edited and not selected:
                 pen.setStyle(Qt.PenStyle.DashLine)
             pen.setCosmetic(True)
             self.setPen(pen)

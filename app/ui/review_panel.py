@@ -72,7 +72,9 @@ class ReviewPanel(QWidget):
             self.run_label.setText(
                 f"{record.describe()}: move these to re-trace its outlines (the model is not run again)"
             )
-        else:
+        else:  # a new slide: the model card's threshold and the default minimum area
+            self.sensitivity.setValue(50)
+            self.min_area.setValue(1000)
             self.run_label.setText("No delineation to re-trace yet")
         for w in (self.sensitivity, self.min_area):
             w.blockSignals(False)

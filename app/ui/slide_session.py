@@ -191,10 +191,13 @@ class SlideSession(QObject):
             if store.beside_slide
             else "in your data folder (the slide's folder is read-only)"
         )
-        return f"Saved automatically {where}:\n{store.path}"
+        return f"Saved automatically {where}"
 
     def saved_text(self, path: str) -> str:
-        return f"Saved {time.strftime('%H:%M:%S')} to:\n{path}"
+        """One line (the panel is short on a laptop); the path is the label's tooltip."""
+        store = self.store
+        where = "beside the slide" if store is not None and store.beside_slide else "in your data folder"
+        return f"Saved {time.strftime('%H:%M:%S')} {where}"
 
     # ------------------------------------------------------------------ import / export
 

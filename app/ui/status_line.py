@@ -16,9 +16,11 @@ class StatusLine:
         self.engine_label = QElidingLabel()
         bar.addPermanentWidget(progress)
         bar.addPermanentWidget(cancel_button)
-        for label, stretch in ((self.pos_label, 2), (self.level_label, 3), (self.engine_label, 2)):
+        # No stretch: the labels keep to their widths and messages (left) get the rest of the bar.
+        for label, width in ((self.pos_label, 250), (self.level_label, 250), (self.engine_label, 170)):
             label.setMinimumWidth(40)
-            bar.addPermanentWidget(label, stretch)
+            label.setMaximumWidth(width)
+            bar.addPermanentWidget(label)
 
     def show(self, message: str, timeout_ms: int = 8000) -> None:
         """A message elided to the room the bar has; the whole text is its tooltip."""
@@ -26,6 +28,10 @@ class StatusLine:
         elided = self.bar.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, room)
         self.bar.setToolTip(message if elided != message else "")
         self.bar.showMessage(elided, timeout_ms)
+
+    def clear_position(self) -> None:
+        self.pos_label.setText("")
+        self.level_label.setText("")
 
     def show_cursor(self, slide, x: float, y: float) -> None:
         if slide is None:

@@ -98,7 +98,7 @@ class SelectTool(Tool):
         if handles.active:
             ref = vertex_at(handles.annotation, p.x(), p.y(), self._tolerance())
             if ref is not None:
-                if mods & Qt.KeyboardModifier.AltModifier:
+                if mods & (Qt.KeyboardModifier.AltModifier | Qt.KeyboardModifier.ControlModifier):
                     self.editor.edit_selected(lambda a: delete_vertex(a, ref), "Delete vertex")
                 else:
                     self.vertex = ref
