@@ -3,17 +3,33 @@ and zoom, and the engine; the labels elide so the run's controls stay on a small
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QStatusBar
 from superqt import QElidingLabel
+
+
+class StatusLabel(QElidingLabel):
+    """As wide as its text up to a cap, and willing to shrink (eliding) when the bar is short."""
+
+    def sizeHint(self) -> QSize:
+        hint = super().sizeHint()
+        width = self.fontMetrics().horizontalAdvance(self.text()) + 12
+        return QSize(min(width, self.maximumWidth()), hint.height())
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(40, super().minimumSizeHint().height())
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.updateGeometry()
 
 
 class StatusLine:
     def __init__(self, bar: QStatusBar, progress, cancel_button):
         self.bar = bar
-        self.pos_label = QElidingLabel()
-        self.level_label = QElidingLabel()
-        self.engine_label = QElidingLabel()
+        self.pos_label = StatusLabel()
+        self.level_label = StatusLabel()
+        self.engine_label = StatusLabel()
         bar.addPermanentWidget(progress)
         bar.addPermanentWidget(cancel_button)
         # No stretch: the labels keep to their widths and messages (left) get the rest of the bar.
