@@ -23,12 +23,22 @@ def add_region_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region-geojson", help="GeoJSON file whose polygons form the region")
 
 
+def add_engine_choice(p: argparse.ArgumentParser, local_only: bool = False) -> None:
+    """`--engine` and `--precision`, their choices read from the engine registry."""
+    from app.inference.engine_registry import DEFAULT_ENGINE, all_precisions, engine_keys
+
+    p.add_argument("--engine", choices=engine_keys(local_only), default=DEFAULT_ENGINE)
+    p.add_argument("--precision", choices=all_precisions(), default="int8")
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["openvino", "onnxruntime", "remote"], default="openvino")
+    from app.inference.engine_registry import all_devices
+
+    add_engine_choice(p)
+    devices = all_devices()
+    p.add_argument("--device", choices=[*devices, *(d.lower() for d in devices)], default="CPU")
     p.add_argument("--url", default=None, help="remote engine: the endpoint, e.g. http://npu-host:8080")
     p.add_argument("--token", default=None, help="remote engine: bearer token (or $DELINEO_TOKEN)")
-    p.add_argument("--device", choices=["AUTO", "CPU", "GPU", "auto", "cpu", "gpu"], default="CPU")
-    p.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8")
     p.add_argument("--model", default=None, help="shipped model name or folder with card.json")
     p.add_argument("--threads", type=int, default=0, help="inference threads (0: all cores)")
 
@@ -59,16 +69,17 @@ def region_from_args(args: argparse.Namespace, slide):
 
 
 def engine_from_args(args: argparse.Namespace):
-    from app.inference.engines import create_engine
+    from app.inference.engine_registry import create_engine, engine_spec
 
     url = getattr(args, "url", None)
-    if args.engine == "remote" and not url:
-        raise UsageError("--engine remote needs --url (the endpoint, e.g. http://npu-host:8080)")
-    if url and args.engine != "remote":
+    local = engine_spec(args.engine).local
+    if not local and not url:
+        raise UsageError(f"--engine {args.engine} needs --url (the endpoint, e.g. http://npu-host:8080)")
+    if url and local:
         raise UsageError(f"--url is for --engine remote, not {args.engine}")
-    if args.engine == "remote":
+    if not local:
         token = getattr(args, "token", None) or os.environ.get("DELINEO_TOKEN")
-        return create_engine("remote", args.model, url=url, token=token)
+        return create_engine(args.engine, args.model, url=url, token=token)
     return create_engine(
         args.engine,
         args.model,

@@ -6,7 +6,13 @@ import argparse
 import json
 import os
 
-from app.cli.arguments import UsageError, add_region_args, engine_from_args, region_from_args
+from app.cli.arguments import (
+    UsageError,
+    add_engine_choice,
+    add_region_args,
+    engine_from_args,
+    region_from_args,
+)
 from app.cli.progress import format_dict, stderr_progress
 
 
@@ -18,9 +24,8 @@ def add_to(sub) -> None:
     )
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
     add_region_args(b)
-    b.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
+    add_engine_choice(b, local_only=True)
     b.add_argument("--device", default="CPU")
-    b.add_argument("--precision", choices=["int8", "fp16", "fp32"], default="int8")
     b.add_argument("--mpp", type=float, default=None)
     b.add_argument("--model", default=None)
     b.add_argument("--tile", type=int, default=512)

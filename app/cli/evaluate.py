@@ -11,22 +11,20 @@ from app.cli.progress import stderr_progress
 def add_to(sub) -> None:
     e = sub.add_parser("evaluate", help="tumour Dice of the shipped model on a manifest")
     e.add_argument("--manifest", required=True)
-    e.add_argument("--precision", choices=["fp32", "fp16", "int8", "all"], default="all")
-    e.add_argument("--engine", choices=["openvino", "onnxruntime"], default="openvino")
+    from app.inference.engine_registry import DEFAULT_ENGINE, all_precisions, engine_keys
+
+    e.add_argument("--precision", choices=[*all_precisions(), "all"], default="all")
+    e.add_argument("--engine", choices=engine_keys(local_only=True), default=DEFAULT_ENGINE)
     e.add_argument("--model", default=None, help="shipped model name or folder with card.json")
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.inference.engine_registry import engine_spec
     from app.inference.evaluation import evaluate_manifest
 
-    if args.precision != "all":
-        precisions = [args.precision]
-    elif args.engine == "onnxruntime":
-        precisions = ["fp32", "int8"]  # ONNX Runtime has no FP16 path worth running on a CPU
-    else:
-        precisions = ["fp32", "fp16", "int8"]
+    precisions = list(engine_spec(args.engine).precisions) if args.precision == "all" else [args.precision]
     result = evaluate_manifest(
         args.manifest,
         model=args.model,

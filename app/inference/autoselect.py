@@ -14,18 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from app.inference.benchmark import cpu_name
-from app.inference.engines import EngineError, create_engine
+from app.inference.engine import EngineError
+from app.inference.engine_registry import ENGINES, create_engine
 from app.inference.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
 DICE_TOLERANCE = 0.005
-CARD_ROWS = {
-    ("openvino", "fp32"): "openvino-fp32",
-    ("openvino", "fp16"): "openvino-fp16",
-    ("openvino", "int8"): "openvino-int8",
-    ("onnxruntime", "fp32"): "onnxruntime-fp32",
-    ("onnxruntime", "int8"): "onnxruntime-int8",
-}
 
 
 def cache_path() -> Path:
@@ -41,14 +35,14 @@ def _key(card: ModelCard, engine: str, device: str) -> str:
 
 
 def eligible(card: ModelCard, engine: str) -> list[str]:
-    """Precisions whose validation Dice is within tolerance of FP32 (all, when the card has no table)."""
+    """The registry's precisions for the engine whose validation Dice (card row
+    "<engine>-<precision>") is within tolerance of FP32 (all, when the card has no table)."""
+    spec = ENGINES.get(engine)
     rows = card.validation.get("rows", {})
-    ref = rows.get(CARD_ROWS.get((engine, "fp32"), ""), {}).get("dice")
+    ref = rows.get(f"{engine}-fp32", {}).get("dice")
     out = []
-    for p in ("int8", "fp16", "fp32"):
-        row = rows.get(CARD_ROWS.get((engine, p), ""))
-        if (engine, p) not in CARD_ROWS:
-            continue
+    for p in spec.precisions if spec and spec.local else ():
+        row = rows.get(f"{engine}-{p}")
         if ref is None or row is None or abs(row["dice"] - ref) <= DICE_TOLERANCE:
             out.append(p)
     return out or ["fp32"]

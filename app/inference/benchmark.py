@@ -19,25 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
-CONFIGS = (
-    "torch-fp32",
-    "onnxruntime-fp32",
-    "onnxruntime-int8",
-    "openvino-fp32",
-    "openvino-fp16",
-    "openvino-default",
-    "openvino-int8",
-)
-# Which validation row of the model card holds each configuration's Dice.
-CARD_ROW = {
-    "torch-fp32": "onnxruntime-fp32",
-    "onnxruntime-fp32": "onnxruntime-fp32",
-    "onnxruntime-int8": "onnxruntime-int8",
-    "openvino-fp32": "openvino-fp32",
-    "openvino-fp16": "openvino-fp16",
-    "openvino-default": "openvino-fp32",
-    "openvino-int8": "openvino-int8",
-}
+
+def card_rows() -> dict[str, str]:
+    """Each configuration, in the order benchmarked, and the model card's validation row that
+    holds its Dice: "<engine>-<precision>" for every local engine in the registry, PyTorch, and
+    OpenVINO FP32 left to choose its own precision ("openvino-default": BF16/FP16 where it can)."""
+    from app.inference.engine_registry import ENGINES
+
+    rows = {"torch-fp32": "onnxruntime-fp32"}
+    for spec in ENGINES.values():
+        if spec.local:
+            rows.update({f"{spec.key}-{p}": f"{spec.key}-{p}" for p in spec.precisions})
+            if spec.key == "openvino":
+                rows["openvino-default"] = "openvino-fp32"
+    return rows
 
 
 def benchmark_tile(side: int) -> np.ndarray:
@@ -76,28 +71,25 @@ def time_predict(predict, batch: np.ndarray, repeats: int, warmup: int = 3) -> l
 
 def run_config(config: str, model: str | None, tile: int, repeats: int, threads: int) -> dict:
     """One configuration, in this process."""
-    from app.inference.engines import ONNXRuntimeEngine, OpenVINOEngine
+    from app.inference.engine_registry import ENGINES, create_engine
     from app.inference.modelcard import ModelCard
 
     card = ModelCard.load(model)
     batch = benchmark_tile(tile)
     runtime, precision = config.split("-", 1)
-    if runtime == "onnxruntime":
-        engine = ONNXRuntimeEngine(card, precision, threads=threads)
-    elif runtime == "openvino":
-        if precision == "default":
-            engine = OpenVINOEngine(card, "fp32", "CPU", threads=threads, inference_precision="default")
-        else:
-            engine = OpenVINOEngine(card, precision, "CPU", threads=threads)
-    else:
+    if runtime not in ENGINES or not ENGINES[runtime].local:
         raise ValueError(f"unknown configuration {config}")
+    if config == "openvino-default":
+        engine = create_engine(runtime, card, "fp32", "CPU", threads, inference_precision="default")
+    else:
+        engine = create_engine(runtime, card, precision, "CPU", threads)
     times = time_predict(engine.predict, batch, repeats)
     return result_row(config, times, tile, card)
 
 
 def result_row(config: str, times: list[float], tile: int, card) -> dict:
     ms = statistics.median(times)
-    row = card.validation.get("rows", {}).get(CARD_ROW.get(config, ""), {})
+    row = card.validation.get("rows", {}).get(card_rows().get(config, ""), {})
     return {
         "config": config,
         "ms_per_tile": round(ms, 2),
@@ -119,11 +111,12 @@ def bench_model(
 ) -> list[dict]:
     threads = threads or os.cpu_count() or 1
     rows = []
-    for config in configs or CONFIGS:
-        if config not in CONFIGS:
+    known = list(card_rows())
+    for config in configs or known:
+        if config not in known:
             from app.errors import DelineoError
 
-            raise DelineoError(f"unknown configuration '{config}'; choose from {', '.join(CONFIGS)}")
+            raise DelineoError(f"unknown configuration '{config}'; choose from {', '.join(known)}")
         module = "app.model.torch_benchmark" if config == "torch-fp32" else "app.inference.benchmark"
         cmd = [
             sys.executable,
@@ -208,7 +201,7 @@ def bench_pipeline(path, region, engine, repeats: int = 5, progress=None) -> dic
     pipeline run, as a pathologist opens it, so no run reads from the last one's caches."""
     from app.core.slide import Slide
     from app.core.tissue import tissue_mask
-    from app.inference.engines import predict_stream
+    from app.inference.engine import predict_stream
     from app.inference.pipeline import TileReader, delineate, run_to_end, split_background
 
     tile = engine.card.tile
@@ -359,7 +352,8 @@ def bench_remote(
     at a time (the round trip), and throughput with several tiles in flight (batched on the
     server). Without a URL a `delineo serve` is started on 127.0.0.1 for the run (loopback:
     on one machine the server and the client share its cores)."""
-    from app.inference.engines import create_engine, predict_stream
+    from app.inference.engine import predict_stream
+    from app.inference.engine_registry import create_engine
     from app.inference.remote import RemoteEngine
 
     say = progress or (lambda _: None)
@@ -442,6 +436,6 @@ def _start_local_server(model: str | None, token: str | None):
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    from app.inference.engines import EngineError
+    from app.inference.engine import EngineError
 
     raise EngineError("delineo serve did not become ready within 120 s (is the [serve] extra installed?)")

@@ -75,10 +75,10 @@ def evaluate_manifest(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """`delineo evaluate`: Dice per precision on every row of the manifest (any split)."""
-    from app.inference.engines import create_engine
+    from app.inference.engine_registry import create_engine, engine_spec
 
     card = ModelCard.load(model)
-    precisions = precisions or ["fp32", "fp16", "int8"]
+    precisions = precisions or list(engine_spec(engine).precisions)
     pairs = read_manifest(manifest)
     engines = {p: create_engine(engine, card, p, device) for p in precisions}
     outputs = run_engines(engines, pairs, progress=progress)

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from app.inference.engines import EngineError, StreamItem, check_batch, pad_to_multiple
+from app.inference.engine import Engine, EngineError, StreamItem, check_batch, pad_to_multiple
 from app.inference.modelcard import ModelCard, is_model_name, to_model_input
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _check_tensor_spec(spec, what: str, where: str) -> dict:
     return spec
 
 
-class RemoteEngine:
+class RemoteEngine(Engine):
     """`predict(uint8 NHWC) -> probability` over HTTP; `stream` keeps `in_flight` tiles going."""
 
     def __init__(
@@ -394,6 +394,15 @@ class RemoteEngine:
 
     def close(self) -> None:
         self.client.close()
+
+
+def create(
+    model: str | Path | ModelCard | None = None, url: str | None = None, token: str | None = None, **kwargs
+) -> RemoteEngine:
+    """The registry's factory: the server decides device and precision; an endpoint is a must."""
+    if not url:
+        raise EngineError("the remote engine needs an endpoint URL (Settings, or --url)")
+    return RemoteEngine(url, token, model, **kwargs)
 
 
 def _ready(f) -> bool:

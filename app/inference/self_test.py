@@ -22,14 +22,6 @@ from app.paths import FROZEN, SAMPLE_SLIDE
 
 TILE = 512
 MIN_COSINE = 0.99  # INT8 reaches 0.9997 against FP32 on the validation tiles (README)
-# (engine, precision) pairs a desktop install runs; OpenVINO on an iGPU is added where present.
-ENGINE_RUNS = (
-    ("openvino", "int8"),
-    ("openvino", "fp16"),
-    ("openvino", "fp32"),
-    ("onnxruntime", "int8"),
-    ("onnxruntime", "fp32"),
-)
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ class _Context:
         return f"{card.name} {card.version}: {len(card.files)} files match card.json ({card.path})"
 
     def engine_run(self, engine: str, precision: str, device: str = "CPU") -> str:
-        from app.inference.engines import create_engine
+        from app.inference.engine_registry import create_engine
 
         if self.card is None:
             raise DelineoError("skipped: the model files did not verify")
@@ -180,9 +172,18 @@ def synthetic_tile() -> np.ndarray:
     return np.clip(np.kron(base, np.ones((16, 16, 1))), 0, 255).astype(np.uint8)
 
 
+def engine_runs() -> list[tuple[str, str]]:
+    """(engine, precision) for every local engine and precision in the registry, the smallest
+    precision first; OpenVINO on an iGPU is added by `_runs` where present."""
+    from app.inference.engine_registry import ENGINES
+
+    return [(s.key, p) for s in ENGINES.values() if s.local for p in reversed(s.precisions)]
+
+
 def _runs(gpu: bool) -> list[tuple[str, str, str]]:
     # ONNX Runtime FP32 first: the plainest runtime is the reference the others are compared to.
-    order = [("onnxruntime", "fp32"), *[r for r in ENGINE_RUNS if r != ("onnxruntime", "fp32")]]
+    reference = ("onnxruntime", "fp32")
+    order = [reference, *[r for r in engine_runs() if r != reference]]
     runs = [(e, p, "CPU") for e, p in order]
     if gpu:
         runs += [("openvino", "int8", "GPU"), ("openvino", "fp16", "GPU")]

@@ -18,21 +18,37 @@ from PySide6.QtWidgets import (
 )
 from superqt.utils import create_worker
 
+from app.inference.engine_registry import DEFAULT_ENGINE, ENGINES, all_devices, all_precisions
 from app.inference.modelcard import DEFAULT_MODEL
 from app.paths import MODELS_DIR
 from app.ui.delineation_worker import EngineSettings
 from app.ui.endpoint_token import PLAIN_TEXT_WARNING, keyring_available, load_token, save_token
 
-ENGINES = [("OpenVINO", "openvino"), ("ONNX Runtime", "onnxruntime"), ("Remote endpoint", "remote")]
-DEVICES = [("Auto (iGPU when present)", "AUTO"), ("CPU", "CPU"), ("Integrated GPU", "GPU")]
-PRECISIONS = [("Auto (fastest measured)", "auto"), ("INT8", "int8"), ("FP16", "fp16"), ("FP32", "fp32")]
+# How devices and precisions read here; an engine's device or precision not named here reads as is.
+DEVICE_NAMES = {"AUTO": "Auto (iGPU when present)", "CPU": "CPU", "GPU": "Integrated GPU"}
+PRECISION_NAMES = {"auto": "Auto (fastest measured)", "int8": "INT8", "fp16": "FP16", "fp32": "FP32"}
+
+
+def engine_options() -> list[tuple[str, str]]:
+    """(display name, key) of every engine in the registry, in its order."""
+    return [(s.display_name, s.key) for s in ENGINES.values()]
+
+
+def device_options() -> list[tuple[str, str]]:
+    keys = dict.fromkeys([*DEVICE_NAMES, *all_devices()])
+    return [(DEVICE_NAMES.get(d, d), d) for d in keys]
+
+
+def precision_options() -> list[tuple[str, str]]:
+    keys = dict.fromkeys([*PRECISION_NAMES, *all_precisions()])
+    return [(PRECISION_NAMES.get(p, p), p) for p in keys]
 
 
 def load_settings(settings: QSettings) -> EngineSettings:
     url = str(settings.value("remote/url", "") or "")
     return EngineSettings(
         model=str(settings.value("inference/model", DEFAULT_MODEL)),
-        engine=str(settings.value("inference/engine", "openvino")),
+        engine=str(settings.value("inference/engine", DEFAULT_ENGINE)),
         device=str(settings.value("inference/device", "CPU")),
         precision=str(settings.value("inference/precision", "auto")),
         url=url,
@@ -77,9 +93,9 @@ class SettingsDialog(QDialog):
         row.addWidget(browse)
         form.addRow("Model", row)
 
-        self.engine = self._combo(ENGINES, current.engine)
-        self.device = self._combo(DEVICES, current.device)
-        self.precision = self._combo(PRECISIONS, current.precision)
+        self.engine = self._combo(engine_options(), current.engine)
+        self.device = self._combo(device_options(), current.device)
+        self.precision = self._combo(precision_options(), current.precision)
         self.engine.currentIndexChanged.connect(self._engine_changed)
         form.addRow("Engine", self.engine)
         form.addRow("Device", self.device)
@@ -127,22 +143,17 @@ class SettingsDialog(QDialog):
         return c
 
     def _engine_changed(self) -> None:
-        remote = self.engine.currentData() == "remote"
+        """Offer what the chosen engine's registry entry offers: a remote engine's server decides
+        device and precision; a local engine runs on its devices in its precisions (or Auto)."""
+        spec = ENGINES[self.engine.currentData()]
+        remote = not spec.local
         for w in (self.url, self.token, self.test_button):
             w.setEnabled(remote)
         self.token_warning.setVisible(remote and bool(self.token_warning.text()))
-        self.device.setEnabled(not remote)  # the server decides where its model runs
-        self.precision.setEnabled(not remote)
-        ort = self.engine.currentData() == "onnxruntime"
-        # ONNX Runtime runs on the CPU here, in FP32 or INT8.
-        for i in range(self.device.count()):
-            self.device.model().item(i).setEnabled(not ort or self.device.itemData(i) == "CPU")
-        fp16 = self.precision.findData("fp16")
-        self.precision.model().item(fp16).setEnabled(not ort)
-        if ort:
-            self.device.setCurrentIndex(self.device.findData("CPU"))
-            if self.precision.currentData() == "fp16":
-                self.precision.setCurrentIndex(self.precision.findData("int8"))
+        self.device.setEnabled(bool(spec.devices))
+        self.precision.setEnabled(bool(spec.precisions))
+        _offer(self.device, spec.devices, fallback=spec.devices[:1])
+        _offer(self.precision, ("auto", *spec.precisions), fallback=("int8", "auto"))
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder (with card.json)")
@@ -199,3 +210,14 @@ class SettingsDialog(QDialog):
             return
         save_settings(self.settings, value)
         super().accept()
+
+
+def _offer(combo: QComboBox, allowed: tuple[str, ...], fallback: tuple[str, ...]) -> None:
+    """Enable only the allowed entries; move off a disallowed choice to the first allowed fallback."""
+    if not allowed or allowed == ("auto",):
+        return  # the whole combo is disabled: keep the choice for when a local engine comes back
+    for i in range(combo.count()):
+        combo.model().item(i).setEnabled(combo.itemData(i) in allowed)
+    if combo.currentData() not in allowed:
+        choice = next((v for v in fallback if v in allowed), allowed[0])
+        combo.setCurrentIndex(combo.findData(choice))

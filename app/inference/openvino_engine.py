@@ -1,0 +1,151 @@
+"""OpenVINO on CPU, iGPU or AUTO, registered as "openvino" in `engine_registry`."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from app.inference.engine import Engine, EngineError, StreamItem, check_batch, pad_to_multiple
+from app.inference.modelcard import ModelCard
+
+log = logging.getLogger(__name__)
+
+
+class OpenVINOEngine(Engine):
+    """OpenVINO on CPU, iGPU (GPU) or AUTO. `fp32` runs the ONNX file with the f32 precision hint
+    (OpenVINO would otherwise run BF16 on CPUs that have it); `fp16` and `int8` run their IR."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        precision: str = "int8",
+        device: str = "CPU",
+        hint: str = "LATENCY",
+        threads: int = 0,
+        inference_precision: str | None = None,
+        cache_dir: str | Path | None = None,
+        streams: bool = True,
+    ):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise EngineError(f"OpenVINO is not installed ({e}); pip install openvino") from None
+        self.card = card
+        self.precision = precision
+        self.device = device.upper()
+        self.name = f"openvino-{precision}"
+        key = {"fp32": "onnx-fp32", "fp16": "openvino-fp16", "int8": "openvino-int8"}.get(precision)
+        if key is None:
+            raise EngineError(f"precision '{precision}' is not one of fp32, fp16, int8")
+        path = card.file(key)
+        core = ov.Core()
+        if cache_dir is None:
+            from app.logs import data_dir
+
+            cache_dir = data_dir() / "openvino-cache"
+        try:
+            core.set_property({"CACHE_DIR": str(cache_dir)})
+        except Exception:  # noqa: BLE001 - a cache is an optimisation only
+            log.warning("OpenVINO cache directory %s not usable", cache_dir)
+        available = core.available_devices
+        if self.device not in ("AUTO", *available) and not self.device.startswith(("AUTO:", "GPU.")):
+            raise EngineError(
+                f"device '{device}' is not available to OpenVINO here (available: "
+                f"{', '.join(available)}); choose CPU or AUTO in Settings"
+            )
+        config: dict = {"PERFORMANCE_HINT": hint}
+        if threads and self.device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if inference_precision is None and precision == "fp32":
+            inference_precision = "f32"  # true FP32; "default" leaves OpenVINO's choice (BF16/FP16)
+        if inference_precision not in (None, "default") and self.device in ("CPU", "GPU"):
+            config["INFERENCE_PRECISION_HINT"] = inference_precision
+        try:
+            model = _with_preprocessing(ov, core.read_model(str(path)), card.normalization)
+            self.compiled = core.compile_model(model, self.device, config)
+            # A second compilation for runs of many tiles: THROUGHPUT gives each core its own
+            # stream, which keeps them busy while the caller reads and blends (see `stream`).
+            self.streaming = (
+                core.compile_model(model, self.device, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+                if streams
+                else None
+            )
+        except RuntimeError as e:
+            raise EngineError(f"OpenVINO could not compile {path.name} for {self.device}: {e}") from None
+        self.output = self.compiled.output(0)
+        self.request = self.compiled.create_infer_request()
+        self.execution_devices = list(self.compiled.get_property("EXECUTION_DEVICES"))
+        self._queue = None
+        if self.streaming is not None:
+            jobs = int(self.streaming.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self._queue = ov.AsyncInferQueue(self.streaming, max(2, jobs))
+            self._queue.set_callback(self._on_done)
+            self._done: dict[int, np.ndarray] = {}
+            # Each request's first inference sets up its stream (a few times slower): do it now,
+            # not on a pathologist's first tiles.
+            blank = np.full((1, card.tile, card.tile, 3), 240, np.uint8)
+            for i in range(len(self._queue)):
+                self._queue.start_async({0: blank}, (-1 - i, card.tile, card.tile))
+            self._queue.wait_all()
+            self._done.clear()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)
+        out = self.request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)[self.output]
+        return np.array(out[:, 0, :h, :w], dtype=np.float32)
+
+    def _on_done(self, request, userdata: tuple[int, int, int]) -> None:
+        seq, h, w = userdata  # runs on an OpenVINO thread: copy out and return
+        self._done[seq] = np.array(request.get_output_tensor(0).data[0, 0, :h, :w], dtype=np.float32)
+
+    def stream(self, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
+        """Tiles through the AsyncInferQueue: `start_async` returns at once while a request is
+        free, so the next tile is read while the model runs on the others."""
+        if self._queue is None:
+            yield from super().stream(items)
+            return
+        queue, done = self._queue, self._done
+        pending: deque[tuple[int, Hashable, BaseException | None]] = deque()
+        first = True
+        try:
+            for seq, (key, rgb) in enumerate(items):
+                if first and not isinstance(rgb, BaseException):
+                    # The first tile on all cores (LATENCY): on screen as soon as possible.
+                    first = False
+                    yield key, self.predict(rgb[None])[0]
+                    continue
+                if isinstance(rgb, BaseException):
+                    pending.append((seq, key, rgb))
+                else:
+                    batch, h, w = pad_to_multiple(check_batch(rgb), self.card.multiple)
+                    queue.start_async({0: batch}, (seq, h, w))  # waits while every request is busy
+                    pending.append((seq, key, None))
+                while pending and (pending[0][2] is not None or pending[0][0] in done):
+                    s, k, err = pending.popleft()
+                    yield k, err if err is not None else done.pop(s)
+            queue.wait_all()
+            while pending:
+                s, k, err = pending.popleft()
+                yield k, err if err is not None else done.pop(s)
+        finally:
+            queue.wait_all()  # abandoned (cancelled) requests finish; their results are dropped
+            done.clear()
+
+
+def _with_preprocessing(ov, model, norm: dict):
+    """Take uint8 RGB NHWC and normalize inside the graph, where OpenVINO fuses it with the first
+    convolution: no float copy or transpose in NumPy on the hot path."""
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    scale = norm["scale"]
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean([m / scale for m in norm["mean"]]).scale(
+        [s / scale for s in norm["std"]]
+    )
+    return ppp.build()
