@@ -325,6 +325,8 @@ def test_shortcuts_dialog_lists_the_keys(qtbot, window):
     rows = {table.item(r, 1).text() for r in range(table.rowCount())}
     for what in ("Delineate region", "Delete selected", "Merge selected", "Undo", "Keyboard shortcuts"):
         assert any(what in r for r in rows), what
+    assert "Set class Stroma" in rows and not any(r.startswith("Class ") for r in rows)
+    assert not any(r.startswith("Undo ") for r in rows)  # the key, not the last step's name
 
 
 def test_provenance_and_review_state_are_autosaved_and_restored(qtbot, qsettings, delineated, sample_copy):

@@ -53,6 +53,15 @@ class AnnotationCommands(QObject):
             self.class_actions.append(
                 action(f"Class {n}", lambda _=False, n=n: self.set_class_number(n), str(n))
             )
+        classes.changed.connect(self._name_class_actions)
+        self._name_class_actions()
+
+    def _name_class_actions(self) -> None:
+        """The number keys' actions say which class they set (the shortcuts list reads them)."""
+        names = [c.name for c in self.classes.classes]
+        for n, a in enumerate(self.class_actions, start=2):
+            a.setText(f"Set class {names[n - 1]}" if n <= len(names) else "")
+            a.setEnabled(n <= len(names))
 
     # ------------------------------------------------------------------ commands
 
