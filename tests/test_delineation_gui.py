@@ -161,7 +161,7 @@ def test_overlay_toggle_and_opacity(qtbot, window, sample_copy):
 def test_delineate_without_a_region_says_what_to_do(qtbot, window, sample_copy):
     open_and_wait(qtbot, window, sample_copy)
     window.delineate()
-    assert "Paint a region first" in window.statusBar().currentMessage()
+    assert any("Paint a region first" in t for t in window.banners.texts())  # shown whole, not cut off
     assert not window.running
 
 

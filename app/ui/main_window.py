@@ -435,7 +435,10 @@ class MainWindow(QMainWindow):
         self.controller.follow_selection()
 
     def _panel_selected(self, ids: list[str]) -> None:
-        self.layer.select(ids)  # a double-click centres on it (activated)
+        """Chosen in the list: selected in the view, and one alone brought to the centre."""
+        self.layer.select(ids)
+        if len(ids) == 1:
+            self._centre_on_annotation(ids[0])
 
     def _notice(self, key: str, text: str) -> None:
         if (

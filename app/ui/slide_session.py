@@ -196,7 +196,11 @@ class SlideSession(QObject):
     def saved_text(self, path: str) -> str:
         """One line (the panel is short on a laptop); the path is the label's tooltip."""
         store = self.store
-        where = "beside the slide" if store is not None and store.beside_slide else "in your data folder"
+        where = (
+            "beside the slide"
+            if store is None or store.beside_slide
+            else "in your data folder (the slide's folder is read-only)"
+        )
         return f"Saved {time.strftime('%H:%M:%S')} {where}"
 
     # ------------------------------------------------------------------ import / export
