@@ -13,9 +13,10 @@ import shapely
 from conftest import EBHI, LARGE_MPP, SAMPLE_SVS, TCGA_SVS, run_delineo
 from shapely.geometry import Polygon, box, shape
 
-from app.core.geometry import mask_to_polygons, parse_rect, rasterize
+from app.core.geometry import parse_rect, rasterize
 from app.core.slide import Slide
 from app.core.tiling import blend_window, choose_level, plan_tiles
+from app.core.tracing import vectorize
 from app.inference.modelcard import ModelCard
 from app.inference.pipeline import Delineation, TileEvent, delineate, run_to_end
 
@@ -170,15 +171,17 @@ def test_polygons_are_valid_inside_the_region_and_follow_the_pixels():
     assert any(len(p.interiors) > 0 for p in result.polygons)  # holes are kept
 
 
-def test_mask_to_polygons_roundtrip_is_exact_on_blocks():
+def test_tracing_a_mask_and_rasterizing_it_back_agree_on_blocks():
     m = np.zeros((60, 80), bool)
     m[10:40, 5:50] = True
     m[20:30, 15:25] = False  # a hole
     m[45:55, 60:75] = True
-    polys = mask_to_polygons(m, 2.0, (100.0, 50.0))
-    assert sorted(round(p.area / 4) for p in polys) == [150, 1250 + 1]  # hole corners cut diagonally
+    polys = vectorize(m.astype(np.uint8) * 255, 0.5, 2.0, (100.0, 50.0), box(0, 0, 1000, 1000), 1.0, 0.0, 0.0)
+    areas = sorted(p.area / 4 for p in polys)  # in mask pixels
+    assert areas[0] == pytest.approx(150) and areas[1] == pytest.approx(1250, abs=3)  # pinches bridged
+    assert [len(p.interiors) for p in sorted(polys, key=lambda p: p.area)] == [0, 1]
     back = rasterize(shapely.union_all(polys), m.shape, 2.0, (100.0, 50.0))
-    assert (back != m).sum() == 0
+    assert (back != m).sum() <= 2
 
 
 def test_cancel_stops_between_tiles_and_keeps_what_is_done(large_pyramid):

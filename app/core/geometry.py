@@ -102,81 +102,11 @@ def repair(geom: BaseGeometry) -> tuple[BaseGeometry, bool]:
     return polygonal(shapely.make_valid(geom)), True
 
 
-def mask_to_polygons(
-    mask: np.ndarray,
-    scale: float,
-    offset: tuple[float, float],
-    simplify: float = 0.0,
-    min_area: float = 0.0,
-    min_hole: float = 0.0,
-) -> list[Polygon]:
-    """Polygons with holes tracing a binary mask; mask pixel (x, y) covers level-0
-    [x*scale + ox, (x+1)*scale + ox) and likewise in y.
-
-    OpenCV traces pixel centres; a mitred half-pixel buffer moves each outline onto the pixel
-    edges, so a traced block has the mask's area. `simplify` and `min_area` are in level-0
-    units (px, px²); parts smaller than `min_area` are dropped and holes smaller than
-    `min_hole` filled, judged on the traced contours before any polygon is built (cheap, and
-    specks never reach shapely).
-    """
-    m = np.ascontiguousarray(mask.astype(np.uint8, copy=False))
-    if not m.any():
-        return []
-    contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None:
-        return []
-    hierarchy = hierarchy[0]
-    ox, oy = offset
-
-    def ring(c: np.ndarray) -> np.ndarray:
-        return (c[:, 0, :].astype(np.float64) + 0.5) * scale + (ox, oy)
-
-    # Douglas-Peucker on the traced rings, before the buffer: far fewer vertices for it to
-    # offset, and 10x faster than GEOS' topology-preserving simplifier on a whole slide. Rings
-    # are simplified one by one, so a hole may cross its outline: the validity check below
-    # repairs that rare case.
-    tolerance = simplify / scale  # in mask pixels
-
-    def thin(c: np.ndarray) -> np.ndarray:
-        if tolerance <= 0 or len(c) <= 4:
-            return c
-        simplified = cv2.approxPolyDP(c, tolerance, True)
-        return simplified if len(simplified) >= 3 else c
-
-    px_area = scale * scale
-    outer_floor = min_area / px_area  # in mask pixels
-    polys = []
-    for i, c in enumerate(contours):
-        if hierarchy[i][3] != -1 or len(c) < 3:
-            continue  # holes are collected with their parent
-        # A centre-line contour misses half a pixel along its edge (the rim): outer parts gain it
-        # back, holes lose it.
-        rim = 0.5 * cv2.arcLength(c, True)
-        if cv2.contourArea(c) + rim < outer_floor:
-            continue
-        holes = []
-        child = hierarchy[i][2]
-        while child != -1:
-            h = contours[child]
-            if len(h) >= 3 and cv2.contourArea(h) - 0.5 * cv2.arcLength(h, True) >= min_hole / px_area:
-                holes.append(ring(thin(h)))
-            child = hierarchy[child][0]
-        poly = Polygon(ring(thin(c)), holes)
-        with np.errstate(divide="ignore", invalid="ignore"):  # one-pixel-wide runs have no area
-            poly = poly.buffer(0.5 * scale, join_style="mitre", mitre_limit=2.0)
-        if holes and not poly.is_valid:  # a simplified hole crossing its outline; GEOS buffers
-            poly = polygonal(shapely.make_valid(poly))  # are valid otherwise
-        for part in getattr(poly, "geoms", [poly]):
-            if isinstance(part, Polygon) and not part.is_empty and part.area >= min_area:
-                polys.append(part)
-    return polys
-
-
 def rasterize(
     geom: BaseGeometry, shape: tuple[int, int], scale: float, offset: tuple[float, float]
 ) -> np.ndarray:
     """Bool mask (h, w): pixel (x, y), covering level-0 [x*scale + ox, (x+1)*scale + ox), is set
-    when its centre lies inside the geometry (the inverse of `mask_to_polygons`)."""
+    when its centre lies inside the geometry (the inverse of `app.core.tracing.vectorize`)."""
     out = np.zeros(shape, np.uint8)
     ox, oy = offset
     # In mask-pixel units, shrunk by 0.05 px: OpenCV fills [round(left), round(right)] with
