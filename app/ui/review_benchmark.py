@@ -29,12 +29,13 @@ def wobbly_outline(cx: float, cy: float, r: float, vertices: int) -> Polygon:
 
 def bench_review_gui(progress=None, vertices: int = 5000, outlines: int = 1000, moves: int = 120) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QElapsedTimer, QPoint, QSettings, Qt, QTimer
+    from PySide6.QtCore import QPoint, QSettings, Qt
     from PySide6.QtTest import QTest
     from PySide6.QtWidgets import QApplication
 
     from app.core.annotations import Annotation
     from app.paths import SAMPLE_SLIDE
+    from app.ui.heartbeat import Heartbeat
     from app.ui.main_window import MainWindow
 
     say = progress or (lambda _msg: None)
@@ -95,36 +96,22 @@ def bench_review_gui(progress=None, vertices: int = 5000, outlines: int = 1000, 
         Annotation(wobbly_outline((i % side + 0.5) * step, (i // side + 0.5) * step, step / 3, 64))
         for i in range(outlines)
     ]
-    gaps: list[float] = []
-    beat = QElapsedTimer()
-    beat.start()
-    last = [beat.nsecsElapsed()]
-
-    def tick() -> None:
-        now = beat.nsecsElapsed()
-        gaps.append((now - last[0]) / 1e6)
-        last[0] = now
-
-    heartbeat = QTimer()
-    heartbeat.setInterval(5)
-    heartbeat.timeout.connect(tick)
+    heartbeat = Heartbeat()
     saved: list[float] = []
     win.autosaver.flush()  # the brush edit's save is not this one
     win.autosaver.saved.connect(lambda _p: saved.append(time.perf_counter()))
     heartbeat.start()
-    spin_until(lambda: len(gaps) > 20, 5)
-    gaps.clear()
-    last[0] = beat.nsecsElapsed()
+    spin_until(lambda: len(heartbeat.gaps) > 20, 5)
+    heartbeat.reset()
     t_add = time.perf_counter()
     win.layer.add(many, "bench")
     add_ms = (time.perf_counter() - t_add) * 1000
-    gaps.clear()  # from here on the GUI thread only waits for the save on its own thread
-    last[0] = beat.nsecsElapsed()
+    heartbeat.reset()  # from here on the GUI thread only waits for the save on its own thread
     spin_until(lambda: bool(saved), 60)
     spin_until(lambda: False, 0.2)
     heartbeat.stop()
     save_s = (saved[0] - t_add) if saved else float("nan")
-    stall = max(gaps) if gaps else float("nan")
+    stall = heartbeat.longest if heartbeat.longest is not None else float("nan")
     say(f"autosave of {outlines} outlines: written {save_s:.2f} s after the change, GUI gap {stall:.0f} ms")
     result = {
         "outline vertices": vertices,

@@ -34,9 +34,10 @@ def make_large_pyramid(out: Path, side: int = LARGE_SIDE) -> Path:
 
 def bench_slide(path: str | None, progress=None, pan_steps: int = 240) -> dict:
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from PySide6.QtCore import QElapsedTimer, QSettings, QTimer
+    from PySide6.QtCore import QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
+    from app.ui.heartbeat import Heartbeat
     from app.ui.main_window import MainWindow
 
     say = progress or (lambda _msg: None)
@@ -74,19 +75,7 @@ def bench_slide(path: str | None, progress=None, pan_steps: int = 240) -> dict:
     w, h = win.slide.dimensions
     view.centre_on(w * 0.1, h * 0.5)
     spin_until(view.visible_tiles_loaded)
-    gaps: list[float] = []
-    beat = QElapsedTimer()
-    beat.start()
-    last = [beat.nsecsElapsed()]
-
-    def heartbeat() -> None:
-        now = beat.nsecsElapsed()
-        gaps.append((now - last[0]) / 1e6)
-        last[0] = now
-
-    hb = QTimer()
-    hb.setInterval(5)
-    hb.timeout.connect(heartbeat)
+    hb = Heartbeat()
     hb.start()
     step_px = (w * 0.8) / pan_steps
     steps = [0]
@@ -129,8 +118,8 @@ def bench_slide(path: str | None, progress=None, pan_steps: int = 240) -> dict:
         "pan_steps": pan_steps,
         "pan_fps": round(pan_steps / pan_s, 1),
         "paint_ms_median": round(statistics.median(paint_ms), 2),
-        "longest_gui_stall_ms": round(max(gaps), 1) if gaps else None,
-        "heartbeat_gaps_over_50ms": sum(g > 50 for g in gaps),
+        "longest_gui_stall_ms": round(hb.longest, 1) if hb.gaps else None,
+        "heartbeat_gaps_over_50ms": sum(g > 50 for g in hb.gaps),
         "qpa_platform": os.environ.get("QT_QPA_PLATFORM", ""),
     }
     win.close()
