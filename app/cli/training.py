@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from app.cli.arguments import UsageError
 from app.cli.progress import stderr_progress
 
 
 def add_to(sub) -> None:
-    t = sub.add_parser("train", help="train the tumour UNet ([train] extra)")
+    t = sub.add_parser("train", help="train the tumour or lesions UNet ([train] extra)")
     t.add_argument(
         "--data",
         default=None,
@@ -30,6 +31,19 @@ def add_to(sub) -> None:
         help="stop after the epoch past this many minutes, keeping the best (0: no limit)",
     )
     t.add_argument("--no-amp", action="store_true", help="train in fp32 even where bf16/fp16 is fast")
+    t.add_argument(
+        "--target",
+        choices=["tumour", "lesions"],
+        default="tumour",
+        help="tumour: one sigmoid channel; lesions: softmax over background, Tumor, "
+        "High-grade dysplasia, Other epithelium",
+    )
+    t.add_argument(
+        "--init",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start every layer but the output head from this checkpoint (same base and levels)",
+    )
     t.set_defaults(run=run_train)
 
     c = sub.add_parser(
@@ -58,6 +72,8 @@ def run_train(args: argparse.Namespace) -> int:
     from app.core.dataset import data_folder
 
     data = data_folder(args.data)  # before torch: a missing folder is said at once
+    if args.init and not Path(args.init).is_file():
+        raise UsageError(f"--init {args.init}: no such checkpoint; give a best.pt or a model-fp32.pt")
     try:
         from app.model.train import TrainConfig, train
     except ImportError as e:
@@ -74,6 +90,8 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         base=args.base,
         amp=not args.no_amp,
+        target=args.target,
+        init=args.init or "",
     )
     best = train(cfg, progress=lambda s: print(s, flush=True))
     print(f"best checkpoint: {best}")

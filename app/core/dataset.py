@@ -1,5 +1,5 @@
 """EBHI-Seg style manifests: image/mask pairs with a class, read the same way by training,
-calibration and evaluation so the tumour target is defined in exactly one place."""
+calibration and evaluation so the tumour and lesion targets are defined in exactly one place."""
 
 from __future__ import annotations
 
@@ -17,6 +17,27 @@ TUMOUR_CLASS = "adenocarcinoma"
 """Only the annotated epithelium of adenocarcinoma images is tumour. Every pixel of every other
 class (normal, polyp, low- and high-grade intraepithelial neoplasia, serrated adenoma) is
 non-tumour: high-grade IN is pre-invasive and is deliberately taught as negative."""
+
+
+TARGETS = ("tumour", "lesions")
+"""`tumour`: one sigmoid channel, adenocarcinoma epithelium vs everything else (the shipped
+binary model). `lesions`: a label map over `LESION_CLASSES` for a softmax model."""
+
+LESION_CLASSES = ("Background", "Tumor", "High-grade dysplasia", "Other epithelium")
+"""Label index = output channel. "Tumor" is the binary model's class name, so exports and the
+classes panel match between the two models."""
+
+LESION_LABEL = {
+    "adenocarcinoma": 1,
+    "high-grade-in": 2,
+    "normal": 3,
+    "polyp": 3,
+    "low-grade-in": 3,
+    "serrated-adenoma": 3,
+}
+"""EBHI-Seg class -> label of its mask's white pixels; every unmasked pixel is 0 (background).
+High-grade IN is pre-invasive: with its own label the model no longer has to call it tumour or
+nothing."""
 
 
 class ManifestError(DelineoError):
@@ -97,10 +118,24 @@ def load_image(pair: Pair) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def load_target(pair: Pair) -> np.ndarray:
-    """Tumour target, uint8 {0, 1} (H, W): the mask's white pixels, only in tumour-class images."""
+def load_target(pair: Pair, target: str = "tumour") -> np.ndarray:
+    """uint8 (H, W). `tumour`: {0, 1}, the mask's white pixels, only in tumour-class images.
+    `lesions`: the mask's white pixels hold the pair's `LESION_LABEL`, the rest 0."""
     with Image.open(pair.mask) as im:
         mask = np.asarray(im.convert("L")) > 127
-    if not pair.is_tumour_class:
-        mask = np.zeros_like(mask)
-    return mask.astype(np.uint8)
+    if target == "tumour":
+        return (mask & pair.is_tumour_class).astype(np.uint8)
+    if target != "lesions":
+        raise ManifestError(f"target {target!r}: not one of {', '.join(TARGETS)}")
+    return mask.astype(np.uint8) * np.uint8(lesion_label(pair))
+
+
+def lesion_label(pair: Pair) -> int:
+    """The lesion label of a pair's masked pixels; an unknown class is an error, not background."""
+    try:
+        return LESION_LABEL[pair.cls]
+    except KeyError:
+        raise ManifestError(
+            f"{pair.image}: class {pair.cls!r} has no lesion label; the lesions target knows "
+            f"{', '.join(sorted(LESION_LABEL))}"
+        ) from None

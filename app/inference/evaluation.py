@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.dataset import Pair, load_image, load_target, read_manifest
+from app.core.dataset import LESION_CLASSES, Pair, load_image, load_target, read_manifest
 from app.inference.modelcard import ModelCard
 
 
@@ -33,6 +33,37 @@ def mask_metrics(
     return {
         "dice": round(2 * tp / max(1, 2 * tp + fp + fn), 5),
         "fp_rate_non_tumour": round(other_pos / max(1, other_px), 5),
+    }
+
+
+def exclusive_labels(prob: np.ndarray, background: int = 0, threshold: float = 0.5) -> np.ndarray:
+    """uint8 (H, W) channel index per pixel of softmax scores (C, H, W): background unless
+    1 - p(background) >= threshold, else the foreground channel with the highest score. The
+    runtime's rule (`ClassScheme.labels`) with the channel index as the label."""
+    fg = [c for c in range(prob.shape[0]) if c != background]
+    best = np.asarray(fg, np.uint8)[np.argmax(prob[fg], axis=0)]
+    return np.where(prob[background] <= 1.0 - threshold, best, np.uint8(background)).astype(np.uint8)
+
+
+def confusion(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) pixel counts [true label, predicted label]."""
+    idx = truth.astype(np.int64).ravel() * n + pred.astype(np.int64).ravel()
+    return np.bincount(idx, minlength=n * n).reshape(n, n)
+
+
+def lesion_metrics(conf: np.ndarray) -> dict:
+    """Per foreground class Dice from a lesion confusion matrix, their mean (`score`), and the
+    share of high-grade IN pixels (its masked epithelium) predicted Tumor."""
+    names = LESION_CLASSES
+    dice = {}
+    for c in range(1, len(names)):
+        denom = conf[c].sum() + conf[:, c].sum()
+        dice[names[c]] = round(float(2 * conf[c, c] / max(1, denom)), 5)
+    hgin, tumour = names.index("High-grade dysplasia"), names.index("Tumor")
+    return {
+        "dice": dice,
+        "score": round(float(np.mean(list(dice.values()))), 5),
+        "hgin_called_tumour": round(float(conf[hgin, tumour] / max(1, conf[hgin].sum())), 5),
     }
 
 

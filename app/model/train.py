@@ -1,4 +1,5 @@
-"""`delineo train`: fit the ResUNet to the EBHI-Seg tumour target on CPU or CUDA.
+"""`delineo train`: fit the ResUNet to an EBHI-Seg target on CPU or CUDA: `tumour` (one sigmoid
+channel) or `lesions` (softmax over background, tumour, high-grade dysplasia, other epithelium).
 
 Training tiles are held in memory (1.6 k tiles of 224² are 250 MB) so the two cores of a
 laptop-class machine spend their time in convolutions, not JPEG decoding.
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.core.dataset import Pair, load_image, load_target, read_manifest
+from app.core.dataset import LESION_CLASSES, TARGETS, Pair, load_image, load_target, read_manifest
 from app.errors import DelineoError
+from app.inference.evaluation import confusion, exclusive_labels, lesion_metrics
 from app.inference.modelcard import NORMALIZATION, to_model_input
 from app.model import augment
 from app.model.unet import ResUNet, count_parameters
@@ -49,7 +51,15 @@ class TrainConfig:
     # Hard negatives: high-grade IN is the class the model confuses with adenocarcinoma (a first
     # run called 45% of its val pixels tumour, against <3% for the other benign classes), and it
     # is only 8% of train; it is drawn this many times more often.
+    # With the lesions target high-grade IN is a class of its own rather than a hard negative,
+    # but it is still the rarest lesion and the one confused with tumour, so the weight stays.
     class_weights: dict = field(default_factory=lambda: {"high-grade-in": 3.0})
+    target: str = "tumour"  # or "lesions"
+    init: str = ""  # checkpoint whose weights start every layer but the output head
+
+
+def output_channels(target: str) -> int:
+    return len(LESION_CLASSES) if target == "lesions" else 1
 
 
 def seed_everything(seed: int) -> None:
@@ -59,12 +69,13 @@ def seed_everything(seed: int) -> None:
 
 
 class TileBank:
-    """Decoded tiles and tumour targets of one split, grouped by tumour / non-tumour class."""
+    """Decoded tiles and targets of one split, grouped by tumour / non-tumour class."""
 
-    def __init__(self, pairs: list[Pair], class_weights: dict | None = None):
+    def __init__(self, pairs: list[Pair], class_weights: dict | None = None, target: str = "tumour"):
         self.pairs = pairs
+        self.target = target
         self.images = [load_image(p) for p in pairs]
-        self.targets = [load_target(p) for p in pairs]
+        self.targets = [load_target(p, target) for p in pairs]
         self.tumour = [i for i, p in enumerate(pairs) if p.is_tumour_class]
         self.other = [i for i, p in enumerate(pairs) if not p.is_tumour_class]
         w = np.array([(class_weights or {}).get(p.cls, 1.0) for p in pairs], np.float64)
@@ -101,6 +112,8 @@ class TileBank:
     def batch(self, rng: np.random.Generator, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
         imgs, masks = zip(*(self.sample(rng, cfg) for _ in range(cfg.batch)), strict=True)
         x = torch.from_numpy(to_model_input(np.stack(imgs), NORMALIZATION))
+        if self.target == "lesions":
+            return x, torch.from_numpy(np.stack(masks).astype(np.int64))  # (N, H, W) labels
         y = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
         return x, y
 
@@ -134,9 +147,37 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce + dice
 
 
+def ce_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus the mean batch soft Dice of the foreground classes (channel 0 is
+    background): cross-entropy alone lets the large background swamp the rare high-grade IN."""
+    ce = F.cross_entropy(logits, labels)
+    prob = torch.softmax(logits, dim=1)[:, 1:]
+    onehot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(prob.dtype)
+    inter = (prob * onehot).sum(dim=(0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3)) + 1)
+    return ce + dice.mean()
+
+
+@torch.no_grad()
+def evaluate_lesions(model: ResUNet, bank: TileBank, device: torch.device, batch: int = 16) -> dict:
+    """Per-class Dice under the runtime's decision rule, and high-grade IN called tumour; the
+    checkpoint is chosen by the mean foreground Dice (`score`)."""
+    model.eval()
+    conf = np.zeros((len(LESION_CLASSES), len(LESION_CLASSES)), np.int64)
+    for start in range(0, len(bank), batch):
+        imgs = np.stack(bank.images[start : start + batch])
+        x = torch.from_numpy(to_model_input(imgs, NORMALIZATION)).to(device)
+        prob = torch.softmax(model(x).float(), dim=1).cpu().numpy()
+        for k, p in enumerate(prob):
+            conf += confusion(bank.targets[start + k], exclusive_labels(p), len(LESION_CLASSES))
+    return lesion_metrics(conf)
+
+
 @torch.no_grad()
 def evaluate_bank(model: ResUNet, bank: TileBank, device: torch.device, batch: int = 16) -> dict:
     """Pixel-aggregated tumour Dice at 0.5, and the share of non-tumour-class pixels called tumour."""
+    if bank.target == "lesions":
+        return evaluate_lesions(model, bank, device, batch)
     model.eval()
     tp = fp = fn = 0
     other_fp = other_px = 0
@@ -154,7 +195,35 @@ def evaluate_bank(model: ResUNet, bank: TileBank, device: torch.device, batch: i
                 other_fp += int(p.sum())
                 other_px += p.size
     dice = 2 * tp / max(1, 2 * tp + fp + fn)
-    return {"dice": dice, "fp_rate_non_tumour": other_fp / max(1, other_px)}
+    return {"dice": dice, "fp_rate_non_tumour": other_fp / max(1, other_px), "score": dice}
+
+
+def initialise_from(model: ResUNet, path: str | Path, progress=print) -> None:
+    """Every layer but the output head from another checkpoint of the same shape. A one-channel
+    (tumour) head seeds the Tumor channel, so a lesions model starts as the binary model."""
+    src, _ = load_checkpoint(path)
+    state = src.state_dict()
+    own = model.state_dict()
+    body = {k: v for k, v in state.items() if not k.startswith("head.")}
+    mismatch = [k for k, v in body.items() if k not in own or own[k].shape != v.shape]
+    if mismatch or len(body) != sum(not k.startswith("head.") for k in own):
+        raise CheckpointError(
+            f"{path}: --init needs a ResUNet of the same base and levels ({model.config}); "
+            f"it has {src.config}"
+        )
+    model.load_state_dict({**own, **body})
+    head_w, head_b = state["head.weight"], state["head.bias"]
+    if head_w.shape[0] == 1 and model.config["classes"] == len(LESION_CLASSES):
+        with torch.no_grad():
+            tumour = LESION_CLASSES.index("Tumor")
+            model.head.weight.zero_()
+            model.head.bias.fill_(-4.0)  # the new classes start rare
+            model.head.bias[0] = 0.0  # background: the sigmoid's implicit 0 logit
+            model.head.weight[tumour] = head_w[0]
+            model.head.bias[tumour] = head_b[0]
+    elif head_w.shape == model.head.weight.shape:
+        model.head.load_state_dict({"weight": head_w, "bias": head_b})
+    progress(f"initialised from {path} ({src.config['classes']}-channel head)")
 
 
 def train(cfg: TrainConfig, progress=print) -> Path:
@@ -168,12 +237,18 @@ def train(cfg: TrainConfig, progress=print) -> Path:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu")
 
+    if cfg.target not in TARGETS:
+        raise DelineoError(f"--target {cfg.target}: not one of {', '.join(TARGETS)}")
     t_load = time.time()
-    train_bank = TileBank(read_manifest(cfg.data, "train"), cfg.class_weights)
-    val_bank = TileBank(read_manifest(cfg.data, "val"))
+    train_bank = TileBank(read_manifest(cfg.data, "train"), cfg.class_weights, cfg.target)
+    val_bank = TileBank(read_manifest(cfg.data, "val"), target=cfg.target)
     progress(f"loaded {len(train_bank)} train / {len(val_bank)} val tiles in {time.time() - t_load:.1f}s")
 
-    model = ResUNet(base=cfg.base, levels=cfg.levels).to(device).to(memory_format=torch.channels_last)
+    model = ResUNet(classes=output_channels(cfg.target), base=cfg.base, levels=cfg.levels)
+    if cfg.init:
+        initialise_from(model, cfg.init, progress)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    loss_fn = ce_dice_loss if cfg.target == "lesions" else dice_bce_loss
     amp_dtype = autocast_dtype(device) if cfg.amp else None
     if amp_dtype is not None:
         progress(f"mixed precision: {amp_dtype} autocast on {device.type}")
@@ -197,7 +272,7 @@ def train(cfg: TrainConfig, progress=print) -> Path:
             x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(x)
-            loss = dice_bce_loss(logits.float(), y)
+            loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -207,15 +282,14 @@ def train(cfg: TrainConfig, progress=print) -> Path:
         row = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
-            "val_dice": metrics["dice"],
-            "val_fp_rate_non_tumour": metrics["fp_rate_non_tumour"],
+            **{f"val_{k}": v for k, v in metrics.items()},
             "lr": sched.get_last_lr()[0],
             "elapsed_s": round(time.time() - t0, 1),
         }
         history.append(row)
         with log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        improved = metrics["dice"] > best
+        improved = metrics["score"] > best
         ckpt = {
             "state_dict": model.state_dict(),
             "config": model.config,
@@ -228,11 +302,15 @@ def train(cfg: TrainConfig, progress=print) -> Path:
         }
         torch.save(ckpt, out / "last.pt")
         if improved:
-            best = metrics["dice"]
+            best = metrics["score"]
             torch.save(ckpt, out / "best.pt")
+        if cfg.target == "lesions":
+            said = "  ".join(f"{k} {v:.4f}" for k, v in metrics["dice"].items())
+            said = f"val Dice {said}  HGIN called Tumor {metrics['hgin_called_tumour']:.4f}"
+        else:
+            said = f"val Dice {metrics['dice']:.4f}  FP rate (non-tumour) {metrics['fp_rate_non_tumour']:.4f}"
         progress(
-            f"epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f}  val Dice {metrics['dice']:.4f}"
-            f"  FP rate (non-tumour) {metrics['fp_rate_non_tumour']:.4f}"
+            f"epoch {epoch}/{cfg.epochs}  loss {row['loss']:.4f}  {said}"
             f"  {row['elapsed_s']:.0f}s{'  *best' if improved else ''}"
         )
         if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60 and epoch < cfg.epochs:
