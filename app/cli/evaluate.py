@@ -9,7 +9,7 @@ from app.cli.progress import stderr_progress
 
 
 def add_to(sub) -> None:
-    e = sub.add_parser("evaluate", help="tumour Dice of the shipped model on a manifest")
+    e = sub.add_parser("evaluate", help="Dice (per class for a multi-class model) on a manifest")
     e.add_argument("--manifest", required=True)
     from app.inference.engine_registry import DEFAULT_ENGINE, all_precisions, engine_keys
 
@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result, indent=2))
+    elif "classes" in result:
+        _print_per_class(result, precisions)
     else:
         print(f"{'precision':<10} {'tumour Dice':>12} {'FP rate (non-tumour)':>22}")
         for p in precisions:
@@ -43,3 +45,19 @@ def run(args: argparse.Namespace) -> int:
             f"engine {result['engine']}, model {result['model']}"
         )
     return 0
+
+
+def _print_per_class(result: dict, precisions: list[str]) -> None:
+    """One row per precision: Dice per class, then the share of high-grade IN called Tumor."""
+    classes = result["classes"]
+    widths = [max(12, len(c) + 1) for c in classes]
+    head = "".join(f"{c + ' Dice':>{w + 5}}" for c, w in zip(classes, widths, strict=True))
+    print(f"{'precision':<10}{head} {'HGIN called Tumor':>18}")
+    for p in precisions:
+        cells = "".join(f"{result['dice'][p][c]:>{w + 5}.4f}" for c, w in zip(classes, widths, strict=True))
+        print(f"{p:<10}{cells} {result['hgin_tile_pixels_called_tumour'][p]:>18.4f}")
+    print(
+        f"{result['images']} images ({result['tumour_images']} adenocarcinoma, "
+        f"{result['hgin_images']} high-grade IN), engine {result['engine']}, model {result['model']}; "
+        "HGIN called Tumor: share of the high-grade IN images' pixels"
+    )

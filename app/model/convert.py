@@ -1,5 +1,8 @@
 """`delineo convert`: checkpoint -> ONNX FP32, OpenVINO IR FP16 and INT8, ONNX Runtime INT8,
 each validated against FP32 on `val`, and the model card that ties them together.
+
+A one-channel checkpoint (the tumour target) exports its sigmoid in the graph (a format-1 card);
+a lesions checkpoint exports raw logits and a format-2 card whose runtime applies the softmax.
 """
 
 from __future__ import annotations
@@ -13,15 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.core.dataset import Pair, load_image, read_manifest
+from app.core.dataset import LESION_CLASSES, Pair, load_image, read_manifest
+from app.errors import DelineoError
 from app.inference.engines import ONNXRuntimeEngine, OpenVINOEngine
-from app.inference.evaluation import compare_to_reference
+from app.inference.evaluation import compare_lesions_to_reference, compare_to_reference
 from app.inference.modelcard import ModelCard, write_card
 from app.model.train import load_checkpoint
 from app.model.unet import ProbabilityHead, count_parameters
 
 ONNX_EXTERNAL_DATA_THRESHOLD = 2 << 30  # protobuf's 2 GB limit
 TUMOUR_COLOUR = [200, 0, 0]  # QuPath's default "Tumor" colour
+LESION_COLOURS = {
+    "Background": [0, 0, 0],
+    "Tumor": TUMOUR_COLOUR,
+    "High-grade dysplasia": [230, 150, 0],
+    "Other epithelium": [40, 110, 220],
+}
+COMPARE_WITH = "ebhi-tumour-resunet"  # the binary model whose HGIN confusion the lesions card quotes
 LICENCE = "Apache-2.0 (model weights); trained on EBHI-Seg, CC BY 4.0"
 ATTRIBUTION = (
     "EBHI-Seg: Shi L, Li X, Hu W, et al. EBHI-Seg: A novel enteroscope biopsy histopathological "
@@ -35,14 +46,27 @@ TARGET = (
     "non-tumour, so the model marks invasive adenocarcinoma only; some high-grade IN is expected "
     "to be marked (see the false-positive rate)."
 )
+LESIONS_TARGET = (
+    "Per pixel, one of: Tumor = the annotated (white-mask) epithelium of adenocarcinoma images; "
+    "High-grade dysplasia = that of high-grade intraepithelial neoplasia images; Other epithelium "
+    "= that of normal, polyp, low-grade IN and serrated adenoma images; Background = every "
+    "unannotated pixel. High-grade IN has its own class, so pre-invasive lesions are no longer "
+    "called tumour or nothing."
+)
 
 Progress = Callable[[str], None]
 
 
+def is_softmax(model: torch.nn.Module) -> bool:
+    """A multi-channel checkpoint is exported as logits for the runtime's softmax."""
+    return model.config["classes"] > 1
+
+
 def export_onnx(model: torch.nn.Module, path: Path, multiple: int) -> Path:
     """ONNX opset 17 with dynamic batch, height and width (multiples of `multiple`); weights in the
-    file below 2 GB, in `<name>.data` beside it above."""
-    head = ProbabilityHead(model).eval()
+    file below 2 GB, in `<name>.data` beside it above. One channel: the sigmoid is in the graph;
+    several: raw logits (no activation)."""
+    head = (model if is_softmax(model) else ProbabilityHead(model)).eval()
     n_bytes = sum(p.numel() * p.element_size() for p in head.parameters())
     b = torch.export.Dim("batch", min=1, max=256)
     h = torch.export.Dim("h", min=1, max=1024)
@@ -53,7 +77,7 @@ def export_onnx(model: torch.nn.Module, path: Path, multiple: int) -> Path:
         str(path),
         opset_version=17,
         input_names=["image"],
-        output_names=["probability"],
+        output_names=["logits" if is_softmax(model) else "probability"],
         dynamic_shapes={"x": {0: b, 2: multiple * h, 3: multiple * w}},
         external_data=n_bytes > ONNX_EXTERNAL_DATA_THRESHOLD,
         dynamo=True,
@@ -161,7 +185,9 @@ def convert(
     multiple = 2 ** model.config["levels"]
     t0 = time.time()
 
-    torch.save({"state_dict": model.state_dict(), "config": model.config}, out / "model-fp32.pt")
+    softmax = is_softmax(model)
+    if not softmax:  # the binary model ships its PyTorch weights for `bench model`
+        torch.save({"state_dict": model.state_dict(), "config": model.config}, out / "model-fp32.pt")
     onnx_path = out / "model-fp32.onnx"
     progress("exporting ONNX (opset 17, dynamic batch/height/width)…")
     export_onnx(model, onnx_path, multiple)
@@ -177,7 +203,7 @@ def convert(
     del calib
 
     files = {
-        "torch-fp32": "model-fp32.pt",
+        **({} if softmax else {"torch-fp32": "model-fp32.pt"}),
         "onnx-fp32": "model-fp32.onnx",
         "openvino-fp16": "model-fp16.xml",
         "openvino-int8": "model-int8.xml",
@@ -223,6 +249,8 @@ def convert(
         "licence": LICENCE,
         "data_attribution": ATTRIBUTION,
     }
+    if softmax:
+        raw = _lesions_card(raw, model)
     write_card(out, raw, files)
     card = ModelCard.load(out)
 
@@ -237,6 +265,8 @@ def convert(
         "openvino-int8": OpenVINOEngine(card, "int8", "CPU"),
         "onnxruntime-int8": ONNXRuntimeEngine(card, "int8"),
     }
+    if softmax:
+        return _validate_lesions(raw, out, files, model, card, engines, pairs, t0, progress)
     rows = compare_to_reference(engines, pairs, reference="onnxruntime-fp32")
     torch_ok = _torch_agreement(model, pairs[:4], engines["onnxruntime-fp32"], norm)
     raw["validation"] = {
@@ -259,10 +289,94 @@ def convert(
     return ModelCard.load(out)
 
 
+def _lesions_card(raw: dict, model: torch.nn.Module) -> dict:
+    """The format-2 card of a lesions checkpoint: softmax over channels, one class each."""
+    if model.config["classes"] != len(LESION_CLASSES):
+        raise ValueError(f"a softmax checkpoint needs {len(LESION_CLASSES)} channels ({LESION_CLASSES})")
+    classes = [{"name": n, "color": LESION_COLOURS[n], "channel": i} for i, n in enumerate(LESION_CLASSES)]
+    return {
+        "format": 2,
+        **raw,
+        "task": "Per-pixel colorectal epithelium on H&E: tumour (adenocarcinoma), high-grade "
+        "dysplasia, other epithelium, background",
+        "target": LESIONS_TARGET,
+        "classes": classes,
+        "background": "Background",
+        "output": {"name": "logits", "activation": "softmax", "exclusive": True},
+    }
+
+
+def _validate_lesions(raw, out, files, model, card, engines, pairs, t0, progress) -> ModelCard:
+    """Per-class Dice and cosine of every precision, the HGIN confusion, and the binary model's
+    numbers on the same tiles for comparison."""
+    from app.inference.engine_registry import create_engine
+
+    engines = {k: (e, card) for k, e in engines.items()}
+    try:
+        binary = ModelCard.load(COMPARE_WITH)
+        engines[f"{COMPARE_WITH}-fp32"] = (create_engine("onnxruntime", binary, "fp32"), binary)
+    except DelineoError as e:
+        progress(f"no comparison with {COMPARE_WITH}: {e}")
+    rows = compare_lesions_to_reference(engines, pairs, reference="onnxruntime-fp32")
+    comparison = rows.pop(f"{COMPARE_WITH}-fp32", None)
+    torch_ok = _torch_agreement(model, pairs[:4], engines["onnxruntime-fp32"][0], card.normalization)
+    fp32 = rows["onnxruntime-fp32"]["dice"]
+    worst = {k: round(max(abs(r["dice"][c] - fp32[c]) for c in fp32), 5) for k, r in rows.items()}
+    raw["validation"] = {
+        "split": "val",
+        "tiles": len(pairs),
+        "tiles_per_class": _tiles_per_class(pairs),
+        "reference": "onnxruntime-fp32",
+        "decision": "exclusive: foreground where 1 - p(Background) >= 0.5, then the foreground "
+        "class with the highest probability (the runtime's default)",
+        "torch_vs_onnx_max_abs_diff": torch_ok,
+        "hgin_called_tumour_definitions": {
+            "hgin_called_tumour": "share of the high-grade IN images' annotated pixels called Tumor",
+            "hgin_tile_pixels_called_tumour": "share of all pixels of high-grade IN images called "
+            "Tumor (the binary model's 37 % in issue 11)",
+        },
+        "note": "fp16 is checked with OpenVINO's f32 precision hint so the table shows the IR's own "
+        "loss; at run time a CPU with BF16 runs it in BF16 (see `delineo evaluate`).",
+        "max_class_dice_diff_vs_fp32": worst,
+        "rows": rows,
+    }
+    if comparison is not None:
+        raw["validation"]["binary_model"] = {
+            "model": COMPARE_WITH,
+            "engine": "onnxruntime-fp32",
+            **comparison,
+        }
+    write_card(out, raw, files)
+    progress(f"model card written: {out / 'card.json'} ({time.time() - t0:.0f}s)")
+    for k, r in {**rows, **({COMPARE_WITH: comparison} if comparison else {})}.items():
+        dice = "  ".join(f"{c} {d:.4f}" for c, d in r["dice"].items())
+        progress(
+            f"  {k:<20} Dice {dice}  cosine {r.get('cosine_vs_fp32', float('nan')):.6f}"
+            f"  HGIN called Tumor {r['hgin_called_tumour']:.4f} (tile pixels "
+            f"{r['hgin_tile_pixels_called_tumour']:.4f})"
+        )
+    return ModelCard.load(out)
+
+
+def _tiles_per_class(pairs: list[Pair]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.cls] = counts.get(p.cls, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def _torch_agreement(model, pairs: list[Pair], engine, norm: dict) -> float:
+    """Max |PyTorch - engine| over a few val tiles, after the card's activation."""
     from app.inference.modelcard import to_model_input
 
     imgs = np.stack([load_image(p) for p in pairs])
     with torch.no_grad():
-        ref = torch.sigmoid(model(torch.from_numpy(to_model_input(imgs, norm))))[:, 0].numpy()
-    return round(float(np.abs(engine.predict(imgs) - ref).max()), 7)
+        logits = model(torch.from_numpy(to_model_input(imgs, norm)))
+        if is_softmax(model):
+            ref = torch.softmax(logits, dim=1).numpy()
+        else:
+            ref = torch.sigmoid(logits)[:, 0].numpy()
+    got = engine.predict(imgs)
+    if not is_softmax(model) and got.ndim == 4:  # engines return (N, C, H, W)
+        got = got[:, 0]
+    return round(float(np.abs(got - ref).max()), 7)

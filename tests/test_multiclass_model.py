@@ -1,0 +1,177 @@
+"""The shipped multi-class model (ebhi-lesions-resunet): its targets, its card, its engines and
+its evaluation, on the bundled EBHI-Seg tiles."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import EBHI, run_delineo
+
+from app.core.dataset import LESION_CLASSES, load_image, load_target, read_manifest
+from app.inference.evaluation import confusion, exclusive_labels, lesion_metrics
+from app.inference.modelcard import ModelCard
+
+LESIONS = "ebhi-lesions-resunet"
+
+
+def _pair(cls: str):
+    return next(p for p in read_manifest(EBHI) if p.cls == cls)
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+@pytest.mark.parametrize(
+    ("cls", "label"),
+    [("adenocarcinoma", 1), ("high-grade-in", 2), ("low-grade-in", 3), ("polyp", 3), ("normal", 3)],
+)
+def test_lesion_target_labels_each_category_and_keeps_the_binary_target(cls, label):
+    pair = _pair(cls)
+    lesions = load_target(pair, "lesions")
+    tumour = load_target(pair)  # the default stays the binary model's target
+    assert lesions.dtype == np.uint8 and lesions.shape == tumour.shape
+    assert set(np.unique(lesions)) == {0, label}
+    assert set(np.unique(tumour)) == ({0, 1} if cls == "adenocarcinoma" else {0})
+    if cls == "adenocarcinoma":
+        assert np.array_equal(lesions > 0, tumour > 0)
+
+
+def test_a_class_without_lesion_label_is_an_error_naming_it(tmp_path):
+    from dataclasses import replace
+
+    from app.core.dataset import ManifestError
+
+    pair = replace(_pair("polyp"), cls="lymphoma")
+    with pytest.raises(ManifestError, match="lymphoma"):
+        load_target(pair, "lesions")
+
+
+def test_exclusive_labels_take_background_then_the_best_foreground():
+    # channels: background, Tumor, High-grade dysplasia, Other epithelium; four pixels
+    prob = np.array(
+        [
+            [[0.9, 0.4, 0.5, 0.2]],
+            [[0.05, 0.2, 0.3, 0.5]],
+            [[0.03, 0.3, 0.1, 0.2]],
+            [[0.02, 0.1, 0.1, 0.1]],
+        ],
+        np.float32,
+    )
+    assert exclusive_labels(prob).tolist() == [[0, 2, 1, 1]]
+    truth = np.array([[0, 2, 2, 1]], np.uint8)
+    m = lesion_metrics(confusion(truth, exclusive_labels(prob), len(LESION_CLASSES)))
+    assert m["hgin_called_tumour"] == 0.5  # one of the two HGIN pixels called Tumor
+    assert m["dice"]["Tumor"] == round(2 * 1 / (1 + 2), 5)
+
+
+# ----------------------------------------------------------------------------- the shipped model
+
+
+@pytest.fixture(scope="module")
+def card():
+    return ModelCard.load(LESIONS)
+
+
+def test_shipped_card_lists_four_classes_with_background_and_its_files_verify(card):
+    names = [c["name"] for c in card.classes]
+    assert names == list(LESION_CLASSES)
+    assert card.raw["background"] == "Background"
+    assert card.raw["output"]["activation"] == "softmax"
+    assert card.channels == 4
+    assert [c.name for c in card.scheme.foreground] == ["Tumor", "High-grade dysplasia", "Other epithelium"]
+    colours = {c["name"]: tuple(c["color"]) for c in card.classes}
+    assert colours["Tumor"] == (200, 0, 0)  # the binary model's Tumor colour
+    assert len(set(colours.values())) == 4
+    assert card.verify() == []
+    assert set(card.files) == {"onnx-fp32", "openvino-fp16", "openvino-int8", "onnx-int8"}
+    assert "torch-fp32" not in card.files  # not needed at run time
+
+
+def test_shipped_graph_ends_in_logits_not_an_activation(card):
+    import onnx
+
+    graph = onnx.load(str(card.file("onnx-fp32"))).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    assert produced_by[graph.output[0].name] not in {"Softmax", "Sigmoid"}
+
+
+def test_card_validation_meets_the_precision_floor_and_reports_the_confusion(card):
+    v = card.validation
+    rows = v["rows"]
+    fp32 = rows["onnxruntime-fp32"]["dice"]
+    assert set(fp32) == {"Tumor", "High-grade dysplasia", "Other epithelium"}
+    for key in ("openvino-fp16", "openvino-int8", "onnxruntime-int8"):
+        for cls, d in fp32.items():
+            assert abs(rows[key]["dice"][cls] - d) <= 0.005, (key, cls)
+    assert 0 <= rows["onnxruntime-fp32"]["hgin_tile_pixels_called_tumour"] <= 1
+    assert "hgin_tile_pixels_called_tumour" in v["binary_model"]
+
+
+@pytest.mark.parametrize(("engine", "precision"), [("openvino", "int8"), ("onnxruntime", "fp32")])
+def test_model_on_a_real_tile_gives_four_probabilities_summing_to_one(card, engine, precision):
+    from app.inference.engine_registry import create_engine
+
+    pair = _pair("high-grade-in")
+    tile = load_image(pair)[None]
+    eng = create_engine(engine, card, precision, "CPU")
+    try:
+        prob = eng.predict(tile)
+    finally:
+        eng.close()
+    assert prob.shape == (1, 4, *tile.shape[1:3])
+    assert np.allclose(prob.sum(axis=1), 1.0, atol=1e-3)
+    assert prob.min() >= 0
+    # The tile's masked epithelium is called something other than background for most pixels.
+    mask = load_target(pair, "lesions") > 0
+    labels = card.scheme.labels(prob[0])
+    assert (labels[mask] > 0).mean() > 0.5
+
+
+def test_evaluate_reports_dice_per_class():
+    r = run_delineo("evaluate", "--manifest", str(EBHI / "val.csv"), "--model", LESIONS, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["classes"] == ["Tumor", "High-grade dysplasia", "Other epithelium"]
+    assert set(out["dice"]) == {"fp32", "fp16", "int8"}
+    for p in ("fp16", "int8"):
+        for c in out["classes"]:
+            assert abs(out["dice"][p][c] - out["dice"]["fp32"][c]) < 0.02
+    assert out["dice"]["fp32"]["Tumor"] > 0.5
+    val = str(EBHI / "val.csv")
+    r = run_delineo("evaluate", "--manifest", val, "--model", LESIONS, "--precision", "int8")
+    assert r.returncode == 0, r.stderr
+    assert "High-grade dysplasia Dice" in r.stdout and "HGIN called Tumor" in r.stdout
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_init_from_the_binary_model_starts_with_its_tumour_probability():
+    torch = pytest.importorskip("torch")
+    from conftest import ROOT
+
+    from app.inference.modelcard import NORMALIZATION, to_model_input
+    from app.model.train import initialise_from, load_checkpoint
+    from app.model.unet import ResUNet
+
+    binary_pt = ROOT / "resources" / "models" / "ebhi-tumour-resunet" / "model-fp32.pt"
+    binary, _ = load_checkpoint(binary_pt)
+    model = ResUNet(classes=len(LESION_CLASSES))
+    initialise_from(model, binary_pt, progress=lambda _s: None)
+    model.eval()
+    x = torch.from_numpy(to_model_input(load_image(_pair("adenocarcinoma"))[None], NORMALIZATION))
+    with torch.no_grad():
+        p_binary = torch.sigmoid(binary(x))[:, 0]
+        p_tumour = torch.softmax(model(x), dim=1)[:, LESION_CLASSES.index("Tumor")]
+    assert float((p_binary - p_tumour).abs().max()) < 0.05
+
+
+def test_train_refuses_a_missing_init_checkpoint(tmp_path):
+    r = run_delineo(
+        "train", "--data", str(EBHI), "--out", str(tmp_path / "run"), "--target", "lesions",
+        "--init", str(tmp_path / "nope.pt"),
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "nope.pt" in r.stderr and "Traceback" not in r.stderr
