@@ -175,3 +175,18 @@ def test_train_refuses_a_missing_init_checkpoint(tmp_path):
     )  # fmt: skip
     assert r.returncode == 2
     assert "nope.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_timed_schedule_warms_up_anneals_and_ends_with_the_budget():
+    torch = pytest.importorskip("torch")
+    from app.model.train import TimedOneCycle
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = TimedOneCycle(opt, max_lr=1e-3, seconds=100)
+    seen = []
+    for t in (0, 15, 60, 99.9):
+        assert sched.step(t)
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(4e-5) and seen[1] == pytest.approx(1e-3)
+    assert seen[1] > seen[2] > seen[3] and seen[3] < 1e-6
+    assert not sched.step(100)

@@ -39,6 +39,12 @@ def add_to(sub) -> None:
         "High-grade dysplasia, Other epithelium",
     )
     t.add_argument(
+        "--anneal-by-time",
+        action="store_true",
+        help="run the one-cycle learning-rate schedule over --max-minutes of wall time instead of "
+        "over the epochs, and stop when it is spent (for shared or unknown machines)",
+    )
+    t.add_argument(
         "--init",
         default=None,
         metavar="CHECKPOINT",
@@ -92,6 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
         amp=not args.no_amp,
         target=args.target,
         init=args.init or "",
+        anneal_by_time=args.anneal_by_time,
     )
     best = train(cfg, progress=lambda s: print(s, flush=True))
     print(f"best checkpoint: {best}")

@@ -56,6 +56,9 @@ class TrainConfig:
     class_weights: dict = field(default_factory=lambda: {"high-grade-in": 3.0})
     target: str = "tumour"  # or "lesions"
     init: str = ""  # checkpoint whose weights start every layer but the output head
+    # The one-cycle schedule over max_minutes of wall time instead of over the epochs, so it
+    # anneals fully on a machine whose speed is not known in advance (shared cores).
+    anneal_by_time: bool = False
 
 
 def output_channels(target: str) -> int:
@@ -116,6 +119,29 @@ class TileBank:
             return x, torch.from_numpy(np.stack(masks).astype(np.int64))  # (N, H, W) labels
         y = torch.from_numpy(np.stack(masks)[:, None].astype(np.float32))
         return x, y
+
+
+class TimedOneCycle:
+    """OneCycleLR's shape (warm-up to `max_lr` over the first 15 %, cosine down to 1/250000 of it)
+    driven by the elapsed share of a wall-time budget rather than by a step count."""
+
+    def __init__(self, opt: torch.optim.Optimizer, max_lr: float, seconds: float, pct_start: float = 0.15):
+        self.opt, self.max_lr, self.seconds, self.pct_start = opt, max_lr, seconds, pct_start
+
+    def lr(self, frac: float) -> float:
+        start, end = self.max_lr / 25, self.max_lr / 25 / 1e4
+        if frac < self.pct_start:
+            a, b, t = start, self.max_lr, frac / self.pct_start
+        else:
+            a, b, t = self.max_lr, end, (frac - self.pct_start) / (1 - self.pct_start)
+        return b + (a - b) * (1 + math.cos(math.pi * min(1.0, t))) / 2
+
+    def step(self, elapsed: float) -> bool:
+        """Set the learning rate for this moment; False once the budget is spent."""
+        frac = elapsed / self.seconds
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr(frac)
+        return frac < 1.0
 
 
 def autocast_dtype(device: torch.device):
@@ -255,9 +281,12 @@ def train(cfg: TrainConfig, progress=print) -> Path:
     progress(f"ResUNet base={cfg.base} levels={cfg.levels}: {count_parameters(model):,} parameters")
     steps_per_epoch = max(1, math.ceil((cfg.samples_per_epoch or len(train_bank)) / cfg.batch))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.anneal_by_time and not cfg.max_minutes:
+        raise DelineoError("--anneal-by-time needs --max-minutes (the time the schedule runs over)")
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs, pct_start=0.15
     )
+    timed = TimedOneCycle(opt, cfg.lr, cfg.max_minutes * 60) if cfg.anneal_by_time else None
     rng = np.random.default_rng(cfg.seed)
     history = []
     best = -1.0
@@ -268,6 +297,8 @@ def train(cfg: TrainConfig, progress=print) -> Path:
         model.train()
         losses = []
         for _ in range(steps_per_epoch):
+            if timed is not None and not timed.step(time.time() - t0):
+                break  # time is up: validate this partial epoch, then stop
             x, y = train_bank.batch(rng, cfg)
             x, y = x.to(device).contiguous(memory_format=torch.channels_last), y.to(device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -276,14 +307,15 @@ def train(cfg: TrainConfig, progress=print) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if timed is None:
+                sched.step()
             losses.append(loss.item())
         metrics = evaluate_bank(model, val_bank, device)
         row = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
             **{f"val_{k}": v for k, v in metrics.items()},
-            "lr": sched.get_last_lr()[0],
+            "lr": opt.param_groups[0]["lr"],
             "elapsed_s": round(time.time() - t0, 1),
         }
         history.append(row)
