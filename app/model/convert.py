@@ -376,7 +376,7 @@ def _torch_agreement(model, pairs: list[Pair], engine, norm: dict) -> float:
             ref = torch.softmax(logits, dim=1).numpy()
         else:
             ref = torch.sigmoid(logits)[:, 0].numpy()
-    got = engine.predict(imgs)
-    if not is_softmax(model) and got.ndim == 4:  # engines return (N, C, H, W)
+    got = engine.predict(imgs)  # (N, C, H, W) after the card's activation
+    if not is_softmax(model):
         got = got[:, 0]
     return round(float(np.abs(got - ref).max()), 7)
