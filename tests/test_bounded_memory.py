@@ -49,7 +49,8 @@ def test_band_wise_finishing_gives_the_whole_maps_polygons(large_pyramid):
         assert_same_outline(kept, banded, exact=True)
         kept, banded = both(s, region, DarkEngine(card))
         assert_same_outline(kept, banded, exact=False)
-    borders = [kept.plan.model_to_level0(0, y)[1] for y in range(kept.plan.stride, kept.plan.size[1], kept.plan.stride)]
+    plan = kept.plan
+    borders = [plan.model_to_level0(0, y)[1] for y in range(plan.stride, plan.size[1], plan.stride)]
     crossing = [p for p in banded.polygons if any(p.bounds[1] < y < p.bounds[3] for y in borders)]
     # The test means something: most of the outline crosses band borders.
     assert sum(p.area for p in crossing) > 0.5 * sum(p.area for p in banded.polygons)
