@@ -20,7 +20,17 @@ def add_to(sub) -> None:
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
     b.add_argument(
         "what",
-        choices=["model", "pipeline", "accuracy", "slide", "remote", "review", "review-gui", "serve-load"],
+        choices=[
+            "model",
+            "pipeline",
+            "accuracy",
+            "adaptive",
+            "slide",
+            "remote",
+            "review",
+            "review-gui",
+            "serve-load",
+        ],
     )
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
     add_region_args(b)
@@ -35,7 +45,7 @@ def add_to(sub) -> None:
     b.add_argument(
         "--data",
         default=None,
-        help="bench accuracy: EBHI-Seg folder or manifest (default: $DELINEO_DATA); "
+        help="bench accuracy, adaptive: EBHI-Seg folder or manifest (default: $DELINEO_DATA); "
         "bench review: EBHI-Seg tiles (default: the bundled ones)",
     )
     b.add_argument("--split", default="val", help="bench accuracy: which split's tiles")
@@ -79,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
 
         data = data_folder(args.data)
         result = bench_accuracy(data, engine_from_args(args), split=args.split, progress=progress)
+    elif args.what == "adaptive":
+        from app.core.dataset import data_folder
+        from app.inference.benchmark import bench_adaptive
+
+        data = data_folder(args.data)
+        result = bench_adaptive(data, engine_from_args(args), split=args.split, progress=progress)
     elif args.what == "remote":
         from app.inference.benchmark import bench_remote
 
