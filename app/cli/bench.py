@@ -25,6 +25,7 @@ def add_to(sub) -> None:
             "pipeline",
             "accuracy",
             "adaptive",
+            "memory",
             "slide",
             "remote",
             "review",
@@ -95,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
         data = data_folder(args.data)
         result = bench_adaptive(data, engine_from_args(args), split=args.split, progress=progress)
+    elif args.what == "memory":
+        from app.inference.benchmark import bench_memory
+
+        result = bench_memory(progress=progress)
     elif args.what == "remote":
         from app.inference.benchmark import bench_remote
 
