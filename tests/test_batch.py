@@ -257,6 +257,26 @@ def test_batch_without_dask_says_which_extra_to_install(tmp_path):
     assert "delineo[batch]" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_folders_are_searched_for_slide_files_and_dicom_series(tmp_path):
+    from app.batch.slides import find_slides
+
+    (tmp_path / "run" / "nested").mkdir(parents=True)
+    shutil.copy(SAMPLE_SVS, tmp_path / "run" / "b.svs")
+    shutil.copy(SAMPLE_SVS, tmp_path / "run" / "nested" / "a.tiff")
+    shutil.copytree(DICOM_DIR, tmp_path / "run" / "nested" / "series")
+    (tmp_path / "run" / "b.svs.png").write_bytes(b"a label picture")
+    (tmp_path / "run" / "link.svs").symlink_to(tmp_path / "run" / "b.svs")  # a link is its own slide
+    (tmp_path / "run" / ".trash").mkdir()
+    shutil.copy(SAMPLE_SVS, tmp_path / "run" / ".trash" / "old.svs")
+    found = find_slides([tmp_path / "run", tmp_path / "run" / "b.svs"])  # named twice: once
+    assert [p.relative_to(tmp_path / "run").as_posix() for p in found] == [
+        "b.svs",
+        "link.svs",
+        "nested/a.tiff",
+        "nested/series",
+    ]
+
+
 def test_batch_refuses_bad_input_in_one_line(tmp_path):
     r = run_delineo("batch", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "no such file or folder" in r.stderr
@@ -276,3 +296,5 @@ def test_batch_refuses_bad_input_in_one_line(tmp_path):
     r = run_delineo("batch", str(SAMPLE_SVS), "--out", str(tmp_path / "out"), "--whole-slide",
                     "--region-geojson-dir", str(tmp_path))  # fmt: skip
     assert r.returncode == 2 and "not allowed with" in r.stderr
+    r = run_delineo("bench", "batch", str(SAMPLE_SVS))
+    assert r.returncode == 2 and "two or more slides" in r.stderr

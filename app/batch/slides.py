@@ -30,8 +30,9 @@ def find_slides(paths: list[str | Path]) -> list[Path]:
         p = Path(given).expanduser()
         if not p.exists():
             raise BatchInputError(f"{p}: no such file or folder")
+        p = Path(os.path.abspath(p))  # not resolved: a link is a slide of its own name
         if p.is_file() or _is_dicom_folder(p):
-            found.append(p.resolve())
+            found.append(p)
             continue
         inside = _slides_under(p)
         if not inside:
@@ -62,11 +63,11 @@ def _slides_under(folder: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(root)
         if any(f.lower().endswith(".dcm") for f in files):  # a DICOM series: the folder is the slide
-            out.append(here.resolve())
+            out.append(here)
             dirs[:] = []
             continue
         out.extend(
-            (here / f).resolve()
+            (here / f)
             for f in sorted(files)
             if not f.startswith(".") and Path(f).suffix.lower() in FOLDER_SUFFIXES
         )

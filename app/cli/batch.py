@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from app.batch.slides import find_slides, slide_stem
     from app.batch.summary import Summary
     from app.batch.task import SlideJob
+    from app.core.file_locks import remove_if_stale
 
     check_args(args)
     out = Path(args.out).expanduser().resolve()
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot make the folder ({e.strerror or e})") from None
+    for tmp in out.glob(".*.tmp"):  # left by a batch killed mid-write; a live writer holds its lock
+        remove_if_stale(tmp)
     slides = find_slides(args.slides)
     summary = Summary(out)
     jobs: list[SlideJob] = []
