@@ -161,11 +161,12 @@ class TileReader:
             rgb = cv2.resize(rgb, (tile, tile), interpolation=interp)
         return rgb
 
-    def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
+    def iterate(self, tiles: list[Tile], focus: Focus | None = None) -> Iterator[tuple[Tile, Future]]:
         """Tiles with their reads in flight. Until the first tile is on screen only the next two
         are read (behind it on the reader thread): the cores belong mostly to the first tile's
-        inference, and both of the model's streams find a tile waiting when it is done."""
-        it = iter(tiles)
+        inference, and both of the model's streams find a tile waiting when it is done. With a
+        `focus`, the next tile read is the one nearest where the pathologist looks now."""
+        it = iter(tiles) if focus is None else focus.order(tiles, self.plan)
         for t in itertools.islice(it, min(3, self.lookahead)):
             self.queue.append((t, self.pool.submit(self.read, t)))
         while self.queue:
@@ -178,6 +179,45 @@ class TileReader:
         for _, fut in self.queue:
             fut.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Focus:
+    """Where the pathologist is looking (level-0 x, y), moved from the GUI thread while a run
+    goes on: a run's tiles are taken nearest it first, so what is on screen is done first and
+    panning moves the priority."""
+
+    def __init__(self, point: tuple[float, float] | None = None):
+        self._point = point
+        self._lock = threading.Lock()
+
+    @property
+    def point(self) -> tuple[float, float] | None:
+        with self._lock:
+            return self._point
+
+    @point.setter
+    def point(self, value: tuple[float, float] | None) -> None:
+        with self._lock:
+            self._point = value
+
+    def order(self, tiles: list[Tile], plan: TilePlan) -> Iterator[Tile]:
+        """`tiles`, each next one the nearest to the focus as it is at that moment."""
+        left = list(tiles)
+        if not left:
+            return
+        s = plan.level0_per_model
+        centres = np.array([((t.mx + plan.tile / 2) * s, (t.my + plan.tile / 2) * s) for t in left])
+        alive = np.ones(len(left), bool)
+        for _ in range(len(left)):
+            p = self.point
+            if p is None:
+                i = int(np.argmax(alive))  # the first left, in plan order
+            else:
+                d = np.hypot(centres[:, 0] - p[0], centres[:, 1] - p[1])
+                d[~alive] = np.inf
+                i = int(np.argmin(d))
+            alive[i] = False
+            yield left[i]
 
 
 def tile_core_rect(plan: TilePlan, t: Tile) -> tuple[float, float, float, float]:
@@ -230,6 +270,7 @@ class DelineationRun:
         *,
         tissue: TissueMask | None = None,
         resume: Delineation | None = None,
+        focus: Focus | None = None,
     ):
         card = engine.card
         if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
@@ -244,6 +285,7 @@ class DelineationRun:
         self.settings = settings or RunSettings()
         self.resume = resume
         self.tissue = tissue
+        self.focus = focus
         self.t0 = time.perf_counter()
         # Validated and clipped here once, whoever calls: a region reaching past the slide would
         # otherwise be rasterized at its full size.
@@ -399,7 +441,7 @@ class DelineationRun:
         reader = TileReader(self.slide, plan, self.settings.readers, self.settings.lookahead)
 
         def tiles_read() -> Iterator[tuple[Tile, np.ndarray | BaseException]]:
-            for t, fut in reader.iterate(tiles):
+            for t, fut in reader.iterate(tiles, self.focus):
                 if cancel is not None and cancel.is_set():
                     return
                 try:
