@@ -202,7 +202,8 @@ def bench_pipeline(path, region, engine, repeats: int = 5, progress=None) -> dic
     from app.core.slide import Slide
     from app.core.tissue import tissue_mask
     from app.inference.engine import predict_stream
-    from app.inference.pipeline import DelineationRun, TileReader, split_background
+    from app.inference.pipeline import DelineationRun, split_background
+    from app.inference.tile_reader import TileReader
 
     tile = engine.card.tile
     engine.predict(np.zeros((1, tile, tile, 3), np.uint8))  # compile/warm-up outside the timings

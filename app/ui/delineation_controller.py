@@ -24,7 +24,8 @@ from superqt.utils import create_worker
 from app.core.annotation_edits import accept_in_region, protected_overlapping, replace_in_region
 from app.core.geometry import polygonal
 from app.core.probability_map import ProbabilityMap
-from app.inference.pipeline import Focus, tile_core_rect
+from app.inference.pipeline import tile_core_rect
+from app.inference.tile_reader import Focus
 from app.ui import icons
 from app.ui.annotation_layer import AnnotationLayer
 from app.ui.delineation_worker import RunFinished, TileUpdate, WorkerThread
