@@ -81,6 +81,7 @@ class Delineation:
     min_area_um2: float = 1000.0
     scheme: object = None  # the model's ClassScheme
     run_id: str = ""
+    model: tuple[str, str, str] = ("", "", "")  # name, version, engine: the proposals' provenance
     coarse_tiles: int = 0  # an adaptive run: tiles of its coarse pass
     refine_skipped: int = 0  # tissue tiles the coarse pass ruled out (their share is not run)
     coarse_s: float = 0.0
@@ -101,7 +102,7 @@ class Delineation:
         """The outline as the model's proposals, each recording the run and its settings."""
         if self.probability_map is not None:
             return self.probability_map.proposals(self.outlines, self.threshold, self.min_area_um2)
-        model, version, engine = [*self.source.split(" "), "", "", ""][:3]
+        model, version, engine = self.model
         prov = Provenance(
             "model",
             model=model,
@@ -502,6 +503,7 @@ class DelineationRun:
             min_area_um2=float(settings.min_area_um2),
             scheme=card.scheme,
             run_id=pmap.run_id if pmap is not None else new_run_id(),
+            model=(card.name, card.version, self.engine.name),
             coarse_tiles=self.coarse_tiles,
             refine_skipped=self.refine_skipped,
             coarse_s=self.coarse_s,
