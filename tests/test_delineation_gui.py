@@ -186,16 +186,32 @@ def test_clicking_an_annotation_selects_it_without_moving_the_view(qtbot, window
 def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(qtbot, window, large_pyramid):
     """Ctrl+Shift+D on a slide of tissue everywhere: the first tiles are under the middle of the
     view; after a pan, the next ones are under its new middle. Cancelled once that is seen."""
+    ready: list[str] = []
+    window.worker.worker.slideReady.connect(ready.append)
     open_and_wait(qtbot, window, large_pyramid)
     view = window.view
     view.set_zoom(view.fit_zoom() * 8)
     view.centre_on(15000, 15000)
-    qtbot.wait(50)
+    qtbot.waitUntil(lambda: window.engine_label.text() != "", timeout=60_000)
+    qtbot.waitUntil(lambda: str(large_pyramid) in ready, timeout=30_000)
+    first_at: list[float] = []
+
+    def watch():
+        if not first_at and window.overlay is not None and window.overlay.tiles:
+            first_at.append(time.perf_counter())
+
+    hb = QTimer()
+    hb.setInterval(2)
+    hb.timeout.connect(watch)
+    hb.start()
     with qtbot.waitSignal(window.delineationFinished, timeout=180_000) as sig:
+        t0 = time.perf_counter()
         qtbot.keyClick(
             window, Qt.Key.Key_D, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
         )
         qtbot.waitUntil(lambda: window.overlay is not None and len(window.overlay.tiles) >= 2, timeout=60_000)
+        hb.stop()
+        print(f"\nwhole slide: first tile under the view {(first_at[0] - t0) * 1000:.0f} ms after the click")
         first = [r.center() for r, _ in window.overlay.tiles[:2]]
         view.centre_on(4000, 4000)  # the pathologist moves on
         qtbot.waitUntil(lambda: len(window.overlay.tiles) >= 12, timeout=60_000)
