@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "bench",
     "self_test",
     "data",
+    "model",
 )
 
 

@@ -1,0 +1,687 @@
+"""Installing a model trained elsewhere (`delineo model add`): it is checked against the card's
+contract, given a card, run once through the real engine on a real tile, and only then moved
+into the per-user models folder. A model that does not fit is refused with one line saying what
+is wrong, and nothing is left installed.
+
+The file is read without running anything first: ONNX with `onnx` (external data off, size
+bounded) where it is installed, and with OpenVINO's reader (the IR, and ONNX in the desktop app,
+which leaves `onnx` out), whose shape inference also gives the model's stride.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from app.inference.modelcard import (
+    MAX_CLASSES,
+    MAX_TILE,
+    ModelCard,
+    ModelCardError,
+    is_model_name,
+    write_card,
+)
+
+MAX_MODEL_BYTES = 4 << 30  # a model (weights included) larger than this is refused before it is read
+ACTIVATIONS = ("sigmoid", "softmax", "none")
+CHANNEL_ORDERS = ("RGB", "BGR")
+DEFAULT_TILE = 512
+STRIDE_PROBE = 2048  # side the model's shapes are inferred at to find its stride (up to 256)
+# Colours given to classes named without one, in order, skipping any the user gave.
+PALETTE = (
+    (200, 0, 0),
+    (0, 150, 0),
+    (0, 90, 200),
+    (230, 140, 0),
+    (150, 0, 190),
+    (0, 160, 160),
+    (200, 0, 130),
+    (120, 90, 20),
+    (90, 90, 90),
+)
+_COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
+# Which engines run which of a card's files (engine, precision): what the check runs.
+ENGINE_RUNS = {
+    "onnx-fp32": (("openvino", "fp32"), ("onnxruntime", "fp32")),
+    "onnx-fp16": (("onnxruntime", "fp16"),),
+    "onnx-int8": (("onnxruntime", "int8"),),
+    "openvino-fp32": (("openvino", "fp32"),),
+    "openvino-fp16": (("openvino", "fp16"),),
+    "openvino-int8": (("openvino", "int8"),),
+}
+
+
+class ModelInstallError(ModelCardError):
+    """A model that cannot be installed; the message names the file or option and the fix."""
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """What `delineo model add` was told about the model (None: work it out or the default)."""
+
+    source: Path
+    name: str
+    mpp: float
+    classes: str  # 'Name[:#rrggbb],...', one per output channel in channel order
+    background: str | None = None
+    activation: str | None = None  # default: sigmoid for one channel, softmax for more
+    input_range: int = 1  # the model's input range: 1 (0..1) or 255 (0..255)
+    mean: tuple[float, float, float] | None = None  # in the input range, in channel_order's order
+    std: tuple[float, float, float] | None = None
+    channel_order: str = "RGB"
+    tile: int | None = None
+    overlap: int | None = None
+    threshold: float = 0.5
+    force: bool = False
+    version: str = "1.0.0"
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """What a model file declares: its files, inputs and outputs (None: a dynamic size)."""
+
+    files: tuple[Path, ...]  # the model file, then its weights (.bin, .onnx.data) if any
+    key: str  # the card's file key, e.g. "onnx-fp32"
+    input_name: str
+    input_shape: tuple[int | None, ...] | None  # None: no declared shape
+    output_name: str
+    output_shape: tuple[int | None, ...] | None
+    outputs: int
+    stride: int | None  # the most the model downsamples (None: not found)
+
+
+def parse_classes(text: str) -> list[dict]:
+    """'Tumour:#c80000,Stroma,Background' -> [{"name", "color", "channel"}], channels by position;
+    classes without a colour take the next palette colour nobody else has."""
+    where = "--classes"
+    parts = [p.strip() for p in (text or "").split(",")]
+    if not text or not text.strip() or any(not p for p in parts):
+        raise ModelInstallError(
+            f"{where} {text!r}: give the class of each output channel, comma-separated, e.g. "
+            "'Tumour:#c80000,Stroma,Background'"
+        )
+    if len(parts) > MAX_CLASSES:
+        raise ModelInstallError(f"{where}: {len(parts)} classes; at most {MAX_CLASSES}")
+    classes, seen = [], set()
+    for channel, part in enumerate(parts):
+        name, sep, colour = part.partition(":")
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise ModelInstallError(f"{where}: {part!r} needs a class name of 1..100 characters")
+        if name.lower() in seen:
+            raise ModelInstallError(f"{where}: class {name!r} is named twice; give each class its own name")
+        seen.add(name.lower())
+        rgb = None
+        if sep:
+            m = _COLOUR.fullmatch(colour.strip())
+            if m is None:
+                raise ModelInstallError(
+                    f"{where}: class {name!r} has colour {colour.strip()!r}; give #rrggbb, "
+                    f"e.g. {name}:#c80000"
+                )
+            rgb = [int(m.group(1)[i : i + 2], 16) for i in (0, 2, 4)]
+        classes.append({"name": name, "color": rgb, "channel": channel})
+    taken = {tuple(c["color"]) for c in classes if c["color"]}
+    spare = iter([c for c in PALETTE if c not in taken] + [c for c in PALETTE if c in taken])
+    for c in classes:
+        if c["color"] is None:
+            c["color"] = list(next(spare, PALETTE[c["channel"] % len(PALETTE)]))
+    return classes
+
+
+def inspect_model(source: Path) -> ModelGraph:
+    """Open the model file without running it; a ModelInstallError naming the file when it is
+    not an ONNX model or an OpenVINO IR, or cannot be read."""
+    source = Path(source)
+    if not source.is_file():
+        raise ModelInstallError(f"{source}: no such file; give the model's .onnx or OpenVINO .xml")
+    suffix = source.suffix.lower()
+    if suffix == ".onnx":
+        files = _onnx_files(source)
+    elif suffix == ".xml":
+        weights = source.with_suffix(".bin")
+        if not weights.is_file():
+            raise ModelInstallError(
+                f"{weights}: missing; an OpenVINO IR is MODEL.xml with MODEL.bin beside it"
+            )
+        with open(source, "rb") as f:
+            head = f.read(4096)
+        if b"<net" not in head:
+            raise ModelInstallError(f"{source}: not an OpenVINO IR (no <net> element at its start)")
+        files = (source, weights)
+    else:
+        hint = (
+            " (export it to ONNX first, e.g. torch.onnx.export)" if suffix in (".pt", ".pth", ".ckpt") else ""
+        )
+        raise ModelInstallError(
+            f"{source}: not an ONNX model (.onnx) or an OpenVINO IR (.xml with its .bin){hint}"
+        )
+    total = sum(f.stat().st_size for f in files)
+    if total > MAX_MODEL_BYTES:
+        raise ModelInstallError(
+            f"{source}: {total / 2**30:.1f} GiB with its weights; models up to "
+            f"{MAX_MODEL_BYTES >> 30} GiB are taken"
+        )
+    declared = _onnx_declared(source) if suffix == ".onnx" else None
+    return _openvino_graph(source, files, declared)
+
+
+def _onnx_files(source: Path) -> tuple[Path, ...]:
+    """The ONNX file and its external data file if it has one (only MODEL.onnx.data, beside it,
+    as torch writes it: the card lists an ONNX model's weights under that name)."""
+    if source.stat().st_size > MAX_MODEL_BYTES:
+        raise ModelInstallError(
+            f"{source}: larger than {MAX_MODEL_BYTES >> 30} GiB; not a model Delineo takes"
+        )
+    with open(source, "rb") as f:
+        head = f.read(64)
+    if not head or head.lstrip()[:1] in (b"<", b"{", b"#") or _is_text(head):
+        raise ModelInstallError(f"{source}: not an ONNX model (the file is text, not an ONNX protobuf)")
+    data = source.with_name(source.name + ".data")
+    return (source, data) if data.is_file() else (source,)
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
+
+
+def _onnx_declared(source: Path) -> tuple | None:
+    """(input names, external data locations) from the ONNX protobuf, or None without `onnx`."""
+    try:
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+    except ImportError:
+        return None
+    try:
+        model = onnx.load(str(source), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError and others
+        raise ModelInstallError(f"{source}: not an ONNX model ({type(e).__name__}: {e})") from None
+    graph = model.graph
+    if not graph.node or not graph.output or not model.opset_import:
+        raise ModelInstallError(f"{source}: not an ONNX model (no graph, outputs or opset in it)")
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    locations = set()
+    for tensor in graph.initializer:
+        if uses_external_data(tensor):
+            locations.update(e.value for e in tensor.external_data if e.key == "location")
+    expected = source.name + ".data"
+    if locations - {expected}:
+        raise ModelInstallError(
+            f"{source}: its weights are in {', '.join(sorted(locations))}; Delineo takes external data "
+            f"only as {expected} beside the model (onnx.save(model, path, save_as_external_data=True, "
+            f"location='{expected}')) or inside the .onnx"
+        )
+    if locations and not source.with_name(expected).is_file():
+        raise ModelInstallError(f"{source.with_name(expected)}: missing; the model's weights are in it")
+    return tuple(inputs), tuple(sorted(locations))
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message as one short line (runtimes raise pages of stack)."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
+
+
+def _last_line(e: BaseException) -> str:
+    """OpenVINO's reason, which comes last after the source locations of its checks."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]
+
+
+def _dims(partial_shape) -> tuple[int | None, ...] | None:
+    if partial_shape.rank.is_dynamic:
+        return None
+    return tuple(d.get_length() if d.is_static else None for d in partial_shape)
+
+
+def _openvino_graph(source: Path, files: tuple[Path, ...], declared: tuple | None) -> ModelGraph:
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise ModelInstallError(f"OpenVINO is not installed ({e}); pip install openvino") from None
+    kind = "ONNX model" if source.suffix.lower() == ".onnx" else "OpenVINO IR"
+    try:
+        model = ov.Core().read_model(str(source))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types
+        raise ModelInstallError(f"{source}: not a readable {kind} ({_last_line(e)})") from None
+    inputs, outputs = model.inputs, model.outputs
+    if len(inputs) != 1:
+        names = ", ".join(i.get_any_name() for i in inputs)
+        raise ModelInstallError(
+            f"{source}: takes {len(inputs)} inputs ({names}); Delineo feeds a model one image tensor"
+        )
+    if not outputs:
+        raise ModelInstallError(f"{source}: has no output")
+    inp, out = inputs[0], outputs[0]
+    if not inp.get_element_type().is_real():
+        raise ModelInstallError(
+            f"{source}: its input {inp.get_any_name()!r} is {inp.get_element_type().get_type_name()}; "
+            "Delineo feeds float32 (normalized with --input-range, --mean and --std)"
+        )
+    in_shape, out_shape = _dims(inp.get_partial_shape()), _dims(out.get_partial_shape())
+    stride, probed_out = _stride(model, in_shape)
+    if probed_out is not None and out_shape is not None and len(out_shape) == len(probed_out) == 4:
+        # shape inference at a fixed size tells a channel count the file left dynamic
+        out_shape = (out_shape[0], out_shape[1] or probed_out[1], *out_shape[2:])
+    return ModelGraph(
+        files=files,
+        key=_file_key(model, source),
+        input_name=inp.get_any_name() if inp.get_names() else "input",
+        input_shape=in_shape,
+        output_name=out.get_any_name() if out.get_names() else "output",
+        output_shape=out_shape,
+        outputs=len(outputs),
+        stride=stride,
+    )
+
+
+def _file_key(model, source: Path) -> str:
+    """The card's key for the file: its format and the precision its weights are stored in."""
+    types = {op.get_type_name() for op in model.get_ops()}
+    consts = {
+        op.get_output_element_type(0).get_type_name()
+        for op in model.get_ops()
+        if op.get_type_name() == "Constant"
+    }
+    if types & {"FakeQuantize", "QuantizeLinear", "DequantizeLinear"} or consts & {"i8", "u8"}:
+        precision = "int8"
+    elif "f16" in consts or model.inputs[0].get_element_type().get_type_name() == "f16":
+        precision = "fp16"
+    else:
+        precision = "fp32"
+    return f"{'onnx' if source.suffix.lower() == '.onnx' else 'openvino'}-{precision}"
+
+
+def _stride(model, in_shape) -> tuple[int | None, tuple | None]:
+    """(the most the model downsamples, its output shape at the probe size): OpenVINO infers
+    every tensor's shape at a fixed input size, and a feature map 1/s of the input is stride s."""
+    if in_shape is None or len(in_shape) != 4:
+        return None, None
+    h, w = in_shape[2], in_shape[3]
+    side = h if h is not None and h == w else STRIDE_PROBE
+    if h is None or w is None:
+        try:
+            model.reshape({model.inputs[0]: [1, in_shape[1] or 3, side, side]})
+        except Exception:  # noqa: BLE001 - a graph that cannot take the probe size: stride unknown
+            return None, None
+    stride = 1
+    for op in model.get_ordered_ops():
+        for output in op.outputs():
+            dims = _dims(output.get_partial_shape())
+            if dims is None or len(dims) != 4 or None in dims[2:]:
+                continue
+            fh, fw = dims[2], dims[3]
+            if 1 < fh < side and fh == fw and side % fh == 0 and side // fh <= 256:
+                stride = max(stride, side // fh)
+    return stride, _dims(model.outputs[0].get_partial_shape())
+
+
+def _tile_and_multiple(request: InstallRequest, graph: ModelGraph) -> tuple[int, int, int]:
+    """(tile, overlap, multiple) from the model's input and the options; a refusal naming the
+    option when they disagree."""
+    shape, src = graph.input_shape, request.source
+    h = w = None
+    if shape is not None:
+        if len(shape) != 4:
+            raise ModelInstallError(
+                f"{src}: its input {graph.input_name!r} has rank {len(shape)} {_shape(shape)}; Delineo "
+                "feeds rank 4 (N, 3, H, W)"
+            )
+        if shape[1] != 3:
+            layout = " (it looks NHWC: export it channels-first, NCHW)" if shape[3] == 3 else ""
+            raise ModelInstallError(
+                f"{src}: its input {graph.input_name!r} {_shape(shape)} has {shape[1] or 'a dynamic'} "
+                f"channel(s) at axis 1; Delineo feeds 3-channel NCHW images{layout}"
+            )
+        h, w = shape[2], shape[3]
+    if (h is None) != (w is None) or (h is not None and h != w):
+        raise ModelInstallError(
+            f"{src}: its input {_shape(shape)} is not square; Delineo feeds square tiles (make height "
+            "and width dynamic, or equal)"
+        )
+    if h is not None:
+        if request.tile is not None and request.tile != h:
+            raise ModelInstallError(
+                f"--tile {request.tile}: the model takes {h}x{w} tiles only; give --tile {h}"
+            )
+        tile = h
+    else:
+        tile = DEFAULT_TILE if request.tile is None else request.tile
+    if not 16 <= tile <= MAX_TILE:
+        raise ModelInstallError(f"--tile {tile}: give a tile side of 16..{MAX_TILE} pixels")
+    stride = graph.stride
+    if stride is None:
+        multiple = math.gcd(tile, 32)
+    else:
+        multiple = stride
+        if tile % stride:
+            fit = max(stride, tile - tile % stride)
+            raise ModelInstallError(
+                f"--tile {tile}: the model downsamples by {stride}, so the tile must be a multiple of "
+                f"{stride}, e.g. --tile {fit}"
+            )
+    overlap = min(64, tile // 4) if request.overlap is None else request.overlap
+    if not 0 <= overlap <= tile // 2:
+        raise ModelInstallError(f"--overlap {overlap}: give 0..{tile // 2} pixels (at most half the tile)")
+    return tile, overlap, multiple
+
+
+def _shape(shape) -> str:
+    if shape is None:
+        return "(undeclared)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def build_card(request: InstallRequest, graph: ModelGraph) -> dict:
+    """The format-2 card (without `files`) for the model and the options, after checking that
+    they agree: a ModelInstallError naming the option or the file when they do not."""
+    if not is_model_name(request.name):
+        raise ModelInstallError(
+            f"--name {request.name!r}: use letters, digits, '.', '_' and '-' (it names the folder), "
+            "e.g. my-model"
+        )
+    if not (
+        isinstance(request.mpp, int | float) and math.isfinite(request.mpp) and 0.01 <= request.mpp <= 100
+    ):
+        raise ModelInstallError(
+            f"--mpp {request.mpp}: give the µm per pixel the model was trained at (0.01..100), e.g. 0.5"
+        )
+    classes = parse_classes(request.classes)
+    names = [c["name"] for c in classes]
+    out = graph.output_shape
+    if out is not None and len(out) != 4:
+        raise ModelInstallError(
+            f"{request.source}: its output {graph.output_name!r} has rank {len(out)} {_shape(out)}; Delineo "
+            "takes class scores (N, C, H, W)"
+        )
+    channels = out[1] if out is not None else None
+    activation = request.activation or ("sigmoid" if (channels or len(classes)) == 1 else "softmax")
+    if activation not in ACTIVATIONS:
+        raise ModelInstallError(f"--activation {activation}: give one of {', '.join(ACTIVATIONS)}")
+    if channels is not None and channels != len(classes):
+        raise ModelInstallError(
+            f"--classes: {len(classes)} class(es) ({', '.join(names)}) but the model outputs {channels} "
+            f"channel(s) {_shape(out)}; name one class per output channel, in channel order"
+        )
+    if len(classes) == 1 and activation == "softmax":
+        raise ModelInstallError(
+            "--activation softmax: a one-channel output is always 1 after softmax; give sigmoid (or none "
+            "when the model outputs the probability)"
+        )
+    background = request.background
+    if background is not None:
+        match = [n for n in names if n.lower() == background.lower()]
+        if not match:
+            raise ModelInstallError(
+                f"--background-class {background!r}: not one of the classes ({', '.join(names)})"
+            )
+        background = match[0]
+        if len(classes) == 1:
+            raise ModelInstallError(
+                f"--background-class {background!r}: it is the only class, so nothing would be outlined"
+            )
+    if request.channel_order.upper() not in CHANNEL_ORDERS:
+        raise ModelInstallError(f"--channel-order {request.channel_order}: give RGB or BGR")
+    if request.input_range not in (1, 255):
+        raise ModelInstallError(f"--input-range {request.input_range}: give 1 (input 0..1) or 255 (0..255)")
+    mean = _triple("--mean", request.mean, 0.0, request.input_range)
+    std = _triple("--std", request.std, 1.0, request.input_range)
+    if any(s <= 0 for s in std):
+        raise ModelInstallError(f"--std {','.join(f'{s:g}' for s in std)}: give three positive numbers")
+    if not (math.isfinite(request.threshold) and 0 < request.threshold <= 1):
+        raise ModelInstallError(
+            f"--threshold {request.threshold:g}: give a probability above 0 and at most 1"
+        )
+    tile, overlap, multiple = _tile_and_multiple(request, graph)
+    card = {
+        "format": 2,
+        "name": request.name,
+        "version": request.version,
+        "created": time.strftime("%Y-%m-%d"),
+        "task": f"Installed with delineo model add from {request.source.name}",
+        "mpp": float(request.mpp),
+        "input": {
+            "name": graph.input_name,
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channel_order": request.channel_order.upper(),
+            "tile": tile,
+            "overlap": overlap,
+            "multiple": multiple,
+        },
+        # model input = (pixel * scale - mean) / std; mean and std in the model's input range
+        "normalization": {"scale": 1 / 255 if request.input_range == 1 else 1.0, "mean": mean, "std": std},
+        "output": {"name": graph.output_name, "activation": activation, "threshold": request.threshold},
+        "classes": [{**c, "threshold": request.threshold} if activation == "sigmoid" else c for c in classes],
+    }
+    if background is not None:
+        card["background"] = background
+    return card
+
+
+def _triple(option: str, value, default: float, input_range: int) -> list[float]:
+    if value is None:
+        return [default] * 3
+    values = [float(v) for v in value]
+    if len(values) != 3 or not all(math.isfinite(v) and abs(v) <= 1e6 for v in values):
+        raise ModelInstallError(f"{option}: give three numbers, one per channel, e.g. {option} 0.5,0.5,0.5")
+    if input_range == 1 and option == "--mean" and any(abs(v) > 1.5 for v in values):
+        raise ModelInstallError(
+            f"{option} {','.join(f'{v:g}' for v in values)}: with --input-range 1 give it in 0..1 units "
+            "(e.g. 0.485,0.456,0.406), or give --input-range 255"
+        )
+    return values
+
+
+def sample_tile(tile: int) -> np.ndarray:
+    """A real H&E tile (tile x tile RGB) from the centre of the bundled sample slide."""
+    from app.core.slide import Slide
+    from app.paths import SAMPLE_SLIDE
+
+    with Slide.open(SAMPLE_SLIDE) as slide:
+        w, h = slide.dimensions
+        return slide.read_region(max(0, (w - tile) // 2), max(0, (h - tile) // 2), 0, tile, tile)
+
+
+def check_runs(card: ModelCard, key: str, tile_rgb: np.ndarray | None = None) -> list[str]:
+    """Run the card's model through each real engine that takes its file, on a real tile, and
+    check what comes back: (1, C, tile, tile) probabilities, finite, in 0..1. Returns the
+    engines' names; a ModelInstallError saying what was wrong."""
+    from app.inference.engine import EngineError
+    from app.inference.engine_registry import create_engine
+
+    rgb = sample_tile(card.tile) if tile_rgb is None else tile_rgb
+    model_file = card.path / card.files[key]["path"]
+    channels = len(card.raw["classes"])
+    activation = card.raw["output"]["activation"]
+    ran = []
+    for engine_key, precision in ENGINE_RUNS[key]:
+        try:
+            engine = create_engine(engine_key, card, precision, "CPU")
+        except (EngineError, ModelCardError) as e:
+            raise ModelInstallError(f"{model_file.name}: {engine_key} could not load it: {e}") from None
+        try:
+            out = engine.predict(rgb[None])
+        except Exception as e:  # noqa: BLE001 - whatever the runtime raises on a model it cannot run
+            raise ModelInstallError(
+                f"{model_file.name}: {engine.name} failed on a {card.tile}x{card.tile} tile of the sample "
+                f"slide ({type(e).__name__}: {_first_line(e)})"
+            ) from None
+        finally:
+            engine.close()
+        out = np.asarray(out)
+        want = (1, channels, card.tile, card.tile)
+        if out.shape != want:
+            raise ModelInstallError(
+                f"{model_file.name}: on a {card.tile}x{card.tile} tile {engine.name} gave "
+                f"{tuple(out.shape)}, not {want} (one {card.tile}x{card.tile} map per class); check "
+                "--classes and --tile"
+            )
+        if not np.isfinite(out).all():
+            raise ModelInstallError(
+                f"{model_file.name}: gives NaN or infinite scores on a tile of the sample slide; check "
+                "--input-range, --mean and --std"
+            )
+        lo, hi = float(out.min()), float(out.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            fix = (
+                "it outputs logits: give --activation softmax (or sigmoid)"
+                if activation == "none"
+                else "check --activation"
+            )
+            raise ModelInstallError(
+                f"{model_file.name}: scores {lo:.3g}..{hi:.3g} on a tile of the sample slide are not "
+                f"probabilities in 0..1; {fix}"
+            )
+        ran.append(engine.name)
+    return ran
+
+
+def user_models_dir() -> Path:
+    """The per-user models folder, where installed models live (the card looks there first)."""
+    import app.paths
+
+    found = getattr(app.paths, "user_models_dir", None)
+    if found is not None:
+        return Path(found())
+    from app.logs import data_dir
+
+    return data_dir() / "models"
+
+
+def shipped_dir() -> Path:
+    from app.paths import MODELS_DIR
+
+    return MODELS_DIR
+
+
+@dataclass(frozen=True)
+class Installed:
+    card: ModelCard
+    engines: tuple[str, ...]  # the engines it was run through
+
+
+def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Installed:
+    """Check, copy into a temporary folder in the models folder, write the card, run it, then
+    rename the folder into place. Nothing is left behind on failure."""
+    graph = inspect_model(request.source)
+    raw = build_card(request, graph)
+    if (shipped_dir() / request.name / "card.json").is_file():
+        raise ModelInstallError(
+            f"--name {request.name}: a model shipped with Delineo has this name; choose another name"
+        )
+    root = user_models_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / request.name
+    if final.exists() and not request.force:
+        raise ModelInstallError(
+            f"--name {request.name}: already installed in {final}; give --force to replace it, or "
+            f"delineo model remove {request.name} first"
+        )
+    _remove_stale(root, request.name)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{request.name}.", suffix=".installing", dir=root))
+    old = None
+    try:
+        for f in graph.files:
+            shutil.copyfile(f, tmp / f.name)
+        write_card(tmp, raw, {graph.key: graph.files[0].name})
+        card = ModelCard.load(tmp)
+        card.check_integrity()
+        engines = check_runs(card, graph.key, tile_rgb)
+        if final.exists():
+            old = final.rename(root / f".{request.name}.{tmp.name.split('.')[-2]}.replaced")
+        tmp.rename(final)
+        tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            old = None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists():
+            old.rename(final)
+    return Installed(ModelCard.load(final), tuple(engines))
+
+
+def _remove_stale(root: Path, name: str, older_than_s: float = 3600) -> None:
+    """Temporary folders an interrupted install of `name` left behind (killed mid-copy)."""
+    now = time.time()
+    for p in root.glob(f".{name}.*"):
+        try:
+            if p.is_dir() and now - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def remove(name: str) -> Path:
+    """Remove an installed model's folder (never a shipped one); returns the folder removed."""
+    if not is_model_name(name):
+        raise ModelInstallError(
+            f"{name!r}: not a model name (letters, digits, . _ -); see delineo model list"
+        )
+    folder = user_models_dir() / name
+    if not (folder / "card.json").is_file():
+        if (shipped_dir() / name / "card.json").is_file():
+            raise ModelInstallError(
+                f"{name}: shipped with Delineo, so it cannot be removed (only models you added)"
+            )
+        have = ", ".join(sorted(p.parent.name for p in user_models_dir().glob("*/card.json"))) or "none"
+        raise ModelInstallError(
+            f"{name}: no installed model of that name (installed: {have}); see delineo model list"
+        )
+    trash = folder.with_name(f".{name}.{int(time.time() * 1000)}.removing")
+    folder.rename(trash)  # gone from the list at once, even if deleting the files takes a while
+    shutil.rmtree(trash, ignore_errors=True)
+    return folder
+
+
+def describe(card: ModelCard, shipped: bool) -> dict:
+    """One model for `delineo model list`: name, version, classes, mpp, folder, where from."""
+    classes = card.raw.get("classes", card.classes)
+    background = card.raw.get("background")
+    return {
+        "name": card.name,
+        "version": card.version,
+        "classes": [c["name"] for c in classes],
+        "background": background,
+        "mpp": card.mpp,
+        "folder": str(card.path),
+        "source": "shipped" if shipped else "installed",
+    }
+
+
+def list_models() -> list[dict]:
+    """Every model Delineo can run by name: installed ones first (they are found first), then
+    the shipped ones. A folder whose card does not load is listed with its problem."""
+    rows, seen = [], set()
+    for shipped, root in ((False, user_models_dir()), (True, shipped_dir())):
+        for card_json in sorted(root.glob("*/card.json")) if root.is_dir() else ():
+            folder = card_json.parent
+            if not is_model_name(folder.name) or folder.name in seen:
+                continue
+            seen.add(folder.name)
+            try:
+                rows.append(describe(ModelCard.load(folder), shipped))
+            except ModelCardError as e:
+                rows.append(
+                    {
+                        "name": folder.name,
+                        "folder": str(folder),
+                        "error": str(e),
+                        "source": "shipped" if shipped else "installed",
+                    }
+                )
+    return rows
