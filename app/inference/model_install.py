@@ -33,6 +33,9 @@ MAX_MODEL_BYTES = 4 << 30  # a model (weights included) larger than this is refu
 ACTIVATIONS = ("sigmoid", "softmax", "none")
 CHANNEL_ORDERS = ("RGB", "BGR")
 DEFAULT_TILE = 512
+# Where a model is put together before it is renamed into place: inside the models folder (the
+# same file system, so the rename is atomic) but not a model folder itself (no card.json in it).
+STAGING = ".staging"
 STRIDE_PROBE = 2048  # side the model's shapes are inferred at to find its stride (up to 256)
 # Colours given to classes named without one, in order, skipping any the user gave.
 PALETTE = (
@@ -590,8 +593,10 @@ def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Inst
             f"--name {request.name}: already installed in {final}; give --force to replace it, or "
             f"delineo model remove {request.name} first"
         )
-    _remove_stale(root, request.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{request.name}.", suffix=".installing", dir=root))
+    staging = root / STAGING
+    staging.mkdir(exist_ok=True)
+    _remove_stale(staging)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{request.name}.", suffix=".installing", dir=staging))
     old = None
     try:
         for f in graph.files:
@@ -601,7 +606,7 @@ def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Inst
         card.check_integrity()
         engines = check_runs(card, graph.key, tile_rgb)
         if final.exists():
-            old = final.rename(root / f".{request.name}.{tmp.name.split('.')[-2]}.replaced")
+            old = final.rename(tmp.with_suffix(".replaced"))
         tmp.rename(final)
         tmp = None
         if old is not None:
@@ -615,10 +620,10 @@ def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Inst
     return Installed(ModelCard.load(final), tuple(engines))
 
 
-def _remove_stale(root: Path, name: str, older_than_s: float = 3600) -> None:
-    """Temporary folders an interrupted install of `name` left behind (killed mid-copy)."""
+def _remove_stale(staging: Path, older_than_s: float = 3600) -> None:
+    """Folders an interrupted install or removal left behind (killed mid-copy)."""
     now = time.time()
-    for p in root.glob(f".{name}.*"):
+    for p in staging.iterdir():
         try:
             if p.is_dir() and now - p.stat().st_mtime > older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
@@ -642,8 +647,10 @@ def remove(name: str) -> Path:
         raise ModelInstallError(
             f"{name}: no installed model of that name (installed: {have}); see delineo model list"
         )
-    trash = folder.with_name(f".{name}.{int(time.time() * 1000)}.removing")
-    folder.rename(trash)  # gone from the list at once, even if deleting the files takes a while
+    staging = folder.parent / STAGING
+    staging.mkdir(exist_ok=True)
+    trash = Path(tempfile.mkdtemp(prefix=f"{name}.", suffix=".removing", dir=staging))
+    folder.rename(trash / name)  # gone from the list at once, even if deleting the files takes a while
     shutil.rmtree(trash, ignore_errors=True)
     return folder
 
