@@ -401,6 +401,7 @@ def build_card(request: InstallRequest, graph: ModelGraph) -> dict:
         raise ModelInstallError(
             f"--mpp {request.mpp}: give the µm per pixel the model was trained at (0.01..100), e.g. 0.5"
         )
+    tile, overlap, multiple = _tile_and_multiple(request, graph)  # the input first: what it takes
     classes = parse_classes(request.classes)
     names = [c["name"] for c in classes]
     out = graph.output_shape
@@ -447,7 +448,6 @@ def build_card(request: InstallRequest, graph: ModelGraph) -> dict:
         raise ModelInstallError(
             f"--threshold {request.threshold:g}: give a probability above 0 and at most 1"
         )
-    tile, overlap, multiple = _tile_and_multiple(request, graph)
     card = {
         "format": 2,
         "name": request.name,

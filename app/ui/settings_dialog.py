@@ -19,8 +19,8 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from app.inference.engine_registry import DEFAULT_ENGINE, ENGINES, all_devices, all_precisions
+from app.inference.model_install import list_models
 from app.inference.modelcard import DEFAULT_MODEL
-from app.paths import MODELS_DIR
 from app.ui.delineation_worker import EngineSettings
 from app.ui.endpoint_token import PLAIN_TEXT_WARNING, keyring_available, load_token, save_token
 
@@ -66,8 +66,20 @@ def save_settings(settings: QSettings, s: EngineSettings) -> str | None:
     return save_token(settings, s.url, s.token)
 
 
-def shipped_models() -> list[str]:
-    return sorted(d.name for d in MODELS_DIR.glob("*") if (d / "card.json").is_file())
+def model_choices() -> list[tuple[str, str, str]]:
+    """(label, model name, tooltip) of every model that can be run by name, the user's installed
+    ones first: "name — Class A, Class B", so a model is chosen by what it outlines."""
+    choices = []
+    for m in list_models():
+        if "error" in m:
+            continue
+        outlined = [c for c in m["classes"] if c != m.get("background")]
+        label = f"{m['name']} — {', '.join(outlined)}"
+        where = "shipped with Delineo" if m["source"] == "shipped" else "installed with delineo model add"
+        background = f"; background: {m['background']}" if m.get("background") else ""
+        tip = f"{m['name']} {m['version']}, {where}\n{m['mpp']:g} µm/px{background}\n{m['folder']}"
+        choices.append((label, m["name"], tip))
+    return choices
 
 
 class SettingsDialog(QDialog):
@@ -80,13 +92,18 @@ class SettingsDialog(QDialog):
 
         self.model = QComboBox()
         self.model.setEditable(False)
-        for name in shipped_models():
-            self.model.addItem(name, name)
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        for label, name, tip in model_choices():
+            self.model.addItem(label, name)
+            self.model.setItemData(self.model.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         if self.model.findData(current.model) < 0:
             self.model.addItem(current.model, current.model)
         self.model.setCurrentIndex(self.model.findData(current.model))
         browse = QPushButton("Other…")
-        browse.setToolTip("A folder with your own model and its card.json")
+        browse.setToolTip(
+            "A folder with a model and its card.json (to install your own ONNX or OpenVINO model: "
+            "delineo model add, see docs/MODEL-CARD.md)"
+        )
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
         row.addWidget(self.model, 1)
