@@ -47,8 +47,8 @@ PALETTE = (
     (0, 160, 160),
     (200, 0, 130),
     (120, 90, 20),
-    (90, 90, 90),
 )
+BACKGROUND_GREY = (128, 128, 128)  # never drawn; listed in the card
 _COLOUR = re.compile(r"#([0-9a-fA-F]{6})")
 # Which engines run which of a card's files (engine, precision): what the check runs.
 ENGINE_RUNS = {
@@ -100,9 +100,10 @@ class ModelGraph:
     stride: int | None  # the most the model downsamples (None: not found)
 
 
-def parse_classes(text: str) -> list[dict]:
-    """'Tumour:#c80000,Stroma,Background' -> [{"name", "color", "channel"}], channels by position;
-    classes without a colour take the next palette colour nobody else has."""
+def parse_classes(text: str, background: str | None = None) -> list[dict]:
+    """'Tumour:#c80000,Stroma,Background' -> [{"name", "color", "channel"}], channels by position.
+    A class without a colour takes grey if it is the background, else the next palette colour
+    unlike any other class's."""
     where = "--classes"
     parts = [p.strip() for p in (text or "").split(",")]
     if not text or not text.strip() or any(not p for p in parts):
@@ -131,12 +132,16 @@ def parse_classes(text: str) -> list[dict]:
                 )
             rgb = [int(m.group(1)[i : i + 2], 16) for i in (0, 2, 4)]
         classes.append({"name": name, "color": rgb, "channel": channel})
-    taken = {tuple(c["color"]) for c in classes if c["color"]}
-    spare = iter([c for c in PALETTE if c not in taken] + [c for c in PALETTE if c in taken])
+    taken = [c["color"] for c in classes if c["color"]]
     for c in classes:
-        if c["color"] is None:
-            c["color"] = list(next(spare, PALETTE[c["channel"] % len(PALETTE)]))
+        if c["color"] is None and background is not None and c["name"].lower() == background.lower():
+            c["color"] = list(BACKGROUND_GREY)
+        elif c["color"] is None:
+            far = [p for p in PALETTE if all(math.dist(p, t) >= 120 for t in taken)]
+            c["color"] = list(far[0] if far else PALETTE[len(taken) % len(PALETTE)])
+        taken.append(c["color"])
     return classes
+
 
 
 def inspect_model(source: Path) -> ModelGraph:
@@ -402,7 +407,7 @@ def build_card(request: InstallRequest, graph: ModelGraph) -> dict:
             f"--mpp {request.mpp}: give the µm per pixel the model was trained at (0.01..100), e.g. 0.5"
         )
     tile, overlap, multiple = _tile_and_multiple(request, graph)  # the input first: what it takes
-    classes = parse_classes(request.classes)
+    classes = parse_classes(request.classes, request.background)
     names = [c["name"] for c in classes]
     out = graph.output_shape
     if out is not None and len(out) != 4:
