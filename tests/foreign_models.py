@@ -7,7 +7,7 @@ convention `delineo model add` has to be told about:
 - `softmax_onnx`: ONNX, RGB input in 0..1 (no mean/std), dynamic height and width, logits out
   (the runtime applies softmax), classes Red, Green, Background on channels 0, 1, 2. A 2x2
   average pool and a 2x upsample give it a stride of 2.
-- `bgr_ir`: OpenVINO IR, BGR input in 0..255 normalized with a per-channel mean and std, a
+- `bgr_ir`: OpenVINO IR (FP16 weights), BGR input in 0..255 normalized with a per-channel mean and std, a
   fixed 256x256 input, probabilities out (softmax inside the graph: activation none), classes
   Background, Blue, Red on channels 0, 1, 2. Its weights assume the mean and std, and read red
   from the third input channel, so an engine that forgets either gets the classes wrong.
@@ -97,9 +97,10 @@ def softmax_onnx(path: Path) -> Path:
     return path
 
 
-def bgr_ir(path: Path) -> Path:
+def bgr_ir(path: Path, fp16: bool = True) -> Path:
     """The BGR 0..255 mean/std IR with softmax inside (probabilities out), 256x256 input.
-    `path` ends in .xml; the weights go to the .bin beside it."""
+    `path` ends in .xml; the weights go to the .bin beside it, in FP16 as `ov.save_model` (and
+    so most exporters) store them by default, or FP32."""
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -115,7 +116,7 @@ def bgr_ir(path: Path) -> Path:
     probs = ops.softmax(logits, 1)
     probs.output(0).get_tensor().set_names({"probabilities"})
     model = ov.Model([probs], [image], "bgr-probabilities")
-    ov.save_model(model, str(path), compress_to_fp16=False)
+    ov.save_model(model, str(path), compress_to_fp16=fp16)
     return path
 
 

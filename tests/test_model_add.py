@@ -181,7 +181,7 @@ def outlines(geojson: Path) -> dict[str, float]:
     [
         ("onnx", "openvino", "fp32", {"Red": "red", "Green": "green"}, "blue"),
         ("onnx", "onnxruntime", "fp32", {"Red": "red", "Green": "green"}, "blue"),
-        ("ir", "openvino", "fp32", {"Red": "red", "Blue": "blue"}, "green"),
+        ("ir", "openvino", "fp16", {"Red": "red", "Blue": "blue"}, "green"),
     ],
     ids=["onnx-openvino", "onnx-onnxruntime", "ir-openvino"],
 )
@@ -279,3 +279,24 @@ def test_a_model_that_does_not_fit_is_refused_in_one_line_and_nothing_is_install
     assert installed_cards(models_folder) == []
     staging = models_folder / ".staging"
     assert not staging.exists() or list(staging.iterdir()) == []
+
+
+# -- choosing one ----------------------------------------------------------------------------
+
+
+def test_settings_lists_each_model_with_the_classes_it_outlines(
+    foreign, models_folder, capsys, qtbot, qsettings
+):
+    from app.ui.settings_dialog import SettingsDialog, load_settings
+
+    assert add(onnx_args(foreign["onnx"]), capsys)[0] == 0
+    dlg = SettingsDialog(qsettings)
+    qtbot.addWidget(dlg)
+    labels = {dlg.model.itemData(i): dlg.model.itemText(i) for i in range(dlg.model.count())}
+    assert labels["rgb-softmax"] == "rgb-softmax — Red, Green"  # the background is not outlined
+    assert labels["ebhi-tumour-resunet"] == "ebhi-tumour-resunet — Tumor"
+    dlg.model.setCurrentIndex(dlg.model.findData("rgb-softmax"))
+    assert "background: Background" in dlg.model_details.text()
+    assert "installed with delineo model add" in dlg.model_details.text()
+    dlg.accept()
+    assert load_settings(qsettings).model == "rgb-softmax"

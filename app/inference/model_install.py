@@ -519,6 +519,11 @@ def check_runs(card: ModelCard, key: str, tile_rgb: np.ndarray | None = None) ->
         try:
             engine = create_engine(engine_key, card, precision, "CPU")
         except (EngineError, ModelCardError) as e:
+            if key == "openvino-fp32" and f"no '{key}'" not in str(e) and "no '" in str(e):
+                raise ModelInstallError(
+                    f"{model_file.name}: an IR with FP32 weights does not run in this Delineo; save it with "
+                    "FP16 weights (openvino.save_model's default) or give the ONNX model"
+                ) from None
             raise ModelInstallError(f"{model_file.name}: {engine_key} could not load it: {e}") from None
         try:
             out = engine.predict(rgb[None])
