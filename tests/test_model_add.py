@@ -11,7 +11,7 @@ from pathlib import Path
 import foreign_models as fm
 import pytest
 import shapely
-from conftest import run_delineo
+from conftest import RunningServer, run_delineo
 
 from app.cli import main as delineo_main
 from app.inference.modelcard import ModelCard
@@ -202,6 +202,36 @@ def test_delineate_outlines_each_shape_as_its_class_and_never_the_background(
     for cls, shape in found.items():
         assert areas[cls] == pytest.approx(drawn[shape], rel=AREA_TOLERANCE), cls
     assert not_found not in found.values()
+
+
+def test_serve_and_bench_take_an_installed_model_by_name(foreign, shapes, models_folder, tmp_path, capsys):
+    pytest.importorskip("kserve")
+    import httpx
+
+    assert add(onnx_args(foreign["onnx"]), capsys)[0] == 0
+    r = run_delineo(
+        "bench", "model", "--model", "rgb-softmax", "--configs", "onnxruntime-fp32", "--repeats", "1"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "onnxruntime-fp32" in r.stdout
+    server = RunningServer("--model", "rgb-softmax", "--precision", "fp32", "--threads", "1")
+    try:
+        meta = httpx.get(f"{server.url}/v2/models/rgb-softmax", timeout=10).json()
+        card = meta["parameters"]["delineo_card"]
+        assert [c["name"] for c in card["classes"]] == ["Red", "Green", "Background"]
+        assert card["background"] == "Background" and meta["outputs"][0]["shape"][1] == 3
+        out = tmp_path / "remote.geojson"
+        slide, drawn = shapes
+        r = run_delineo(
+            "delineate", str(slide), "--region", "0,0,2048,2048", "--out", str(out),
+            "--engine", "remote", "--url", server.url,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        areas = outlines(out)
+        assert set(areas) == {"Red", "Green"}
+        assert areas["Red"] == pytest.approx(drawn["red"], rel=AREA_TOLERANCE)
+    finally:
+        server.stop()
 
 
 # -- refusing ------------------------------------------------------------------------------
