@@ -96,7 +96,6 @@ class ModelGraph:
     input_shape: tuple[int | None, ...] | None  # None: no declared shape
     output_name: str
     output_shape: tuple[int | None, ...] | None
-    outputs: int
     stride: int | None  # the most the model downsamples (None: not found)
 
 
@@ -143,7 +142,6 @@ def parse_classes(text: str, background: str | None = None) -> list[dict]:
     return classes
 
 
-
 def inspect_model(source: Path) -> ModelGraph:
     """Open the model file without running it; a ModelInstallError naming the file when it is
     not an ONNX model or an OpenVINO IR, or cannot be read."""
@@ -177,8 +175,9 @@ def inspect_model(source: Path) -> ModelGraph:
             f"{source}: {total / 2**30:.1f} GiB with its weights; models up to "
             f"{MAX_MODEL_BYTES >> 30} GiB are taken"
         )
-    declared = _onnx_declared(source) if suffix == ".onnx" else None
-    return _openvino_graph(source, files, declared)
+    if suffix == ".onnx":
+        _check_onnx(source)
+    return _openvino_graph(source, files)
 
 
 def _onnx_files(source: Path) -> tuple[Path, ...]:
@@ -204,13 +203,15 @@ def _is_text(head: bytes) -> bool:
     return all(ch.isprintable() or ch in "\r\n\t" for ch in text)
 
 
-def _onnx_declared(source: Path) -> tuple | None:
-    """(input names, external data locations) from the ONNX protobuf, or None without `onnx`."""
+def _check_onnx(source: Path) -> None:
+    """The protobuf is an ONNX model whose weights are inside it or in MODEL.onnx.data beside
+    it. Read with external data off, so its size is the file's. Skipped without `onnx` (the
+    desktop app): OpenVINO's reader then says what is wrong."""
     try:
         import onnx
         from onnx.external_data_helper import uses_external_data
     except ImportError:
-        return None
+        return
     try:
         model = onnx.load(str(source), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises its own DecodeError and others
@@ -218,8 +219,6 @@ def _onnx_declared(source: Path) -> tuple | None:
     graph = model.graph
     if not graph.node or not graph.output or not model.opset_import:
         raise ModelInstallError(f"{source}: not an ONNX model (no graph, outputs or opset in it)")
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in initializers]
     locations = set()
     for tensor in graph.initializer:
         if uses_external_data(tensor):
@@ -233,7 +232,6 @@ def _onnx_declared(source: Path) -> tuple | None:
         )
     if locations and not source.with_name(expected).is_file():
         raise ModelInstallError(f"{source.with_name(expected)}: missing; the model's weights are in it")
-    return tuple(inputs), tuple(sorted(locations))
 
 
 def _first_line(e: BaseException) -> str:
@@ -254,7 +252,7 @@ def _dims(partial_shape) -> tuple[int | None, ...] | None:
     return tuple(d.get_length() if d.is_static else None for d in partial_shape)
 
 
-def _openvino_graph(source: Path, files: tuple[Path, ...], declared: tuple | None) -> ModelGraph:
+def _openvino_graph(source: Path, files: tuple[Path, ...]) -> ModelGraph:
     try:
         import openvino as ov
     except ImportError as e:
@@ -270,8 +268,12 @@ def _openvino_graph(source: Path, files: tuple[Path, ...], declared: tuple | Non
         raise ModelInstallError(
             f"{source}: takes {len(inputs)} inputs ({names}); Delineo feeds a model one image tensor"
         )
-    if not outputs:
-        raise ModelInstallError(f"{source}: has no output")
+    if len(outputs) != 1:
+        names = ", ".join(o.get_any_name() if o.get_names() else "?" for o in outputs) or "none"
+        raise ModelInstallError(
+            f"{source}: has {len(outputs)} outputs ({names}); Delineo runs a model with one output, the "
+            "class scores (N, C, H, W): export only that one"
+        )
     inp, out = inputs[0], outputs[0]
     if not inp.get_element_type().is_real():
         raise ModelInstallError(
@@ -290,7 +292,6 @@ def _openvino_graph(source: Path, files: tuple[Path, ...], declared: tuple | Non
         input_shape=in_shape,
         output_name=out.get_any_name() if out.get_names() else "output",
         output_shape=out_shape,
-        outputs=len(outputs),
         stride=stride,
     )
 
