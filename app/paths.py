@@ -20,3 +20,11 @@ MODELS_DIR = RESOURCES / "models"
 SAMPLES_DIR = RESOURCES / "samples"
 SAMPLE_SLIDE = SAMPLES_DIR / "CMU-1-Small-Region.svs"
 FONTS_DIR = RESOURCES / "fonts"
+
+
+def user_models_dir() -> Path:
+    """Models a user installed (`delineo model add`): per user, so no admin rights are needed;
+    a name there takes precedence over a shipped model of the same name."""
+    from app.logs import data_dir
+
+    return data_dir() / "models"

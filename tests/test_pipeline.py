@@ -18,7 +18,7 @@ from app.core.slide import Slide
 from app.core.tiling import blend_window, choose_level, plan_tiles
 from app.core.tracing import vectorize
 from app.inference.modelcard import ModelCard
-from app.inference.pipeline import Delineation, TileEvent, delineate, run_to_end
+from app.inference.pipeline import DelineationRun, RunSettings
 
 
 def make_card(mpp: float = 1.0, tile: int = 256, overlap: int = 32) -> ModelCard:
@@ -43,7 +43,7 @@ class ConstantEngine:
         self.value, self.card = value, card
 
     def predict(self, batch):
-        return np.full(batch.shape[:3], self.value, np.float32)
+        return np.full((batch.shape[0], 1, *batch.shape[1:3]), self.value, np.float32)
 
 
 def dark_map(rgb: np.ndarray, level: float = 170) -> np.ndarray:
@@ -63,7 +63,7 @@ class DarkEngine:
         self.card = card
 
     def predict(self, batch):
-        return np.stack([dark_map(b) for b in batch])
+        return np.stack([dark_map(b) for b in batch])[:, None]
 
 
 def test_blend_window_is_a_partition_of_unity():
@@ -123,10 +123,10 @@ def test_constant_engine_gives_a_constant_map_without_seams(large_pyramid):
     card = make_card(mpp=1.0, tile=256, overlap=32)
     region = box(2000, 2000, 9000, 7000)
     with Slide.open(large_pyramid) as s:
-        result = run_to_end(delineate(s, region, ConstantEngine(0.7, card)))
+        result = DelineationRun(s, region, ConstantEngine(0.7, card)).execute()
     plan = result.plan
-    inside = rasterize(region, result.probability.shape, plan.level0_per_model, plan.model_to_level0(0, 0))
-    values = result.probability[inside].astype(np.float32)
+    inside = rasterize(region, result.probability.shape[1:], plan.level0_per_model, plan.model_to_level0(0, 0))
+    values = result.probability[0][inside].astype(np.float32)
     assert result.tiles_done > 4
     assert np.abs(values - 0.7).max() < 2e-3
     # And the outline is the region itself.
@@ -137,8 +137,8 @@ def test_constant_engine_gives_a_constant_map_without_seams(large_pyramid):
 def test_background_tiles_are_skipped_and_tissue_is_not():
     card = make_card(mpp=1.0, tile=256, overlap=32)
     with Slide.open(SAMPLE_SVS) as s:
-        glass = run_to_end(delineate(s, box(0, 0, 500, 400), ConstantEngine(0.9, card)))
-        tissue = run_to_end(delineate(s, box(900, 1300, 1400, 1700), ConstantEngine(0.9, card)))
+        glass = DelineationRun(s, box(0, 0, 500, 400), ConstantEngine(0.9, card)).execute()
+        tissue = DelineationRun(s, box(900, 1300, 1400, 1700), ConstantEngine(0.9, card)).execute()
     assert glass.tiles_done == 0 and glass.tiles_skipped == glass.tiles_total > 0
     assert glass.polygons == []
     assert tissue.tiles_skipped == 0 and tissue.tiles_done == tissue.tiles_total
@@ -148,9 +148,8 @@ def test_polygons_are_valid_inside_the_region_and_follow_the_pixels():
     card = make_card(mpp=1.0, tile=256, overlap=32)
     region = Polygon([(700, 1000), (1700, 1100), (1600, 2100), (800, 1900)])
     with Slide.open(SAMPLE_SVS) as s:
-        result = run_to_end(
-            delineate(s, region, DarkEngine(card), min_area_um2=0, min_hole_um2=0, simplify_um=0)
-        )
+        exact = RunSettings(min_area_um2=0, min_hole_um2=0, simplify_um=0)
+        result = DelineationRun(s, region, DarkEngine(card), exact).execute()
         # The same rule applied to the slide directly, at the model's resolution.
         plan = result.plan
         x0, y0 = plan.model_to_level0(0, 0)
@@ -188,17 +187,16 @@ def test_cancel_stops_between_tiles_and_keeps_what_is_done(large_pyramid):
     card = make_card(mpp=1.0, tile=256, overlap=32)
     cancel = threading.Event()
     events = []
+
+    def on_tile(ev):
+        events.append(ev)
+        if sum(e.prob is not None for e in events) == 3:
+            cancel.set()
+
     with Slide.open(large_pyramid) as s:
-        for ev in delineate(s, box(1000, 1000, 12000, 12000), ConstantEngine(0.8, card), cancel=cancel):
-            events.append(ev)
-            if (
-                isinstance(ev, TileEvent)
-                and ev.prob is not None
-                and sum(e.prob is not None for e in events if isinstance(e, TileEvent)) == 3
-            ):
-                cancel.set()
-    result = events[-1]
-    assert isinstance(result, Delineation) and result.cancelled
+        result = DelineationRun(s, box(1000, 1000, 12000, 12000), ConstantEngine(0.8, card)).execute(cancel, on_tile)
+    assert result.cancelled
+    assert [e.done for e in events] == list(range(1, len(events) + 1))  # progress counts every tile
     assert result.tiles_done == 3 < result.tiles_total
     assert result.polygons  # the done part is outlined
     assert shapely.union_all(result.polygons).area < 0.2 * 12000 * 12000
@@ -295,7 +293,7 @@ def test_half_size_decoding_keeps_the_outline_as_accurate(tmp_path):
             if not direct:
                 slide._direct = None  # every read through OpenSlide, shrunk with INTER_AREA
             w, h = slide.dimensions
-            result = run_to_end(delineate(slide, box(0, 0, w, h), engine))
+            result = DelineationRun(slide, box(0, 0, w, h), engine).execute()
             choice = result.plan.choice
             if direct:  # level 0 at half size: the model's 1 µm/px without resampling
                 assert (choice.level, choice.reduction, choice.resampled) == (0, 2, False)

@@ -16,7 +16,7 @@ from shapely.geometry import box
 from app.core.geometry import rasterize
 from app.core.slide import Slide
 from app.inference.engines import create_engine
-from app.inference.pipeline import Delineation, TileEvent, delineate, run_to_end
+from app.inference.pipeline import DelineationRun
 from app.inference.remote import RemoteEngine, RemoteError, encode_request
 
 MODEL = "ebhi-tumour-resunet"
@@ -39,8 +39,8 @@ def test_remote_delineation_agrees_with_local_onnxruntime(server):
     assert remote.card.name == MODEL and remote.nhwc  # the card came from the server's metadata
     local = create_engine("onnxruntime", MODEL, "int8")
     with Slide.open(SAMPLE_SVS) as slide:
-        r = run_to_end(delineate(slide, REGION, remote))
-        l_ = run_to_end(delineate(slide, REGION, local))
+        r = DelineationRun(slide, REGION, remote).execute()
+        l_ = DelineationRun(slide, REGION, local).execute()
     assert r.finished and r.engine_error is None and r.tiles_done == l_.tiles_done > 0
     assert r.polygons
     assert dice(r.polygons, l_.polygons, (750, 560)) >= 0.99
@@ -144,7 +144,7 @@ def test_bad_requests_get_clear_errors_and_the_server_lives_on(server):
     assert server.proc.poll() is None
     assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
     engine = RemoteEngine(server.url, server.token)
-    assert engine.predict(tiles_from_sample(1)).shape == (1, 512, 512)
+    assert engine.predict(tiles_from_sample(1)).shape == (1, 1, 512, 512)
 
 
 def test_protocol_conformance_with_tritonclient(server):
@@ -165,7 +165,7 @@ def test_protocol_conformance_with_tritonclient(server):
     out = triton.InferRequestedOutput("probability", binary_data=True)
     result = client.infer(MODEL, [inp], outputs=[out], headers=dict(headers))
     prob = result.as_numpy("probability")
-    assert prob.shape == (2, 512, 512) and prob.dtype == np.float32
+    assert prob.shape == (2, 1, 512, 512) and prob.dtype == np.float32  # (N, C, H, W), C from the card
     local = create_engine("onnxruntime", MODEL, "int8")
     np.testing.assert_allclose(prob, local.predict(tiles), atol=1e-4)
     # JSON tensors (no binary extension) give the same numbers.
@@ -186,18 +186,18 @@ def test_killing_the_server_mid_run_keeps_finished_tiles_and_can_finish_locally(
         events = []
         with Slide.open(large_pyramid) as slide:
             region = box(2000, 2000, 9000, 9000)
-            for ev in delineate(slide, region, engine):
+
+            def on_tile(ev):
                 events.append(ev)
-                ran = [e for e in events if isinstance(e, TileEvent) and e.prob is not None]
-                if len(ran) == 3 and own.proc.poll() is None:
+                if sum(e.prob is not None for e in events) == 3 and own.proc.poll() is None:
                     own.kill()
-            result = events[-1]
-            assert isinstance(result, Delineation)
+
+            result = DelineationRun(slide, region, engine).execute(on_tile=on_tile)
             assert result.engine_error and "stopped answering" in result.engine_error
             assert result.tiles_done >= 3 and result.pending and not result.cancelled
             done_before = result.tiles_done
             local = create_engine("openvino", precision="int8")
-            finished = run_to_end(delineate(slide, region, local, resume=result))
+            finished = DelineationRun(slide, region, local, resume=result).execute()
         assert finished.finished and finished.engine_error is None
         assert finished.tiles_done == done_before + len(result.pending)
         assert finished.tiles_done + finished.tiles_skipped == finished.tiles_total
@@ -287,8 +287,8 @@ def test_remote_engine_sends_fp16_to_a_server_taking_the_models_own_input(tmp_pa
         assert (remote.input_name, remote.input_type, remote.nhwc) == ("image", "FP16", False)
         local = create_engine("onnxruntime", MODEL, "fp32")
         with Slide.open(SAMPLE_SVS) as slide:
-            r = run_to_end(delineate(slide, REGION, remote))
-            l_ = run_to_end(delineate(slide, REGION, local))
+            r = DelineationRun(slide, REGION, remote).execute()
+            l_ = DelineationRun(slide, REGION, local).execute()
         assert r.finished and dice(r.polygons, l_.polygons, (750, 560)) >= 0.99
         # A uint8 tile sent to this server is refused with what it takes instead.
         body, n = encode_request("tiles", np.zeros((1, 16, 16, 3), np.uint8), "UINT8", "probability")

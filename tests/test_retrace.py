@@ -18,7 +18,7 @@ from app.core.probability_map import ProbabilityMap, ProbabilityMapError
 from app.core.pyramid_tiff import array_source, level_sizes, write_pyramidal_tiff
 from app.core.slide import Slide
 from app.inference.engines import create_engine
-from app.inference.pipeline import delineate, run_to_end
+from app.inference.pipeline import DelineationRun, RunSettings
 
 
 class CountingEngine:
@@ -47,14 +47,13 @@ def run(mosaic_slide):
     engine = CountingEngine(create_engine("openvino", precision="int8"))
     with Slide.open(mosaic_slide) as s:
         # Not the default tracing settings: a re-trace must reuse the run's own.
-        result = run_to_end(
-            delineate(s, box(0, 0, 896, 896), engine, min_area_um2=200.0, simplify_um=2.0, min_hole_um2=400.0)
-        )
+        settings = RunSettings(min_area_um2=200.0, simplify_um=2.0, min_hole_um2=400.0)
+        result = DelineationRun(s, box(0, 0, 896, 896), engine, settings).execute()
     return result, engine
 
 
-def canonical(polys) -> list[bytes]:
-    return sorted(shapely.to_wkb(shapely.normalize(p)) for p in polys)
+def canonical(outlines: dict) -> list[tuple[str, bytes]]:
+    return sorted((name, shapely.to_wkb(shapely.normalize(p))) for name, ps in outlines.items() for p in ps)
 
 
 def test_retrace_at_the_runs_settings_gives_exactly_its_polygons(run):
@@ -62,17 +61,17 @@ def test_retrace_at_the_runs_settings_gives_exactly_its_polygons(run):
     pmap = result.probability_map
     assert result.polygons, "the shipped model finds tumour in the EBHI tiles"
     assert pmap.prob.dtype == np.uint8 and pmap.default_threshold == 0.5
-    assert canonical(pmap.trace(result.threshold, result.min_area_um2)) == canonical(result.polygons)
+    assert canonical(pmap.trace(result.threshold, result.min_area_um2)) == canonical(result.outlines)
 
 
 def test_retrace_tunes_sensitivity_and_minimum_area_without_the_engine(run):
     result, engine = run
     calls = engine.calls
     pmap = result.probability_map
-    area = {t: sum(p.area for p in pmap.trace(t, 200.0)) for t in (0.2, 0.5, 0.8)}
+    area = {t: sum(p.area for p in pmap.trace(t, 200.0)['Tumor']) for t in (0.2, 0.5, 0.8)}
     assert area[0.2] > area[0.5] > area[0.8]
-    few = pmap.trace(0.5, 20_000.0)
-    many = pmap.trace(0.5, 0.0)
+    few = pmap.trace(0.5, 20_000.0)['Tumor']
+    many = pmap.trace(0.5, 0.0)['Tumor']
     assert len(many) > len(few) and all(p.area >= 20_000 for p in few)
     anns = pmap.annotations(0.3, 500.0)
     prov = anns[0].provenance

@@ -55,7 +55,7 @@ def recovery_path(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from app.core.annotations import write_geojson
     from app.core.slide import Slide
-    from app.inference.pipeline import Delineation, delineate
+    from app.inference.pipeline import DelineationRun, RunSettings
 
     out = Path(args.out)
     if args.threshold is not None and not 0 < args.threshold <= 1:
@@ -71,15 +71,10 @@ def run(args: argparse.Namespace) -> int:
         region = region_from_args(args, slide)
         engine = engine_from_args(args)
         bar = StderrProgress()
-        result = None
-        events = delineate(
-            slide, region, engine, slide_mpp=args.mpp, threshold=args.threshold, min_area_um2=args.min_area
+        settings = RunSettings(threshold=args.threshold, min_area_um2=args.min_area, slide_mpp=args.mpp)
+        result = DelineationRun(slide, region, engine, settings).execute(
+            on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s)
         )
-        for ev in events:
-            if isinstance(ev, Delineation):
-                result = ev
-            else:
-                bar.update(ev.done, ev.total, ev.elapsed_s)
         bar.close()
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -105,8 +100,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(
         f"{result.tiles_done} tiles done, {result.tiles_skipped} skipped as background, "
-        f"{result.tiles_failed} unreadable; {len(annotations)} tumour polygon(s) -> {out}; "
+        f"{result.tiles_failed} unreadable; {describe_outlines(result.outlines)} -> {out}; "
         f"{result.seconds:.1f} s, {result.mpix_per_s:.2f} MPix/s at model resolution",
         file=sys.stderr,
     )
     return 0
+
+
+def describe_outlines(outlines: dict) -> str:
+    """ "3 Tumor polygon(s)", or per class for a multi-class model."""
+    return (
+        ", ".join(f"{len(polygons)} {name} polygon(s)" for name, polygons in outlines.items()) or "no classes"
+    )

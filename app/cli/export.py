@@ -81,17 +81,21 @@ def _export_likelihood(args: argparse.Namespace, slide, region, annotations) -> 
     import shapely
 
     from app.core import export
-    from app.inference.pipeline import delineate, run_to_end
+    from app.inference.pipeline import DelineationRun
 
     if region is None:
         if not annotations:
             raise UsageError("--likelihood needs a region: pass --region or save a painted region")
         region = shapely.union_all([a.geometry for a in annotations]).envelope
     engine = engine_from_args(args)
-    result = run_to_end(delineate(slide, region, engine))
+    result = DelineationRun(slide, region, engine).execute()
     plan = result.plan
-    path = export.likelihood_map_path(slide.path, Path(args.out).parent)
-    export.export_likelihood(
-        path, slide, result.probability, plan.level0_per_model, plan.model_to_level0(0, 0)
-    )
-    print(f"likelihood map ({result.tiles_done} tiles) -> {path}", file=sys.stderr)
+    classes = engine.card.scheme.foreground
+    for c in classes:
+        path = export.likelihood_map_path(
+            slide.path, Path(args.out).parent, c.name if len(classes) > 1 else None
+        )
+        export.export_likelihood(
+            path, slide, result.probability[c.channel], plan.level0_per_model, plan.model_to_level0(0, 0)
+        )
+        print(f"likelihood map of {c.name} ({result.tiles_done} tiles) -> {path}", file=sys.stderr)

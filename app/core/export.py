@@ -14,6 +14,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -389,15 +390,17 @@ def _fill(out: np.ndarray, geom: BaseGeometry, value: int, scale: float, origin)
     out[m] = value
 
 
-def likelihood_map_path(slide_path: Path, folder: Path | None = None) -> Path:
-    """`<slide>_likelihood_map.tif`, the name ASAP loads beside a slide as an overlay."""
-    return (folder or slide_path.parent) / f"{slide_path.stem}_likelihood_map.tif"
+def likelihood_map_path(slide_path: Path, folder: Path | None = None, cls: str | None = None) -> Path:
+    """`<slide>_likelihood_map.tif`, the name ASAP loads beside a slide as an overlay; one per
+    class of a multi-class model, `<slide>_<class>_likelihood_map.tif`."""
+    part = f"_{re.sub(r'[^A-Za-z0-9]+', '-', cls).strip('-')}" if cls else ""
+    return (folder or slide_path.parent) / f"{slide_path.stem}{part}_likelihood_map.tif"
 
 
 def export_likelihood(
     path, slide: Slide, probability: np.ndarray, level0_per_px: float, origin: tuple[float, float]
 ) -> Path:
-    """A whole-slide pyramidal TIFF of tumour probability (uint8, 255 = 1.0) at the model's
+    """A whole-slide pyramidal TIFF of one class's probability (uint8, 255 = 1.0) at the model's
     resolution; `probability` covers the level-0 rectangle starting at `origin`."""
     W, H = slide.dimensions
     sizes = level_sizes(max(1, math.ceil(W / level0_per_px)), max(1, math.ceil(H / level0_per_px)), 2, 256)

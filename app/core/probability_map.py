@@ -2,10 +2,11 @@
 
 A pathologist tunes the sensitivity (threshold) and the minimum area while looking at the
 slide; tracing the stored map again takes tens of milliseconds where re-running the model takes
-minutes. The map is uint8 (255 = 1.0): 4x smaller than float32, in steps of 1/255, and the run's
-own outline is traced from the same uint8 map, so a re-trace at the run's settings gives the
-run's polygons exactly. Saved beside the slide as a compressed TIFF whose ImageDescription holds
-the run's metadata as JSON, so it survives a restart.
+minutes. The map holds one uint8 channel per class of the model (255 = 1.0): 4x smaller than
+float32, in steps of 1/255, and the run's own outline is traced from the same uint8 map, so a
+re-trace at the run's settings gives the run's polygons exactly. The model's `ClassScheme`
+decides which pixels are which class. Saved beside the slide as a compressed TIFF whose
+ImageDescription holds the run's metadata as JSON, so it survives a restart.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from app.core.annotations import Annotation, Provenance
+from app.core.class_scores import SINGLE_TUMOUR, ClassScheme, OutputClass
 from app.core.file_modes import make_ordinary
 from app.core.tracing import coarse, corner_map, region_mask, trace_factor, vectorize
 from app.errors import DelineoError
 
 FORMAT = "delineo-probability-map"
-FORMAT_VERSION = 1
-TUMOUR = ("Tumor", (200, 0, 0))
+FORMAT_VERSION = 2  # 1: one 2-D channel and one "class"; still read
 
 
 class ProbabilityMapError(DelineoError):
@@ -43,7 +44,7 @@ def new_run_id() -> str:
 @dataclass
 class ProbabilityMap:
     run_id: str
-    prob: np.ndarray  # uint8 0-255, model pixels
+    prob: np.ndarray  # (C, H, W) uint8 0-255, model pixels, one channel per class of `scheme`
     level0_per_model: float
     offset: tuple[float, float]  # level-0 position of model pixel (0, 0)
     region: BaseGeometry  # the painted region the run covered (level-0 px)
@@ -52,8 +53,7 @@ class ProbabilityMap:
     version: str
     engine: str
     default_threshold: float
-    cls: str = TUMOUR[0]
-    color: tuple[int, int, int] = TUMOUR[1]
+    scheme: ClassScheme = SINGLE_TUMOUR
     simplify_um: float = 1.0  # the run's tracing settings: a re-trace uses them unless told
     min_hole_um2: float = 1000.0
     _grids: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -63,7 +63,7 @@ class ProbabilityMap:
         map_type, blender, plan, region: BaseGeometry, slide_mpp: float, **meta
     ) -> ProbabilityMap:
         """The map of a run (its Blender and TilePlan); `meta`: model, version, engine,
-        default_threshold and optionally run_id, cls, color."""
+        default_threshold, scheme and optionally run_id."""
         meta.setdefault("run_id", new_run_id())
         return map_type(
             prob=blender.probability_u8(),
@@ -74,14 +74,29 @@ class ProbabilityMap:
             **meta,
         )
 
-    def grid(self, factor: int) -> tuple[np.ndarray, np.ndarray]:
-        """The map on the tracing grid of `factor` and its `corner_map` inside the region, made
-        once: every re-trace at that grid only thresholds them."""
-        if factor not in self._grids:
-            prob = coarse(self.prob, factor)
-            inside = region_mask(self.region, prob.shape, self.level0_per_model * factor, self.offset)
-            self._grids[factor] = (prob, corner_map(prob, inside))
-        return self._grids[factor]
+    def _inside(self, factor: int, shape: tuple[int, int]) -> np.ndarray:
+        key = ("inside", factor)
+        if key not in self._grids:
+            self._grids[key] = region_mask(self.region, shape, self.level0_per_model * factor, self.offset)
+        return self._grids[key]
+
+    def grid(self, factor: int, channel: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """One channel on the tracing grid of `factor` and its `corner_map` inside the region,
+        made once: every re-trace at that grid only thresholds them."""
+        if (factor, channel) not in self._grids:
+            prob = coarse(self.prob[channel], factor)
+            self._grids[factor, channel] = (prob, corner_map(prob, self._inside(factor, prob.shape)))
+        return self._grids[factor, channel]
+
+    def _class_maps(self, threshold: float) -> dict[str, np.ndarray]:
+        """Exclusive classes: 0/255 per class where the scheme gives it that class, made once per
+        sensitivity (the decision needs every channel at once)."""
+        key = ("classes", threshold)
+        if key not in self._grids:
+            masks = self.scheme.masks(self.prob, threshold)
+            self._grids = {k: v for k, v in self._grids.items() if k[0] != "classes"}
+            self._grids[key] = {name: m.view(np.uint8) * np.uint8(255) for name, m in masks.items()}
+        return self._grids[key]
 
     def trace(
         self,
@@ -89,26 +104,31 @@ class ProbabilityMap:
         min_area_um2: float,
         simplify_um: float | None = None,
         min_hole_um2: float | None = None,
-    ) -> list:
-        """The run's outline at another sensitivity and minimum area; the model is not called.
-        Simplification and hole filling default to the run's own."""
+    ) -> dict[str, list]:
+        """The run's outline per class at another sensitivity and minimum area; the model is not
+        called. Simplification and hole filling default to the run's own."""
         simplify_um = self.simplify_um if simplify_um is None else simplify_um
         min_hole_um2 = self.min_hole_um2 if min_hole_um2 is None else min_hole_um2
         factor = trace_factor(simplify_um, self.level0_per_model * self.slide_mpp)
-        prob, corners = self.grid(factor)
-        return vectorize(
-            prob,
-            threshold,
+        settings = (
             self.level0_per_model,
             self.offset,
             self.region,
             self.slide_mpp,
             simplify_um,
             min_area_um2,
-            min_hole_um2,
-            corners=corners,
-            factor=factor,
         )
+        out = {}
+        if self.scheme.exclusive:
+            for name, mask in self._class_maps(threshold).items():
+                prob = coarse(mask, factor)
+                corners = corner_map(prob, self._inside(factor, prob.shape))
+                out[name] = vectorize(prob, 0.5, *settings, min_hole_um2, corners=corners, factor=factor)
+            return out
+        for c in self.scheme.foreground:
+            prob, corners = self.grid(factor, c.channel)
+            out[c.name] = vectorize(prob, threshold, *settings, min_hole_um2, corners=corners, factor=factor)
+        return out
 
     def provenance(self, threshold: float, min_area_um2: float) -> Provenance:
         return Provenance(
@@ -123,10 +143,16 @@ class ProbabilityMap:
 
     def annotations(self, threshold: float, min_area_um2: float, **trace_kw) -> list[Annotation]:
         """The traced outline as proposals, each recording the run and the settings used."""
+        return self.proposals(self.trace(threshold, min_area_um2, **trace_kw), threshold, min_area_um2)
+
+    def proposals(self, outlines: dict[str, list], threshold: float, min_area_um2: float) -> list[Annotation]:
+        """Traced outlines (class name -> polygons) as the run's proposals, in class order."""
         prov = self.provenance(threshold, min_area_um2)
+        colours = {c.name: c.color for c in self.scheme.classes}
         return [
-            Annotation(p, self.cls, self.color, provenance=prov, review="proposed")
-            for p in self.trace(threshold, min_area_um2, **trace_kw)
+            Annotation(p, name, colours[name], provenance=prov, review="proposed")
+            for name, polygons in outlines.items()
+            for p in polygons
         ]
 
     # ------------------------------------------------------------------ on disk
@@ -144,7 +170,12 @@ class ProbabilityMap:
             "version": self.version,
             "engine": self.engine,
             "default_threshold": self.default_threshold,
-            "class": {"name": self.cls, "color": list(self.color)},
+            "classes": [
+                {"name": c.name, "color": list(c.color), "channel": c.channel, "threshold": c.threshold}
+                for c in self.scheme.classes
+            ],
+            "exclusive": self.scheme.exclusive,
+            "background": self.scheme.background,
             "simplify_um": self.simplify_um,
             "min_hole_um2": self.min_hole_um2,
         }
@@ -158,12 +189,15 @@ class ProbabilityMap:
         os.close(fd)
         try:
             make_ordinary(tmp)
+            one = self.prob.shape[0] == 1  # a one-class map stays the plain 2-D TIFF it was
             tifffile.imwrite(
                 tmp,
-                self.prob,
+                self.prob[0] if one else self.prob,
                 compression="zlib",
                 compressionargs={"level": 1},  # maps are smooth: level 1 is within 10% of 9, 5x faster
-                tile=(256, 256) if min(self.prob.shape) >= 256 else None,
+                tile=(256, 256) if min(self.prob.shape[1:]) >= 256 else None,
+                planarconfig=None if one else "separate",
+                photometric="minisblack",
                 description=json.dumps(self.meta()),
                 metadata=None,
             )
@@ -200,10 +234,15 @@ class ProbabilityMap:
             raise bad("not a Delineo probability map (no run metadata)") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise bad("not a Delineo probability map")
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in (1, FORMAT_VERSION):
             raise bad(f"written by another Delineo (format {meta.get('format_version')!r})")
-        if prob.dtype != np.uint8 or prob.ndim != 2:
-            raise bad(f"holds {prob.dtype} {prob.shape}, expected a 2-D uint8 map")
+        if prob.ndim == 2:
+            prob = prob[None]
+        if prob.dtype != np.uint8 or prob.ndim != 3:
+            raise bad(f"holds {prob.dtype} {prob.shape}, expected a uint8 map per class")
+        scheme = _scheme_of(meta)
+        if scheme is None or scheme.channels != prob.shape[0]:
+            raise bad(f"its classes do not match its {prob.shape[0]} channel(s)")
 
         def number(key: str, positive: bool = True) -> float:
             v = meta.get(key)
@@ -231,9 +270,6 @@ class ProbabilityMap:
         threshold = number("default_threshold")
         if threshold > 1:
             raise bad(f"'default_threshold' is {threshold}")
-        klass = meta.get("class") or {}
-        color = klass.get("color") if isinstance(klass, dict) else None
-        ok_color = isinstance(color, list) and len(color) == 3 and all(isinstance(v, int) for v in color)
         return map_type(
             run_id=meta["run_id"],
             prob=prob,
@@ -245,10 +281,43 @@ class ProbabilityMap:
             version=meta["version"],
             engine=meta["engine"],
             default_threshold=threshold,
-            cls=klass.get("name")
-            if isinstance(klass, dict) and isinstance(klass.get("name"), str)
-            else TUMOUR[0],
-            color=tuple(color) if ok_color else TUMOUR[1],
+            scheme=scheme,
             simplify_um=number("simplify_um", positive=False),
             min_hole_um2=number("min_hole_um2", positive=False),
         )
+
+
+def _scheme_of(meta: dict) -> ClassScheme | None:
+    """The classes a saved map declares (format 1: one "class"), or None when malformed."""
+
+    def one(c: object, channel: int) -> OutputClass | None:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            return None
+        color = c.get("color")
+        if not (
+            isinstance(color, list)
+            and len(color) == 3
+            and all(isinstance(v, int) and 0 <= v <= 255 for v in color)
+        ):
+            return None
+        t = c.get("threshold", 0.5)
+        if not isinstance(t, int | float) or not 0 <= t <= 1:
+            return None
+        ch = c.get("channel", channel)
+        return OutputClass(c["name"], tuple(color), ch, float(t)) if isinstance(ch, int) else None
+
+    if meta.get("format_version") == 1:
+        klass = one(meta.get("class") or {"name": "Tumor", "color": [200, 0, 0]}, 0)
+        return ClassScheme((klass,)) if klass else SINGLE_TUMOUR
+    raw = meta.get("classes")
+    if not isinstance(raw, list) or not 1 <= len(raw) <= 64:
+        return None
+    classes = [one(c, i) for i, c in enumerate(raw)]
+    if any(c is None for c in classes) or sorted(c.channel for c in classes) != list(range(len(classes))):
+        return None
+    background = meta.get("background")
+    if background is not None and background not in {c.name for c in classes}:
+        return None
+    return ClassScheme(
+        tuple(sorted(classes, key=lambda c: c.channel)), bool(meta.get("exclusive")), background
+    )

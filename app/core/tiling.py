@@ -186,69 +186,69 @@ def blend_window(tile: int, overlap: int) -> np.ndarray:
 
 
 class Blender:
-    """Weighted tile outputs and their weights at model resolution, in 16-bit fixed point:
-    4 bytes a pixel in all (a 1 cm² region at 1 µm/px needs 400 MB), integer SIMD adds instead
-    of NumPy's slow float16, and 4x float16's precision. A pixel is covered by at most four
-    tiles (overlap < half a tile), so sums stay below 4 * ONE < 2**16."""
+    """Weighted tile outputs per class channel and their weights at model resolution, in 16-bit
+    fixed point: 2 bytes a pixel per channel plus 2 for the shared weight (one channel: a 1 cm²
+    region at 1 µm/px needs 400 MB), integer SIMD adds instead of NumPy's slow float16, and 4x
+    float16's precision. A pixel is covered by at most four tiles (overlap < half a tile), so
+    sums stay below 4 * ONE < 2**16."""
 
     ONE = 16383
 
-    def __init__(self, plan: TilePlan):
+    def __init__(self, plan: TilePlan, channels: int = 1):
         if plan.overlap * 2 > plan.tile:
             raise TilingError("overlap must be at most half the tile for blending")
         self.plan = plan
         w, h = plan.size
-        self.acc = np.zeros((h, w), np.uint16)
+        self.acc = np.zeros((channels, h, w), np.uint16)
         self.weight = np.zeros((h, w), np.uint16)
         self.window = blend_window(plan.tile, plan.overlap) * self.ONE
         self._window16 = np.rint(self.window).astype(np.uint16)
 
+    @property
+    def channels(self) -> int:
+        return self.acc.shape[0]
+
     def add(self, t: Tile, prob: np.ndarray) -> None:
+        """One tile's class probabilities (C, tile, tile)."""
         ys, xs = self.plan.canvas_slice(t)
-        contribution = np.multiply(prob, self.window, dtype=np.float32)
+        contribution = np.multiply(
+            prob.reshape(self.channels, *prob.shape[-2:]), self.window, dtype=np.float32
+        )
         contribution += 0.5
-        self.acc[ys, xs] += contribution.astype(np.uint16)
+        self.acc[:, ys, xs] += contribution.astype(np.uint16)
         self.weight[ys, xs] += self._window16
 
     def _bands(self, rows: int = 256) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """(rows, acc, weight) in float32, band by band, in two buffers reused throughout: the
-        temporary memory stays small and cache-resident. Weight is at least 1: where no tile
-        ran, acc is 0, so the probability there is 0."""
-        acc = np.empty((rows, self.acc.shape[1]), np.float32)
-        weight = np.empty_like(acc)
-        for y in range(0, self.acc.shape[0], rows):
-            n = min(rows, self.acc.shape[0] - y)
-            a, w = acc[:n], weight[:n]
-            np.copyto(a, self.acc[y : y + n])
+        """(rows, acc (C, n, w), weight (n, w)) in float32, band by band, in two buffers reused
+        throughout: the temporary memory stays small and cache-resident. Weight is at least 1:
+        where no tile ran, acc is 0, so the probability there is 0."""
+        c, h, width = self.acc.shape
+        acc = np.empty((c, rows, width), np.float32)
+        weight = np.empty((rows, width), np.float32)
+        for y in range(0, h, rows):
+            n = min(rows, h - y)
+            a, w = acc[:, :n], weight[:n]
+            np.copyto(a, self.acc[:, y : y + n])
             np.copyto(w, self.weight[y : y + n])
             np.maximum(w, 1, out=w)
             yield slice(y, y + n), a, w
 
-    def above(self, threshold: float) -> np.ndarray:
-        """Where the blended probability is at least `threshold` (bool), as `probability()`
-        would say, without making the float16 map: acc >= threshold * weight, twice as fast."""
-        out = np.empty(self.acc.shape, bool)
-        for band, a, w in self._bands():
-            np.multiply(w, threshold, out=w)
-            np.greater_equal(a, w, out=out[band])
-        return out
-
     def probability_u8(self) -> np.ndarray:
-        """The blended map as uint8 (255 = 1.0, rounded; 0 where no tile ran): what a run keeps
-        to re-trace, and what its outline is traced from."""
+        """The blended map (C, H, W) as uint8 (255 = 1.0, rounded; 0 where no tile ran): what a
+        run keeps to re-trace, and what its outline is traced from."""
         out = np.empty(self.acc.shape, np.uint8)
         for band, a, w in self._bands():
             np.multiply(a, 255.0, out=a)
             np.divide(a, w, out=a)
             a += 0.5
             np.minimum(a, 255.0, out=a)
-            out[band] = a
+            out[:, band] = a
         return out
 
     def probability(self) -> np.ndarray:
-        """The blended map (float16; 0 where no tile ran)."""
+        """The blended map (C, H, W) float16; 0 where no tile ran."""
         out = np.empty(self.acc.shape, np.float16)
         for band, a, w in self._bands():
             np.divide(a, w, out=a)
-            out[band] = a
+            out[:, band] = a
         return out

@@ -14,13 +14,8 @@ import shapely.prepared
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
+from app.core.class_scores import threshold_level
 from app.core.geometry import polygonal, rasterize
-
-
-def threshold_level(threshold: float) -> int:
-    """The uint8 level (255 = 1.0) at or above which a pixel is tumour: a probability stored
-    as round(p * 255) is at least `threshold` when its level is."""
-    return int(np.clip(np.ceil(threshold * 255 - 1e-6), 0, 255))
 
 
 def trace_factor(simplify_um: float, model_px_um: float) -> int:

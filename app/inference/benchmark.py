@@ -202,7 +202,7 @@ def bench_pipeline(path, region, engine, repeats: int = 5, progress=None) -> dic
     from app.core.slide import Slide
     from app.core.tissue import tissue_mask
     from app.inference.engine import predict_stream
-    from app.inference.pipeline import TileReader, delineate, run_to_end, split_background
+    from app.inference.pipeline import DelineationRun, TileReader, split_background
 
     tile = engine.card.tile
     engine.predict(np.zeros((1, tile, tile, 3), np.uint8))  # compile/warm-up outside the timings
@@ -213,7 +213,7 @@ def bench_pipeline(path, region, engine, repeats: int = 5, progress=None) -> dic
         with Slide.open(path) as slide:
             tissue = tissue_mask(slide)  # the window computes it when the slide opens
             t0 = time.perf_counter()
-            result = run_to_end(delineate(slide, region, engine, tissue=tissue))
+            result = DelineationRun(slide, region, engine, tissue=tissue).execute()
             pipeline_runs.append(time.perf_counter() - t0)
             first_tiles.append(result.first_tile_s)
             if tiles is None:
@@ -285,7 +285,7 @@ def bench_accuracy(
     from app.core.geometry import rasterize
     from app.core.mosaic_slide import build_mosaic_slide
     from app.core.slide import Slide
-    from app.inference.pipeline import delineate, run_to_end
+    from app.inference.pipeline import DelineationRun
 
     tmp = None
     if out_dir is None:
@@ -301,17 +301,18 @@ def bench_accuracy(
     with Slide.open(mosaic.slide) as slide:
         w, h = slide.dimensions
         t0 = time.perf_counter()
-        result = run_to_end(delineate(slide, shapely.geometry.box(0, 0, w, h), engine))
+        result = DelineationRun(slide, shapely.geometry.box(0, 0, w, h), engine).execute()
         seconds = time.perf_counter() - t0
     th, tw = mosaic.truth.shape
     scale = w / tw  # level-0 px per truth px
-    drawn = rasterize(shapely.union_all(result.polygons), (th, tw), scale, (0.0, 0.0))
+    tumour = tumour_class(card)  # the truth is adenocarcinoma: a multi-class model's Tumor class
+    drawn = rasterize(shapely.union_all(result.outlines[tumour.name]), (th, tw), scale, (0.0, 0.0))
     # The blended probability itself, resampled to the truth grid, before vectorizing.
     plan = result.plan
     ox, oy = plan.model_to_level0(0, 0)
     f = plan.level0_per_model / scale  # truth px per model px
     x0, y0 = round(-ox / scale / f), round(-oy / scale / f)
-    canvas = result.probability.astype(np.float32)
+    canvas = result.probability[tumour.channel].astype(np.float32)
     sub = canvas[y0 : y0 + round(th / f), x0 : x0 + round(tw / f)]
     prob = cv2.resize(sub, (tw, th), interpolation=cv2.INTER_LINEAR)
 
@@ -439,3 +440,9 @@ def _start_local_server(model: str | None, token: str | None):
     from app.inference.engine import EngineError
 
     raise EngineError("delineo serve did not become ready within 120 s (is the [serve] extra installed?)")
+
+
+def tumour_class(card):
+    """The class the EBHI-Seg tumour truth is compared with: "Tumor", else the first outlined."""
+    fg = card.scheme.foreground
+    return next((c for c in fg if c.name == "Tumor"), fg[0])

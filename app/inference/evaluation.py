@@ -42,7 +42,7 @@ def run_engines(engines: dict, pairs: list[Pair], batch: int = 16, progress=None
     for start in range(0, len(pairs), batch):
         imgs = np.stack([load_image(p) for p in pairs[start : start + batch]])
         for k, eng in engines.items():
-            outputs[k].append(eng.predict(imgs))
+            outputs[k].append(eng.predict(imgs)[:, 0])  # the tumour channel of a one-class model
         if progress:
             progress(f"  {min(start + batch, len(pairs))}/{len(pairs)} tiles")
     return {k: np.concatenate(v) for k, v in outputs.items()}

@@ -1,7 +1,10 @@
 """The model card: everything a runtime must know to feed a model and trust its output.
 
 A card is `card.json` beside the model files. Training, conversion, the engines, the pipeline
-and the server all read it from here, so the input contract is defined once.
+and the server all read it from here, so the contract is defined once: the input (channel order,
+normalization, tile), the output (activation, and which channel is which class) and how scores
+become classes (`ClassScheme`). docs/MODEL-CARD.md documents the format. Cards of format 1 (one
+sigmoid Tumor channel whose graph outputs probability) still load.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from app.core.class_scores import ClassScheme, OutputClass
 from app.errors import DelineoError
 from app.inference.integrity import cached_sha256, sha256
-from app.paths import MODELS_DIR
+from app.paths import MODELS_DIR, user_models_dir
 
 NORMALIZATION = {"scale": 1 / 255, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 """Input = (rgb_uint8 * scale - mean) / std, channels RGB, layout NCHW, float32."""
@@ -26,6 +31,9 @@ MAX_TILE = 4096  # px: a card asking for more is refused (a 4096² tile is 48 Mi
 MAX_CLASSES = 64
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PRECISIONS = ("fp32", "fp16", "int8")
+FORMAT = 2
+ACTIVATIONS = ("sigmoid", "softmax", "none")
+CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 class ModelCardError(DelineoError):
@@ -36,10 +44,13 @@ class ModelIntegrityError(ModelCardError):
     """A model file whose checksum is not the card's: changed, damaged or tampered with."""
 
 
-def to_model_input(batch_nhwc: np.ndarray, norm: dict) -> np.ndarray:
-    """uint8 RGB NHWC -> normalized float32 NCHW, the layout every exported model takes."""
+def to_model_input(batch_nhwc: np.ndarray, norm: dict, channel_order: str = "RGB") -> np.ndarray:
+    """uint8 RGB NHWC -> normalized float32 NCHW in the model's channel order, the layout every
+    exported model takes."""
     if batch_nhwc.ndim == 3:
         batch_nhwc = batch_nhwc[None]
+    if channel_order == "BGR":
+        batch_nhwc = batch_nhwc[..., ::-1]
     x = batch_nhwc.astype(np.float32)
     mean = np.asarray(norm["mean"], np.float32) / norm["scale"]
     inv_std = norm["scale"] / np.asarray(norm["std"], np.float32)
@@ -73,8 +84,32 @@ class ModelCard:
         return int(self.input.get("multiple", 16))
 
     @property
-    def tumour_colour(self) -> tuple[int, int, int]:
-        return tuple(self.classes[0]["color"])
+    def format(self) -> int:
+        return int(self.raw.get("format", 1))
+
+    @property
+    def channel_order(self) -> str:
+        return str(self.input.get("channel_order", "RGB"))
+
+    @property
+    def activation(self) -> str:
+        """What the runtime applies to the raw output. A format-1 card's "sigmoid" described
+        its graph, which already outputs probability."""
+        if self.format < 2:
+            return "none"
+        return str(self.raw.get("output", {}).get("activation", "none"))
+
+    @property
+    def channels(self) -> int:
+        return len(self.classes)
+
+    @cached_property
+    def scheme(self) -> ClassScheme:
+        return scheme_of({**self.raw, "classes": self.classes})
+
+    @property
+    def default_threshold(self) -> float:
+        return self.scheme.default_threshold
 
     def file(self, key: str) -> Path:
         """Path of one model file, e.g. `openvino-int8`, checked against the card's sha256 (its
@@ -127,19 +162,19 @@ class ModelCard:
 
     @classmethod
     def load(cls, where: str | Path | None = None) -> ModelCard:
-        """A card by folder, by card.json path, or by the name of a shipped model."""
+        """A card by folder, by card.json path, or by the name of an installed model (the
+        user's models folder first, then the shipped ones)."""
         if where is None:
             where = DEFAULT_MODEL
         p = Path(where)
-        if not p.exists() and (MODELS_DIR / str(where)).exists():
-            p = MODELS_DIR / str(where)
+        if not p.exists() and is_model_name(str(where)):
+            p = next((d / str(where) for d in model_folders() if (d / str(where)).is_dir()), p)
         if p.is_dir():
             p = p / "card.json"
         if not p.is_file():
-            shipped = ", ".join(sorted(d.name for d in MODELS_DIR.glob("*") if d.is_dir()))
             raise ModelCardError(
-                f"{where}: no model card found; give a folder with card.json or a shipped model"
-                f" ({shipped or 'none installed'})"
+                f"{where}: no model card found; give a folder with card.json or an installed model"
+                f" ({', '.join(installed_names()) or 'none installed'}; delineo model list)"
             )
         try:
             raw = json.loads(p.read_text())
@@ -153,14 +188,31 @@ class ModelCard:
         is never taken as a path."""
         if not is_model_name(name):
             raise ModelCardError(f"{where}: {name!r} is not a model name (letters, digits, . _ -)")
-        p = MODELS_DIR / name / "card.json"
-        if not p.is_file():
-            shipped = ", ".join(sorted(d.name for d in MODELS_DIR.glob("*") if d.is_dir()))
+        p = next(
+            (d / name / "card.json" for d in model_folders() if (d / name / "card.json").is_file()), None
+        )
+        if p is None:
             raise ModelCardError(
-                f"{where}: no shipped model named {name!r} ({shipped or 'none installed'}); give the "
-                "model's folder in Settings or --model"
+                f"{where}: no installed model named {name!r} ({', '.join(installed_names()) or 'none'}); "
+                "install it with delineo model add, or give the model's folder in Settings or --model"
             )
         return cls.load(p)
+
+    @classmethod
+    def installed(cls) -> list[ModelCard]:
+        """Every usable installed card, the user's before the shipped (a user's model of a
+        shipped model's name hides it); an unreadable card is left out (`model list` says why)."""
+        cards, seen = [], set()
+        for folder in model_folders():
+            for d in sorted(folder.glob("*")):
+                if d.name in seen or not (d / "card.json").is_file():
+                    continue
+                try:
+                    cards.append(cls.load(d))
+                    seen.add(d.name)
+                except ModelCardError:
+                    continue
+        return cards
 
     @classmethod
     def from_dict(cls, raw: dict, folder: Path, where: object = "model card") -> ModelCard:
@@ -184,6 +236,40 @@ class ModelCard:
         if problem:
             raise ModelCardError(f"{where}: not a usable model card ({problem})")
         return card
+
+
+def model_folders() -> list[Path]:
+    """Where models are installed, in the order names are looked up."""
+    return [user_models_dir(), MODELS_DIR]
+
+
+def installed_names() -> list[str]:
+    return sorted(
+        {d.name for f in model_folders() if f.is_dir() for d in f.iterdir() if (d / "card.json").is_file()}
+    )
+
+
+def scheme_of(raw: dict) -> ClassScheme:
+    """The decision rule a (bounds-checked) card declares; format 1: one independent class."""
+    output = raw.get("output") or {}
+    default_t = float(output.get("threshold", 0.5))
+    classes = tuple(
+        OutputClass(
+            str(c["name"]),
+            tuple(int(v) for v in c["color"]),
+            int(c.get("channel", i)) if raw.get("format", 1) >= 2 else i,
+            float(c.get("threshold", default_t)),
+        )
+        for i, c in enumerate(raw["classes"])
+    )
+    classes = tuple(sorted(classes, key=lambda c: c.channel))
+    if raw.get("format", 1) < 2:
+        return ClassScheme(classes)
+    activation = output.get("activation", "none")
+    exclusive = output.get(
+        "exclusive", activation == "softmax" or (activation == "none" and len(classes) > 1)
+    )
+    return ClassScheme(classes, exclusive=bool(exclusive), background=raw.get("background"))
 
 
 def is_model_name(name: object) -> bool:
@@ -235,6 +321,42 @@ def _out_of_bounds(raw: dict) -> str | None:
     threshold = output.get("threshold", 0.5) if isinstance(output, dict) else None
     if not _finite_in(threshold, 0, 1):
         return f"output.threshold {threshold!r} is not in 0..1"
+    fmt = raw.get("format", 1)
+    if fmt not in (1, FORMAT):
+        return f"format {fmt!r} is not one this Delineo reads (1 or {FORMAT}); update Delineo"
+    if fmt < 2:
+        return None
+    return _contract_problem(raw, inp, output, classes)
+
+
+def _contract_problem(raw: dict, inp: dict, output: dict, classes: list[dict]) -> str | None:
+    """What in a format-2 card's classes, channels and activation does not add up, or None."""
+    if output.get("activation", "none") not in ACTIVATIONS:
+        return f"output.activation {output.get('activation')!r} is not one of {', '.join(ACTIVATIONS)}"
+    if "exclusive" in output and not isinstance(output["exclusive"], bool):
+        return "output.exclusive must be true or false"
+    if inp.get("channel_order", "RGB") not in CHANNEL_ORDERS:
+        return f"input.channel_order {inp.get('channel_order')!r} is not RGB or BGR"
+    if inp.get("layout", "NCHW") != "NCHW":
+        return f"input.layout {inp.get('layout')!r}: only NCHW models are supported"
+    names = [c["name"] for c in classes]
+    if len(set(names)) != len(names):
+        return "class names must be unique"
+    channels = [c.get("channel", i) for i, c in enumerate(classes)]
+    if not all(_int_in(ch, 0, MAX_CLASSES - 1) for ch in channels) or sorted(channels) != list(
+        range(len(classes))
+    ):
+        return f"class channels {channels} must be 0..{len(classes) - 1}, one class each"
+    for c in classes:
+        if "threshold" in c and not _finite_in(c["threshold"], 0, 1):
+            return f"class {c['name']!r}: threshold {c['threshold']!r} is not in 0..1"
+    background = raw.get("background")
+    if background is not None and background not in names:
+        return f"background {background!r} is not one of the classes ({', '.join(names)})"
+    if background is not None and len(classes) < 2:
+        return "a model with a background class needs at least one other class"
+    if output.get("activation") == "softmax" and len(classes) < 2:
+        return "softmax needs at least two output channels (one class: use sigmoid)"
     return None
 
 

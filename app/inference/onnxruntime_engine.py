@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from app.inference.engine import Engine, EngineError, check_batch, pad_to_multiple
+from app.inference.engine import Engine, EngineError, activate, check_batch, check_output, pad_to_multiple
 from app.inference.modelcard import ModelCard, to_model_input
 
 ONNX_FILES = {"fp32": "onnx-fp32", "int8": "onnx-int8", "fp16": "onnx-fp16"}  # precision -> card key
@@ -58,9 +58,10 @@ class ONNXRuntimeEngine(Engine):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)
-        x = to_model_input(batch, self.card.normalization).astype(self.input_dtype, copy=False)
-        out = self.session.run(None, {self.input_name: x})[0]
-        return np.asarray(out[:, 0, :h, :w], dtype=np.float32)
+        card = self.card
+        x = to_model_input(batch, card.normalization, card.channel_order).astype(self.input_dtype, copy=False)
+        out = check_output(self.session.run(None, {self.input_name: x})[0], card, self.path.name)
+        return activate(out[:, :, :h, :w], card.activation)
 
 
 def create(

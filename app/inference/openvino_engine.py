@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference.engine import Engine, EngineError, StreamItem, check_batch, pad_to_multiple
+from app.inference.engine import Engine, EngineError, StreamItem, check_batch, check_output, pad_to_multiple
 from app.inference.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class OpenVINOEngine(Engine):
         if inference_precision not in (None, "default") and self.device in ("CPU", "GPU"):
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         try:
-            model = _with_preprocessing(ov, core.read_model(str(path)), card.normalization)
+            model = _with_pre_and_postprocessing(ov, core.read_model(str(path)), card)
             self.compiled = core.compile_model(model, self.device, config)
             # A second compilation for runs of many tiles: THROUGHPUT gives each core its own
             # stream, which keeps them busy while the caller reads and blends (see `stream`).
@@ -77,6 +77,15 @@ class OpenVINOEngine(Engine):
         except RuntimeError as e:
             raise EngineError(f"OpenVINO could not compile {path.name} for {self.device}: {e}") from None
         self.output = self.compiled.output(0)
+        self.path = path
+        shape = self.output.get_partial_shape()
+        if shape.rank.is_static and (
+            shape.rank.get_length() != 4 or (shape[1].is_static and shape[1].get_length() != card.channels)
+        ):
+            raise EngineError(
+                f"{path.name}: the model outputs shape {shape}, but its card declares {card.channels} "
+                f"class channel(s) (N, {card.channels}, H, W); fix the card's classes"
+            )
         self.request = self.compiled.create_infer_request()
         self.execution_devices = list(self.compiled.get_property("EXECUTION_DEVICES"))
         self._queue = None
@@ -96,11 +105,11 @@ class OpenVINOEngine(Engine):
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)
         out = self.request.infer({0: np.ascontiguousarray(batch)}, share_inputs=True)[self.output]
-        return np.array(out[:, 0, :h, :w], dtype=np.float32)
+        return np.array(check_output(out, self.card, self.path.name)[:, :, :h, :w], dtype=np.float32)
 
     def _on_done(self, request, userdata: tuple[int, int, int]) -> None:
         seq, h, w = userdata  # runs on an OpenVINO thread: copy out and return
-        self._done[seq] = np.array(request.get_output_tensor(0).data[0, 0, :h, :w], dtype=np.float32)
+        self._done[seq] = np.array(request.get_output_tensor(0).data[0, :, :h, :w], dtype=np.float32)
 
     def stream(self, items: Iterable[StreamItem]) -> Iterator[StreamItem]:
         """Tiles through the AsyncInferQueue: `start_async` returns at once while a request is
@@ -136,16 +145,30 @@ class OpenVINOEngine(Engine):
             done.clear()
 
 
-def _with_preprocessing(ov, model, norm: dict):
-    """Take uint8 RGB NHWC and normalize inside the graph, where OpenVINO fuses it with the first
-    convolution: no float copy or transpose in NumPy on the hot path."""
+def _with_pre_and_postprocessing(ov, model, card: ModelCard):
+    """Take uint8 RGB NHWC, reorder and normalize inside the graph (OpenVINO fuses it with the
+    first convolution: no float copy or transpose in NumPy on the hot path), and end in the
+    card's activation, so the answer is class probabilities as it leaves the runtime."""
+    import openvino.opset13 as ops
     from openvino.preprocess import PrePostProcessor
 
+    if len(model.outputs) != 1 or len(model.inputs) != 1:
+        raise EngineError(
+            f"the model has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
+            "Delineo runs models with one image input and one class-score output"
+        )
     ppp = PrePostProcessor(model)
     ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
     ppp.input().model().set_layout(ov.Layout("NCHW"))
+    norm, steps = card.normalization, ppp.input().preprocess()
+    steps.convert_element_type(ov.Type.f32)
+    if card.channel_order == "BGR":
+        steps.reverse_channels()
     scale = norm["scale"]
-    ppp.input().preprocess().convert_element_type(ov.Type.f32).mean([m / scale for m in norm["mean"]]).scale(
-        [s / scale for s in norm["std"]]
-    )
+    steps.mean([m / scale for m in norm["mean"]]).scale([s / scale for s in norm["std"]])
+    if card.activation == "softmax":
+        ppp.output().postprocess().custom(lambda out: ops.softmax(out, 1).output(0))
+    elif card.activation == "sigmoid":
+        ppp.output().postprocess().custom(lambda out: ops.sigmoid(out).output(0))
+    ppp.output().tensor().set_element_type(ov.Type.f32)
     return ppp.build()

@@ -1,10 +1,13 @@
-"""`delineate(...)`: the one pipeline the GUI worker, the CLI and the benchmarks iterate.
+"""`DelineationRun`: the one staged pipeline the GUI worker, the CLI and the benchmarks drive.
 
-It yields a `TileEvent` as each tile finishes (so an outline can grow on screen while you
-watch) and finally a `Delineation` with the tumour polygons. Slide reading runs on a reader
-thread ahead of inference and the engine keeps several tiles in flight (`predict_stream`;
-OpenSlide and the runtimes release the GIL), so the cores stay busy with the model while tiles
-are read and blended; cancelling is checked between tiles and keeps what is done.
+A run goes plan (the level to read, the tile grid over the region) -> select tiles (skip glass,
+or take the tiles a failed run left) -> infer (tiles through the engine, each reported as a
+`TileEvent` so an outline can grow on screen while you watch) -> finish (the blended class map
+traced into outlines per class), and `execute` returns the `Delineation`. Slide reading runs on
+a reader thread ahead of inference and the engine keeps several tiles in flight
+(`predict_stream`; OpenSlide and the runtimes release the GIL), so the cores stay busy with the
+model while tiles are read and blended; cancelling is checked between tiles and keeps what is
+done. Classes, colours and the decision rule come from the engine's model card.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,7 +46,7 @@ class TileEvent:
     done: int  # tiles finished so far, this one included (skipped ones count)
     total: int
     core_rect: tuple[float, float, float, float]  # level-0 (x, y, w, h) this tile is authoritative for
-    prob: np.ndarray | None  # (tile, tile) float32 tumour probability; None when skipped
+    prob: np.ndarray | None  # (C, tile, tile) float32 class probabilities; None when skipped
     skipped: bool = False
     error: str | None = None
     elapsed_s: float = 0.0
@@ -51,7 +54,7 @@ class TileEvent:
 
 @dataclass
 class Delineation:
-    polygons: list[Polygon]
+    outlines: dict[str, list[Polygon]]  # class name -> polygons, in the card's class order
     plan: TilePlan
     blender: Blender = field(repr=False)  # the blended map (see `probability`); resumable
     tiles_done: int
@@ -68,16 +71,19 @@ class Delineation:
     threshold: float = 0.5
     min_area_um2: float = 1000.0
 
+    @property
+    def polygons(self) -> list[Polygon]:
+        """Every class's polygons (a one-class model's outline)."""
+        return [p for polygons in self.outlines.values() for p in polygons]
+
     def annotations(self) -> list[Annotation]:
         """The outline as the model's proposals, each recording the run and its settings."""
-        pm = self.probability_map
-        prov = pm.provenance(self.threshold, self.min_area_um2)
-        return [Annotation(p, pm.cls, pm.color, provenance=prov, review="proposed") for p in self.polygons]
+        return self.probability_map.proposals(self.outlines, self.threshold, self.min_area_um2)
 
     @cached_property
     def probability(self) -> np.ndarray:
-        """The blended map (float16, model pixels; see plan), made when first asked for: the
-        outline is traced from the blender's sums directly, and most runs never need it."""
+        """The blended map (C, H, W) float16, model pixels (see plan), made when first asked
+        for: the outline is traced from the uint8 map, and most runs never need it."""
         return self.blender.probability()
 
     @property
@@ -152,157 +158,226 @@ def split_background(plan: TilePlan, tissue: TissueMask) -> tuple[list[Tile], li
     return run, skip
 
 
-def delineate(
-    slide: Slide,
-    region: BaseGeometry,
-    engine: Engine,
-    *,
-    cancel: threading.Event | None = None,
-    tissue: TissueMask | None = None,
-    threshold: float | None = None,
-    simplify_um: float = 1.0,
-    min_area_um2: float = 1000.0,
-    min_hole_um2: float = 1000.0,
-    slide_mpp: float | None = None,
-    readers: int = 1,
-    lookahead: int = 3,
-    resume: Delineation | None = None,
-) -> Iterator[TileEvent | Delineation]:
-    """Delineate tumour in `region` (level-0 pixels). Yields TileEvents, then one Delineation.
+@dataclass(frozen=True)
+class RunSettings:
+    """What the caller chooses about a run; the model card says the rest."""
 
-    If the engine fails mid-run, the Delineation keeps the finished tiles and says why
-    (`engine_error`); `resume=` that result runs only its pending tiles, on this engine, into the
-    same map (finish locally what a remote endpoint left)."""
-    t0 = time.perf_counter()
-    card = engine.card
-    # Validated and clipped here once, whoever calls: a region reaching past the slide would
-    # otherwise be rasterized at its full size.
-    region, clipped = region_within_slide(region, slide.dimensions)
-    if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
-        raise ValueError("resume needs a Delineation whose engine failed, from a model of the same tile size")
-    plan = (
-        resume.plan
-        if resume is not None
-        else plan_tiles(slide, region, card.mpp, card.tile, card.overlap, card.multiple, slide_mpp)
-    )
-    notes = [clipped] if clipped else []
-    choice = plan.choice
-    if choice.mpp_assumed:
-        notes.append(
-            f"{slide.name} records no pixel size; assumed {choice.slide_mpp:g} µm/px (the model's own "
-            "resolution), so the slide is read as it is. Pass the slide's real mpp to be exact."
+    threshold: float | None = None  # None: the card's
+    simplify_um: float = 1.0
+    min_area_um2: float = 1000.0
+    min_hole_um2: float = 1000.0
+    slide_mpp: float | None = None  # the slide's pixel size when it records none (or wrongly)
+    readers: int = 1
+    lookahead: int = 3
+
+
+class DelineationRun:
+    """One delineation of `region` (level-0 pixels) in stages: `plan`, `select_tiles`,
+    `infer`, `finish`; `execute` runs them all. `resume=` a result whose engine failed runs only
+    its pending tiles, on this engine, into the same map (finish locally what a remote endpoint
+    left)."""
+
+    def __init__(
+        self,
+        slide: Slide,
+        region: BaseGeometry,
+        engine: Engine,
+        settings: RunSettings | None = None,
+        *,
+        tissue: TissueMask | None = None,
+        resume: Delineation | None = None,
+    ):
+        card = engine.card
+        if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
+            raise ValueError(
+                "resume needs a Delineation whose engine failed, from a model of the same tile size"
+            )
+        if resume is not None and resume.blender.channels != card.channels:
+            raise ValueError("resume needs a model with the same classes as the run it finishes")
+        self.slide, self.engine, self.card = slide, engine, card
+        self.settings = settings or RunSettings()
+        self.resume = resume
+        self.tissue = tissue
+        self.t0 = time.perf_counter()
+        # Validated and clipped here once, whoever calls: a region reaching past the slide would
+        # otherwise be rasterized at its full size.
+        self.region, clipped = region_within_slide(region, slide.dimensions)
+        self.notes: list[str] = [clipped] if clipped else []
+        self.threshold = (
+            card.default_threshold if self.settings.threshold is None else self.settings.threshold
         )
-    if choice.resampled:
-        notes.append(
-            f"no level within 10% of the model's {card.mpp:g} µm/px; reading {choice.describe()} "
-            f"resampled x{choice.scale:.3g}"
+        self.tiles_plan: TilePlan | None = None
+        self.blender: Blender | None = None
+        self.to_run: list[Tile] = []
+        self.skipped: list[Tile] = []
+        self.done = self.failed = 0
+        self.first_tile_s: float | None = None
+        self.engine_error: str | None = None
+        self.finished: set[Tile] = set()
+        self.cancelled = False
+
+    # ------------------------------------------------------------------ stages
+
+    def plan(self) -> TilePlan:
+        """The level to read and the tile grid over the region (a resumed run keeps its own)."""
+        if self.tiles_plan is not None:
+            return self.tiles_plan
+        card, slide = self.card, self.slide
+        plan = (
+            self.resume.plan
+            if self.resume is not None
+            else plan_tiles(
+                slide, self.region, card.mpp, card.tile, card.overlap, card.multiple, self.settings.slide_mpp
+            )
         )
-    elif choice.reduction > 1:
-        log.info("%s: reading %s for a %g µm/px model", slide.name, choice.describe(), card.mpp)
-    threshold = card.raw.get("output", {}).get("threshold", 0.5) if threshold is None else threshold
-    tissue = tissue if tissue is not None else tissue_mask(slide)
-    if tissue.note:
-        notes.append(tissue.note)
-    total = len(plan.tiles)
-    if resume is None:
-        blender = Blender(plan)
-        to_run, skipped = split_background(plan, tissue)
-        done = failed = 0
-    else:
-        blender, to_run, skipped = resume.blender, list(resume.pending), []
-        done, failed = total - len(to_run), resume.tiles_failed
-        notes.append(f"finished {len(to_run)} tile(s) with {engine.name} after {resume.source}")
-    first_tile_s = None
-    engine_error = None
-    finished: set[Tile] = set()
+        choice = plan.choice
+        if choice.mpp_assumed:
+            self.notes.append(
+                f"{slide.name} records no pixel size; assumed {choice.slide_mpp:g} µm/px (the model's own "
+                "resolution), so the slide is read as it is. Pass the slide's real mpp to be exact."
+            )
+        if choice.resampled:
+            self.notes.append(
+                f"no level within 10% of the model's {card.mpp:g} µm/px; reading {choice.describe()} "
+                f"resampled x{choice.scale:.3g}"
+            )
+        elif choice.reduction > 1:
+            log.info("%s: reading %s for a %g µm/px model", slide.name, choice.describe(), card.mpp)
+        self.tiles_plan = plan
+        return plan
 
-    def core_rect(t: Tile) -> tuple[float, float, float, float]:
-        return tile_core_rect(plan, t)
+    def select_tiles(self) -> tuple[list[Tile], list[Tile]]:
+        """(tiles to run, tiles skipped as glass); a resumed run takes the pending tiles."""
+        plan = self.plan()
+        if self.resume is not None:
+            self.blender = self.resume.blender
+            self.to_run, self.skipped = list(self.resume.pending), []
+            self.done, self.failed = len(plan.tiles) - len(self.to_run), self.resume.tiles_failed
+            self.notes.append(
+                f"finished {len(self.to_run)} tile(s) with {self.engine.name} after {self.resume.source}"
+            )
+            return self.to_run, self.skipped
+        tissue = self.tissue if self.tissue is not None else tissue_mask(self.slide)
+        if tissue.note:
+            self.notes.append(tissue.note)
+        self.blender = Blender(plan, self.card.channels)
+        self.to_run, self.skipped = split_background(plan, tissue)
+        return self.to_run, self.skipped
 
-    for t in skipped:
-        done += 1
-        yield TileEvent(t, done, total, core_rect(t), None, skipped=True, elapsed_s=time.perf_counter() - t0)
-    reader = TileReader(slide, plan, readers, lookahead)
+    def infer(
+        self, cancel: threading.Event | None = None, on_tile: Callable[[TileEvent], None] | None = None
+    ) -> None:
+        """Run the selected tiles through the engine into the blended map, reporting each tile
+        (skipped ones first). An engine failing mid-run ends this stage with what is done kept
+        (`engine_error`); the caller may finish the rest on another engine."""
+        plan, blender, total = self.plan(), self.blender, len(self.plan().tiles)
+        report = on_tile or (lambda ev: None)
+        for t in self.skipped:
+            self.done += 1
+            report(
+                TileEvent(
+                    t,
+                    self.done,
+                    total,
+                    tile_core_rect(plan, t),
+                    None,
+                    skipped=True,
+                    elapsed_s=self._elapsed(),
+                )
+            )
+        reader = TileReader(self.slide, plan, self.settings.readers, self.settings.lookahead)
 
-    def tiles_read() -> Iterator[tuple[Tile, np.ndarray | BaseException]]:
-        for t, fut in reader.iterate(to_run):
-            if cancel is not None and cancel.is_set():
-                return
-            try:
-                yield t, fut.result()
-            except SlideError as e:
-                yield t, e
+        def tiles_read() -> Iterator[tuple[Tile, np.ndarray | BaseException]]:
+            for t, fut in reader.iterate(self.to_run):
+                if cancel is not None and cancel.is_set():
+                    return
+                try:
+                    yield t, fut.result()
+                except SlideError as e:
+                    yield t, e
 
-    results = predict_stream(engine, tiles_read())
-    try:
-        for t, prob in results:
-            if cancel is not None and cancel.is_set():
-                break
-            done += 1
-            finished.add(t)
-            elapsed = time.perf_counter() - t0
-            if isinstance(prob, BaseException):
-                failed += 1
-                log.warning("tile %s unreadable: %s", t, prob)
-                yield TileEvent(t, done, total, core_rect(t), None, error=str(prob), elapsed_s=elapsed)
-                continue
-            blender.add(t, prob)
-            if first_tile_s is None:
-                first_tile_s = elapsed
-            yield TileEvent(t, done, total, core_rect(t), prob, elapsed_s=elapsed)
-    except EngineError as e:  # the finished tiles stay; the caller may finish on another engine
-        engine_error = str(e)
-        log.warning("engine %s failed after %d of %d tiles: %s", engine.name, done, total, e)
-    finally:
-        results.close()  # abandons tiles still in the engine
-        reader.close()
-    pending = [t for t in to_run if t not in finished]
-    cancelled = cancel is not None and cancel.is_set() and bool(pending)
-    if failed:
-        notes.append(f"{failed} tile(s) could not be read and were left out")
-    tumour_class = card.classes[0] if card.classes else {}
-    pmap = ProbabilityMap.from_blender(
-        blender,
-        plan,
-        region,
-        choice.slide_mpp,
-        model=card.name,
-        version=card.version,
-        engine=engine.name,
-        default_threshold=float(card.raw.get("output", {}).get("threshold", 0.5)),
-        cls=str(tumour_class.get("name", "Tumor")),
-        color=tuple(tumour_class.get("color", (200, 0, 0))),
-        simplify_um=float(simplify_um),
-        min_hole_um2=float(min_hole_um2),
-        **(
-            {"run_id": resume.probability_map.run_id} if resume is not None and resume.probability_map else {}
-        ),
-    )
-    polygons = pmap.trace(threshold, min_area_um2, simplify_um, min_hole_um2)
-    yield Delineation(
-        polygons=polygons,
-        plan=plan,
-        blender=blender,
-        tiles_done=done - failed - (resume.tiles_skipped if resume else len(skipped)),
-        tiles_skipped=resume.tiles_skipped if resume else len(skipped),
-        tiles_failed=failed,
-        seconds=time.perf_counter() - t0 + (resume.seconds if resume else 0.0),
-        first_tile_s=first_tile_s if resume is None else resume.first_tile_s,
-        cancelled=cancelled,
-        source=f"{card.name} {card.version} {engine.name}",
-        notes=[*(resume.notes if resume else []), *notes],
-        engine_error=engine_error,
-        pending=pending,
-        probability_map=pmap,
-        threshold=float(threshold),
-        min_area_um2=float(min_area_um2),
-    )
+        results = predict_stream(self.engine, tiles_read())
+        try:
+            for t, prob in results:
+                if cancel is not None and cancel.is_set():
+                    break
+                self.done += 1
+                self.finished.add(t)
+                rect = tile_core_rect(plan, t)
+                if isinstance(prob, BaseException):
+                    self.failed += 1
+                    log.warning("tile %s unreadable: %s", t, prob)
+                    report(
+                        TileEvent(t, self.done, total, rect, None, error=str(prob), elapsed_s=self._elapsed())
+                    )
+                    continue
+                blender.add(t, prob)
+                if self.first_tile_s is None:
+                    self.first_tile_s = self._elapsed()
+                report(TileEvent(t, self.done, total, rect, prob, elapsed_s=self._elapsed()))
+        except EngineError as e:  # the finished tiles stay; the caller may finish on another engine
+            self.engine_error = str(e)
+            log.warning("engine %s failed after %d of %d tiles: %s", self.engine.name, self.done, total, e)
+        finally:
+            results.close()  # abandons tiles still in the engine
+            reader.close()
+        pending = any(t not in self.finished for t in self.to_run)
+        self.cancelled = cancel is not None and cancel.is_set() and pending
 
+    def finish(self) -> Delineation:
+        """The blended map traced into outlines per class, with what the run did and noticed."""
+        plan, card, settings, resume = self.plan(), self.card, self.settings, self.resume
+        if self.failed:
+            self.notes.append(f"{self.failed} tile(s) could not be read and were left out")
+        pmap = ProbabilityMap.from_blender(
+            self.blender,
+            plan,
+            self.region,
+            plan.choice.slide_mpp,
+            model=card.name,
+            version=card.version,
+            engine=self.engine.name,
+            default_threshold=float(card.default_threshold),
+            scheme=card.scheme,
+            simplify_um=float(settings.simplify_um),
+            min_hole_um2=float(settings.min_hole_um2),
+            **(
+                {"run_id": resume.probability_map.run_id}
+                if resume is not None and resume.probability_map
+                else {}
+            ),
+        )
+        outlines = pmap.trace(
+            self.threshold, settings.min_area_um2, settings.simplify_um, settings.min_hole_um2
+        )
+        skipped = resume.tiles_skipped if resume else len(self.skipped)
+        return Delineation(
+            outlines=outlines,
+            plan=plan,
+            blender=self.blender,
+            tiles_done=self.done - self.failed - skipped,
+            tiles_skipped=skipped,
+            tiles_failed=self.failed,
+            seconds=self._elapsed() + (resume.seconds if resume else 0.0),
+            first_tile_s=self.first_tile_s if resume is None else resume.first_tile_s,
+            cancelled=self.cancelled,
+            source=f"{card.name} {card.version} {self.engine.name}",
+            notes=[*(resume.notes if resume else []), *self.notes],
+            engine_error=self.engine_error,
+            pending=[t for t in self.to_run if t not in self.finished],
+            probability_map=pmap,
+            threshold=float(self.threshold),
+            min_area_um2=float(settings.min_area_um2),
+        )
 
-def run_to_end(events: Iterator[TileEvent | Delineation]) -> Delineation:
-    """Drain a delineation generator and return its result."""
-    result = None
-    for ev in events:
-        result = ev
-    assert isinstance(result, Delineation)
-    return result
+    def execute(
+        self, cancel: threading.Event | None = None, on_tile: Callable[[TileEvent], None] | None = None
+    ) -> Delineation:
+        """Every stage in order; `on_tile` is called (on this thread) as each tile finishes."""
+        self.plan()
+        self.select_tiles()
+        self.infer(cancel, on_tile)
+        return self.finish()
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.t0

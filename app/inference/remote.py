@@ -79,7 +79,8 @@ def decode_response(
     body: bytes, header_length: int | None, output: str, expected: tuple[int, ...] | None = None
 ) -> np.ndarray:
     """The named output of a JSON or binary-extension response, checked: its header, datatype,
-    byte count and, when `expected` (N, H, W) is given, its shape (N, H, W) or (N, 1, H, W)."""
+    byte count and, when `expected` (N, C, H, W) is given, that shape (or (N, H, W) for one class:
+    another vendor's server)."""
     try:
         head = json.loads(body[:header_length] if header_length is not None else body)
     except (ValueError, UnicodeDecodeError):
@@ -109,7 +110,8 @@ def decode_response(
         dims_ok = isinstance(shape, list) and all(_whole(d) and d >= 0 for d in shape)
         if not (dims_ok and 3 <= len(shape) <= 4):
             raise RemoteError(f"output '{output}': shape {shape!r} is not three or four whole numbers")
-        if expected is not None and tuple(shape) not in (tuple(expected), (expected[0], 1, *expected[1:])):
+        one_class = expected is not None and expected[1] == 1 and tuple(shape) == (expected[0], *expected[2:])
+        if expected is not None and tuple(shape) != tuple(expected) and not one_class:
             raise RemoteError(f"output '{output}' has shape {shape}; the request needs {list(expected)}")
         count = int(np.prod(shape, dtype=np.int64))
         if size is not None:
@@ -310,12 +312,12 @@ class RemoteEngine(Engine):
         return card
 
     def _body(self, tiles: np.ndarray) -> tuple[bytes, int, tuple[int, int, int], int, int]:
-        """(body, header length, the padded (N, H, W) the answer must have, H, W)."""
+        """(body, header length, the padded (N, C, H, W) the answer must have, H, W)."""
         tiles, h, w = pad_to_multiple(check_batch(tiles), self.card.multiple)
-        padded = tiles.shape[:3]
+        padded = (tiles.shape[0], self.card.channels, *tiles.shape[1:3])
         if self.nhwc:
             return (*encode_request(self.input_name, tiles, "UINT8", self.output_name), padded, h, w)
-        x = to_model_input(tiles, self.card.normalization).astype(DTYPES[self.input_type])
+        x = to_model_input(tiles, self.card.normalization, self.card.channel_order).astype(DTYPES[self.input_type])
         return (*encode_request(self.input_name, x, self.input_type, self.output_name), padded, h, w)
 
     def predict(self, batch: np.ndarray, abandon: threading.Event | None = None) -> np.ndarray:
@@ -347,8 +349,8 @@ class RemoteEngine(Engine):
                         )
                     except RemoteError as e:
                         raise RemoteError(f"{url}: {e}") from None
-                    out = out[:, 0] if out.ndim == 4 else out
-                    return np.asarray(out[:, :h, :w], dtype=np.float32)
+                    out = out[:, None] if out.ndim == 3 else out
+                    return np.asarray(out[:, :, :h, :w], dtype=np.float32)
                 if status == 401:
                     raise RemoteError(
                         f"{self.base}: the server refused the token (401); set the right token in Settings"

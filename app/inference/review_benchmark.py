@@ -78,35 +78,35 @@ def bench_retrace(engine, data: Path | None = None, progress=None) -> dict:
     from shapely.geometry import box
 
     from app.core.slide import Slide
-    from app.inference.pipeline import delineate, run_to_end
+    from app.inference.pipeline import DelineationRun
 
     with tempfile.TemporaryDirectory(prefix="delineo-bench-review-") as tmp:
         path = ebhi_slide(Path(tmp), Path(data or BUNDLED_EBHI))
         with Slide.open(path) as slide:
             w, h = slide.dimensions
             t0 = time.perf_counter()
-            result = run_to_end(delineate(slide, box(0, 0, w, h), engine))
+            result = DelineationRun(slide, box(0, 0, w, h), engine).execute()
             run_s = time.perf_counter() - t0
     pmap = result.probability_map
     if progress:
         progress(
-            f"run: {result.tiles_done} tiles in {run_s:.1f} s; map {pmap.prob.shape[1]}x{pmap.prob.shape[0]}"
+            f"run: {result.tiles_done} tiles in {run_s:.1f} s; map {pmap.prob.shape[2]}x{pmap.prob.shape[1]}"
         )
     pmap.trace(0.5, 1000.0)  # the first re-trace rasterises the region once (kept)
     clock, counts = Clock(), []
     for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
         for min_area in (250.0, 500.0, 1000.0, 2500.0, 5000.0):
             with clock:
-                polys = pmap.trace(threshold, min_area)
-            counts.append(len(polys))
+                outlines = pmap.trace(threshold, min_area)
+            counts.append(sum(map(len, outlines.values())))
     specks = Clock()  # no minimum area at all: every speck becomes a polygon
     for threshold in (0.3, 0.5, 0.7):
         with specks:
-            n = len(pmap.trace(threshold, 0.0))
+            n = sum(map(len, pmap.trace(threshold, 0.0).values()))
     out = {
         "tiles": result.tiles_done,
         "tiles_skipped": result.tiles_skipped,
-        "map_px": f"{pmap.prob.shape[1]}x{pmap.prob.shape[0]}",
+        "map_px": f"{pmap.prob.shape[2]}x{pmap.prob.shape[1]}",
         "run_s": round(run_s, 2),
         "retrace": clock.stats(),
         "retrace_min_area_0": {**specks.stats(), "polygons_at_0.7": n},

@@ -122,12 +122,12 @@ class _Context:
         close = getattr(e, "close", None)
         if close is not None:
             close()
-        if prob.shape != tile.shape[:2] or not np.isfinite(prob).all():
+        if prob.shape != (self.card.channels, *tile.shape[:2]) or not np.isfinite(prob).all():
             raise DelineoError(f"bad output: shape {prob.shape}, finite {bool(np.isfinite(prob).all())}")
         if prob.min() < 0 or prob.max() > 1:
             raise DelineoError(f"probabilities outside [0, 1]: {prob.min():.3f}..{prob.max():.3f}")
-        threshold = float(self.card.raw.get("output", {}).get("threshold", 0.5))
-        share = f", {float((prob >= threshold).mean()):.1%} tumour"
+        masks = self.card.scheme.masks(prob)
+        share = "".join(f", {float(m.mean()):.1%} {name}" for name, m in masks.items())
         if self.reference is None:
             self.reference = prob
             return f"{TILE}² tile in {ms:.0f} ms{share} (reference for the rest){source}"

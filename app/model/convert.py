@@ -265,4 +265,4 @@ def _torch_agreement(model, pairs: list[Pair], engine, norm: dict) -> float:
     imgs = np.stack([load_image(p) for p in pairs])
     with torch.no_grad():
         ref = torch.sigmoid(model(torch.from_numpy(to_model_input(imgs, norm))))[:, 0].numpy()
-    return round(float(np.abs(engine.predict(imgs) - ref).max()), 7)
+    return round(float(np.abs(engine.predict(imgs)[:, 0] - ref).max()), 7)

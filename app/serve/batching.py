@@ -38,10 +38,12 @@ class DynamicBatcher:
         max_wait_ms: float = 20.0,
         max_pixels: int = 4 << 20,
         thread_initializer: Callable[[], None] | None = None,
+        channels: int = 1,
     ):
         if max_batch < 1 or max_wait_ms < 0 or max_pixels < 1:
             raise ValueError("max_batch and max_pixels must be at least 1 and max_wait_ms not negative")
         self.run = run
+        self.channels = channels  # class channels of each answer (N, C, H, W)
         self.max_batch = max_batch
         self.max_pixels = max_pixels
         self.max_wait_s = max_wait_ms / 1000
@@ -62,14 +64,15 @@ class DynamicBatcher:
         return max(1, min(n, self.max_batch, self.max_pixels // max(1, pixels_per_tile)))
 
     async def infer(self, tiles: np.ndarray) -> np.ndarray:
-        """Probabilities for these tiles, computed together with whatever else is waiting."""
+        """Class probabilities (N, C, H, W) for these tiles, computed together with whatever
+        else is waiting."""
         loop = asyncio.get_running_loop()
         if self._task is None:
             self._queue = asyncio.Queue()
             self._task = loop.create_task(self._collect())
         self.requests += 1
         n = len(tiles)
-        out = np.empty((n, *_spatial(tiles)), np.float32)
+        out = np.empty((n, self.channels, *_spatial(tiles)), np.float32)
         step = self.parts(n, _pixels(tiles) // max(1, n))
         jobs = [_Job(tiles[i : i + step], out[i : i + step], loop.create_future()) for i in range(0, n, step)]
         try:

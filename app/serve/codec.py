@@ -19,7 +19,7 @@ import numpy as np
 
 from app.serve.limits import Limits
 
-OUTPUT = "probability"  # float32 tumour probability, (N, H, W)
+OUTPUT = "probability"  # float32 class probabilities, (N, C, H, W)
 DTYPES = {"UINT8": np.uint8, "FP16": np.float16, "FP32": np.float32}
 
 

@@ -1,5 +1,5 @@
 """ONNX Runtime underneath the server: which execution provider, which model file, and the
-tile contract (uint8 RGB NHWC in, tumour probability out) shared with the desktop engines."""
+tile contract (uint8 RGB NHWC in, class probabilities NCHW out) shared with the desktop engines."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from app.inference.engine import activate, check_output
 from app.inference.engines import ONNX_FILES, EngineError, ONNXRuntimeEngine
 from app.inference.modelcard import ModelCard
 
@@ -129,7 +130,7 @@ class TileRuntime:
         )
 
     def run(self, tiles: np.ndarray) -> np.ndarray:
-        """uint8 (N, H, W, 3) -> float32 probability (N, H, W)."""
+        """uint8 (N, H, W, 3) -> float32 class probabilities (N, C, H, W)."""
         return self.engine.predict(tiles)
 
     def raw_input(self) -> dict:
@@ -138,6 +139,7 @@ class TileRuntime:
         return {"name": self.engine.input_name, "datatype": dtype, "shape": [-1, 3, -1, -1]}
 
     def run_raw(self, x: np.ndarray) -> np.ndarray:
-        """Normalized (N, 3, H, W) as the model takes it -> float32 probability (N, H, W)."""
-        out = self.engine.session.run(None, {self.engine.input_name: x})[0]
-        return np.asarray(out[:, 0], dtype=np.float32)
+        """Normalized (N, 3, H, W) as the model takes it -> float32 class probabilities (N, C, H, W)."""
+        card = self.engine.card
+        out = check_output(self.engine.session.run(None, {self.engine.input_name: x})[0], card, card.name)
+        return activate(out, card.activation)

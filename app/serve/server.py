@@ -55,7 +55,7 @@ def _kserve():
 
 def card_summary(card: ModelCard) -> dict:
     """What a client needs to tile, threshold and colour like the desktop engines do."""
-    keys = ("name", "version", "classes", "input", "normalization", "mpp", "output")
+    keys = ("format", "name", "version", "classes", "background", "input", "normalization", "mpp", "output")
     return {k: card.raw[k] for k in keys if k in card.raw}
 
 
@@ -74,7 +74,7 @@ def make_model_class(kserve):
             return [self.input]
 
         def get_output_types(self) -> list[dict]:
-            return [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, -1, -1]}]
+            return [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, self.card.channels, -1, -1]}]
 
         def metadata(self) -> dict:
             return {
@@ -156,6 +156,7 @@ def build_app(
         max_wait_ms,
         limits.max_batch_pixels,
         thread_initializer=lower_thread_priority,
+        channels=card.channels,
     )
     tile_model = make_model_class(kserve)(card, contract, f"onnxruntime_{runtime.provider}")
     server = model_server.ModelServer(enable_grpc=False, workers=1, enable_docs_url=False)

@@ -1,4 +1,4 @@
-"""The delineation worker: an object living on its own QThread that iterates the pipeline.
+"""The delineation worker: an object living on its own QThread that drives the pipeline.
 
 The GUI sends requests by queued signal and gets one signal per finished tile (with the overlay
 image already built), so the GUI thread never touches the slide, the model or the disk. The
@@ -22,7 +22,7 @@ from app.core.tissue import TissueMask, tissue_mask, tissue_mask_from_rgb
 from app.errors import is_user_error
 from app.inference.engines import Engine, create_engine
 from app.inference.modelcard import ModelCard
-from app.inference.pipeline import Delineation, TileEvent, delineate
+from app.inference.pipeline import Delineation, DelineationRun, RunSettings, TileEvent
 from app.ui.overlay import tile_mask_image
 
 log = logging.getLogger(__name__)
@@ -147,38 +147,44 @@ class DelineationWorker(QObject):
             engine = self.engine_for(settings)
             self.status.emit(f"Delineating with {engine.name}…")
             card = engine.card
-            threshold = options.get("threshold") or card.raw.get("output", {}).get("threshold", 0.5)
-            min_area = options["min_area_um2"]
-            tissue = self._tissue.get(str(slide.path))
+            threshold = options.get("threshold") or card.default_threshold
             ran = 0
-            events = delineate(
+
+            def on_tile(ev: TileEvent) -> None:
+                nonlocal ran
+                ran += ev.prob is not None
+                self.tileDone.emit(self._update(ev, card, threshold, ran))
+
+            result = DelineationRun(
                 slide,
                 region,
                 engine,
-                cancel=self.cancel_event,
-                tissue=tissue,
+                RunSettings(
+                    threshold=threshold,
+                    min_area_um2=options["min_area_um2"],
+                    slide_mpp=options.get("slide_mpp"),
+                ),
+                tissue=self._tissue.get(str(slide.path)),
                 resume=options.get("resume"),
-                slide_mpp=options.get("slide_mpp"),
-                min_area_um2=min_area,
-                threshold=threshold,
-            )
-            for ev in events:
-                if isinstance(ev, Delineation):
-                    run = RunFinished(ev, ev.probability_map, ev.annotations(), ev.threshold, ev.min_area_um2)
-                    self.finished.emit(run)
-                    return
-                self.tileDone.emit(
-                    self._update(ev, threshold, card.tumour_colour, ran := ran + (ev.prob is not None))
+            ).execute(self.cancel_event, on_tile)
+            self.finished.emit(
+                RunFinished(
+                    result,
+                    result.probability_map,
+                    result.annotations(),
+                    result.threshold,
+                    result.min_area_um2,
                 )
+            )
         except Exception as e:  # noqa: BLE001 - reported to the user, tiles done are kept
             self._report(e, "delineation failed")
 
-    def _update(self, ev: TileEvent, threshold: float, colour, ran: int) -> TileUpdate:
+    def _update(self, ev: TileEvent, card: ModelCard, threshold: float, ran: int) -> TileUpdate:
         image = None
         if ev.prob is not None:
-            trim = self._engine.card.overlap // 2  # the core: what ev.core_rect covers
-            n = ev.prob.shape[0]
-            image = tile_mask_image(ev.prob[trim : n - trim, trim : n - trim], threshold, colour)
+            trim = card.overlap // 2  # the core: what ev.core_rect covers
+            n = ev.prob.shape[-1]
+            image = tile_mask_image(ev.prob[:, trim : n - trim, trim : n - trim], card.scheme, threshold)
         return TileUpdate(QRectF(*ev.core_rect), image, ev.done, ev.total, ran, ev.elapsed_s, ev.error)
 
     def _report(self, e: Exception, what: str) -> None:

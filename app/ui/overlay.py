@@ -10,16 +10,19 @@ from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsPathItem
 
 from app.core.annotations import Annotation
+from app.core.class_scores import ClassScheme
 from app.ui.image_convert import array_to_qimage
 from app.ui.shapes import geometry_path
 
 
-def tile_mask_image(prob: np.ndarray, threshold: float, colour: tuple[int, int, int]) -> QImage:
-    """RGBA image: the class colour where prob >= threshold, transparent elsewhere. Built on the
-    worker thread (QImage is safe there), so the GUI thread only paints it."""
-    mask = prob >= threshold
-    rgba = np.zeros((*mask.shape, 4), np.uint8)
-    rgba[mask] = (*colour, 255)
+def tile_mask_image(scores: np.ndarray, scheme: ClassScheme, threshold: float | None = None) -> QImage:
+    """RGBA image of a tile's class scores (C, H, W): each pixel in its class's colour, as the
+    outline will decide it, transparent where no class is outlined. Built on the worker thread
+    (QImage is safe there), so the GUI thread only paints it."""
+    label = scheme.labels(scores, threshold)
+    rgba = np.zeros((*label.shape, 4), np.uint8)
+    rgba[..., :3] = scheme.colors()[label]
+    rgba[..., 3] = np.where(label > 0, 255, 0)
     return array_to_qimage(rgba)
 
 
