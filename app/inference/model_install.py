@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from app.inference.modelcard import (
+    ACTIVATIONS,
+    CHANNEL_ORDERS,
     MAX_CLASSES,
     MAX_TILE,
     ModelCard,
@@ -28,10 +30,9 @@ from app.inference.modelcard import (
     is_model_name,
     write_card,
 )
+from app.paths import MODELS_DIR, SAMPLE_SLIDE, user_models_dir
 
 MAX_MODEL_BYTES = 4 << 30  # a model (weights included) larger than this is refused before it is read
-ACTIVATIONS = ("sigmoid", "softmax", "none")
-CHANNEL_ORDERS = ("RGB", "BGR")
 DEFAULT_TILE = 512
 # Where a model is put together before it is renamed into place: inside the models folder (the
 # same file system, so the rename is atomic) but not a model folder itself (no card.json in it).
@@ -497,7 +498,6 @@ def _triple(option: str, value, default: float, input_range: int) -> list[float]
 def sample_tile(tile: int) -> np.ndarray:
     """A real H&E tile (tile x tile RGB) from the centre of the bundled sample slide."""
     from app.core.slide import Slide
-    from app.paths import SAMPLE_SLIDE
 
     with Slide.open(SAMPLE_SLIDE) as slide:
         w, h = slide.dimensions
@@ -563,24 +563,6 @@ def check_runs(card: ModelCard, key: str, tile_rgb: np.ndarray | None = None) ->
     return ran
 
 
-def user_models_dir() -> Path:
-    """The per-user models folder, where installed models live (the card looks there first)."""
-    import app.paths
-
-    found = getattr(app.paths, "user_models_dir", None)
-    if found is not None:
-        return Path(found())
-    from app.logs import data_dir
-
-    return data_dir() / "models"
-
-
-def shipped_dir() -> Path:
-    from app.paths import MODELS_DIR
-
-    return MODELS_DIR
-
-
 @dataclass(frozen=True)
 class Installed:
     card: ModelCard
@@ -592,7 +574,7 @@ def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Inst
     rename the folder into place. Nothing is left behind on failure."""
     graph = inspect_model(request.source)
     raw = build_card(request, graph)
-    if (shipped_dir() / request.name / "card.json").is_file():
+    if (MODELS_DIR / request.name / "card.json").is_file():
         raise ModelInstallError(
             f"--name {request.name}: a model shipped with Delineo has this name; choose another name"
         )
@@ -650,7 +632,7 @@ def remove(name: str) -> Path:
         )
     folder = user_models_dir() / name
     if not (folder / "card.json").is_file():
-        if (shipped_dir() / name / "card.json").is_file():
+        if (MODELS_DIR / name / "card.json").is_file():
             raise ModelInstallError(
                 f"{name}: shipped with Delineo, so it cannot be removed (only models you added)"
             )
@@ -685,7 +667,7 @@ def list_models() -> list[dict]:
     """Every model Delineo can run by name: installed ones first (they are found first), then
     the shipped ones. A folder whose card does not load is listed with its problem."""
     rows, seen = [], set()
-    for shipped, root in ((False, user_models_dir()), (True, shipped_dir())):
+    for shipped, root in ((False, user_models_dir()), (True, MODELS_DIR)):
         for card_json in sorted(root.glob("*/card.json")) if root.is_dir() else ():
             folder = card_json.parent
             if not is_model_name(folder.name) or folder.name in seen:
