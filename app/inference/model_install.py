@@ -28,6 +28,7 @@ from app.inference.modelcard import (
     ModelCard,
     ModelCardError,
     is_model_name,
+    model_folders,
     write_card,
 )
 from app.paths import MODELS_DIR, SAMPLE_SLIDE, user_models_dir
@@ -667,7 +668,8 @@ def list_models() -> list[dict]:
     """Every model Delineo can run by name: installed ones first (they are found first), then
     the shipped ones. A folder whose card does not load is listed with its problem."""
     rows, seen = [], set()
-    for shipped, root in ((False, user_models_dir()), (True, MODELS_DIR)):
+    for root in model_folders():  # in the order names are looked up
+        shipped = root == MODELS_DIR
         for card_json in sorted(root.glob("*/card.json")) if root.is_dir() else ():
             folder = card_json.parent
             if not is_model_name(folder.name) or folder.name in seen:
