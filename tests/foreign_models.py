@@ -97,6 +97,21 @@ def softmax_onnx(path: Path) -> Path:
     return path
 
 
+def with_external_data(source: Path, path: Path, location: str | None = None) -> Path:
+    """A copy of an ONNX model whose weights live in a file beside it (as torch writes models
+    over 2 GB; small shape constants stay inside): `location` defaults to MODEL.onnx.data, the
+    name torch gives it."""
+    import onnx
+    from onnx.external_data_helper import set_external_data, write_external_data_tensors
+
+    model = onnx.load(str(source))
+    for tensor in model.graph.initializer:
+        if tensor.name in ("w", "b"):
+            set_external_data(tensor, location or path.name + ".data")
+    onnx.save(write_external_data_tensors(model, str(path.parent)), str(path))
+    return path
+
+
 def bgr_ir(path: Path, fp16: bool = True) -> Path:
     """The BGR 0..255 mean/std IR with softmax inside (probabilities out), 256x256 input.
     `path` ends in .xml; the weights go to the .bin beside it, in FP16 as `ov.save_model` (and

@@ -120,6 +120,18 @@ def test_the_openvino_ir_is_installed_with_its_weights_and_its_fixed_tile(foreig
     assert raw["background"] == "Background"  # --background-class matched case-insensitively
 
 
+def test_an_onnx_model_with_external_weights_is_installed_with_them(foreign, models_folder, tmp_path, capsys):
+    model = fm.with_external_data(foreign["onnx"], tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").is_file()
+    code, err = add(onnx_args(model, name="big"), capsys)
+    assert code == 0, err
+    card = ModelCard.load("big")
+    assert card.files["onnx-fp32"]["weights"]["path"] == "big.onnx.data"
+    assert (card.path / "big.onnx.data").read_bytes() == (tmp_path / "big.onnx.data").read_bytes()
+    (card.path / "big.onnx.data").write_bytes(b"\0" * 8)  # damaged after installing: caught
+    assert card.verify() == ["onnx-fp32"]
+
+
 def test_cards_written_by_model_add_follow_the_published_schema(foreign, models_folder, capsys):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((Path(__file__).parents[1] / "docs" / "model-card.schema.json").read_text())
@@ -263,6 +275,10 @@ REFUSALS = {
     ),
     "wrong input rank": (lambda f, t: onnx_args(f["rank-3-input"]), ["rank3.onnx", "rank 3", "rank 4"]),
     "a text file named .onnx": (lambda f, t: onnx_args(_text_model(t)), ["notes.onnx", "not an ONNX model"]),
+    "external weights under another name": (
+        lambda f, t: onnx_args(fm.with_external_data(f["onnx"], t / "split.onnx", location="weights.bin")),
+        ["split.onnx", "weights.bin", "split.onnx.data"],
+    ),
     "an IR without its .bin": (lambda f, t: ir_args(_ir_without_weights(t, f)), ["lonely.bin", "missing"]),
     "a PyTorch checkpoint": (
         lambda f, t: [*onnx_args(f["onnx"])[:2], str(_checkpoint(t)), *onnx_args(f["onnx"])[3:]],
