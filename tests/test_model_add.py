@@ -132,6 +132,18 @@ def test_an_onnx_model_with_external_weights_is_installed_with_them(foreign, mod
     assert card.verify() == ["onnx-fp32"]
 
 
+def test_a_graph_ending_in_softmax_given_softmax_again_is_installed_with_a_note(
+    foreign, models_folder, capsys
+):
+    args = [a if a != "none" else "softmax" for a in ir_args(foreign["ir"])]
+    code, err = add(args, capsys)
+    assert code == 0, err
+    assert "note: bgr-probabilities.xml: no pixel of the sample tile scores above 0.58" in err
+    assert "--activation none --force" in err
+    code, err = add(ir_args(foreign["ir"], name="right"), capsys)
+    assert code == 0 and "note:" not in err
+
+
 def test_cards_written_by_model_add_follow_the_published_schema(foreign, models_folder, capsys):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((Path(__file__).parents[1] / "docs" / "model-card.schema.json").read_text())

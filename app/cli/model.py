@@ -107,6 +107,8 @@ def run_add(args: argparse.Namespace) -> int:
         f"{card.tile}, {raw['output']['activation']}; ran on a sample tile with {', '.join(done.engines)}",
         file=sys.stderr,
     )
+    for note in done.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"use it with --model {card.name}, or choose it in Settings", file=sys.stderr)
     return 0
 

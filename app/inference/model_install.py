@@ -505,10 +505,10 @@ def sample_tile(tile: int) -> np.ndarray:
         return slide.read_region(max(0, (w - tile) // 2), max(0, (h - tile) // 2), 0, tile, tile)
 
 
-def check_runs(card: ModelCard, key: str, tile_rgb: np.ndarray | None = None) -> list[str]:
+def check_runs(card: ModelCard, key: str, tile_rgb: np.ndarray | None = None) -> tuple[list[str], list[str]]:
     """Run the card's model through each real engine that takes its file, on a real tile, and
     check what comes back: (1, C, tile, tile) probabilities, finite, in 0..1. Returns the
-    engines' names; a ModelInstallError saying what was wrong."""
+    engines' names and notes on what looks doubtful; a ModelInstallError saying what was wrong."""
     from app.inference.engine import EngineError
     from app.inference.engine_registry import create_engine
 
@@ -561,13 +561,34 @@ def check_runs(card: ModelCard, key: str, tile_rgb: np.ndarray | None = None) ->
                 f"probabilities in 0..1; {fix}"
             )
         ran.append(engine.name)
-    return ran
+    doubt = _activated_twice(out[0], activation)
+    return ran, [f"{model_file.name}: {doubt}"] if doubt else []
+
+
+def _activated_twice(probs: np.ndarray, activation: str) -> str | None:
+    """A model whose graph already ends in a sigmoid or softmax, given that activation again,
+    still gives numbers in 0..1, but squeezed: sigmoid of 0..1 is 0.5..0.73 everywhere, softmax
+    of probabilities never exceeds e / (e + C - 1). Said as a note: it cannot be certain."""
+    if activation == "sigmoid" and probs.min() >= 0.5 - 1e-4 and probs.max() <= 1 / (1 + math.exp(-1)) + 1e-4:
+        return (
+            "every score on the sample tile is 0.50..0.73, as when the graph already outputs "
+            "probabilities; if it does, add it again with --activation none --force"
+        )
+    channels = probs.shape[0]
+    if activation == "softmax" and probs.max() <= math.e / (math.e + channels - 1) + 1e-4:
+        return (
+            "no pixel of the sample tile scores above "
+            f"{math.e / (math.e + channels - 1):.2f}, as when the graph already ends in a softmax; if it "
+            "does, add it again with --activation none --force"
+        )
+    return None
 
 
 @dataclass(frozen=True)
 class Installed:
     card: ModelCard
     engines: tuple[str, ...]  # the engines it was run through
+    notes: tuple[str, ...] = ()  # what looked doubtful in the run
 
 
 def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Installed:
@@ -598,7 +619,7 @@ def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Inst
         write_card(tmp, raw, {graph.key: graph.files[0].name})
         card = ModelCard.load(tmp)
         card.check_integrity()
-        engines = check_runs(card, graph.key, tile_rgb)
+        engines, notes = check_runs(card, graph.key, tile_rgb)
         if final.exists():
             old = final.rename(tmp.with_suffix(".replaced"))
         tmp.rename(final)
@@ -611,7 +632,7 @@ def install(request: InstallRequest, tile_rgb: np.ndarray | None = None) -> Inst
             shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not final.exists():
             old.rename(final)
-    return Installed(ModelCard.load(final), tuple(engines))
+    return Installed(ModelCard.load(final), tuple(engines), tuple(notes))
 
 
 def _remove_stale(staging: Path, older_than_s: float = 3600) -> None:
