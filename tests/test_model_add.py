@@ -178,6 +178,17 @@ def test_list_shows_installed_and_shipped_models_and_remove_takes_only_installed
     assert "rgb-softmax" not in {r["name"] for r in json.loads(capsys.readouterr().out)}
 
 
+def test_list_says_why_a_card_in_the_models_folder_cannot_be_used(models_folder, capsys):
+    broken = models_folder / "hand-written"
+    broken.mkdir(parents=True)
+    (broken / "card.json").write_text('{"name": "hand-written", "version": "1"')
+    assert delineo_main(["model", "list", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "hand-written")
+    assert "not a valid model card" in row["error"] and row["source"] == "installed"
+    assert delineo_main(["model", "list"]) == 0
+    assert "unusable:" in capsys.readouterr().out
+
+
 def test_a_second_add_of_a_name_is_refused_unless_forced(foreign, models_folder, capsys):
     assert add(onnx_args(foreign["onnx"], name="mine"), capsys)[0] == 0
     code, err = add(ir_args(foreign["ir"], name="mine"), capsys)
