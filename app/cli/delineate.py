@@ -71,7 +71,10 @@ def run(args: argparse.Namespace) -> int:
         region = region_from_args(args, slide)
         engine = engine_from_args(args)
         bar = StderrProgress()
-        settings = RunSettings(threshold=args.threshold, min_area_um2=args.min_area, slide_mpp=args.mpp)
+        # Band by band: the outline is all the command keeps, so memory follows the region's width.
+        settings = RunSettings(
+            threshold=args.threshold, min_area_um2=args.min_area, slide_mpp=args.mpp, keep_map=False
+        )
         result = DelineationRun(slide, region, engine, settings).execute(
             on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s)
         )

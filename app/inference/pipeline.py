@@ -27,17 +27,24 @@ import numpy as np
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from app.core.annotations import Annotation
+from app.core.annotations import Annotation, Provenance
+from app.core.band_outline import BandOutliner
 from app.core.geometry import region_within_slide
-from app.core.probability_map import ProbabilityMap
+from app.core.probability_map import ProbabilityMap, model_proposals, new_run_id
 from app.core.slide import Slide, SlideError
-from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
+from app.core.tiling import BandBlender, Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
+from app.core.tracing import trace_factor
+from app.errors import DelineoError
 from app.inference.engines import Engine, EngineError, predict_stream
 
 log = logging.getLogger(__name__)
 
 BACKGROUND_TISSUE_FRACTION = 0.02  # tiles with less tissue than this are not sent to the model
+
+
+class RunTooLarge(DelineoError):
+    """A region whose map would not fit in memory; said before any tile runs."""
 
 
 @dataclass
@@ -70,6 +77,8 @@ class Delineation:
     probability_map: ProbabilityMap | None = field(default=None, repr=False)  # re-trace without the model
     threshold: float = 0.5
     min_area_um2: float = 1000.0
+    scheme: object = None  # the model's ClassScheme
+    run_id: str = ""
 
     @property
     def polygons(self) -> list[Polygon]:
@@ -78,12 +87,26 @@ class Delineation:
 
     def annotations(self) -> list[Annotation]:
         """The outline as the model's proposals, each recording the run and its settings."""
-        return self.probability_map.proposals(self.outlines, self.threshold, self.min_area_um2)
+        if self.probability_map is not None:
+            return self.probability_map.proposals(self.outlines, self.threshold, self.min_area_um2)
+        model, version, engine = [*self.source.split(" "), "", "", ""][:3]
+        prov = Provenance(
+            "model",
+            model=model,
+            version=version,
+            engine=engine,
+            threshold=self.threshold,
+            min_area_um2=self.min_area_um2,
+            run_id=self.run_id,
+        )
+        return model_proposals(self.outlines, self.scheme, prov)
 
     @cached_property
     def probability(self) -> np.ndarray:
         """The blended map (C, H, W) float16, model pixels (see plan), made when first asked
         for: the outline is traced from the uint8 map, and most runs never need it."""
+        if not isinstance(self.blender, Blender):
+            raise DelineoError("this run was finished band by band and kept no map; run it with keep_map")
         return self.blender.probability()
 
     @property
@@ -169,6 +192,9 @@ class RunSettings:
     slide_mpp: float | None = None  # the slide's pixel size when it records none (or wrongly)
     readers: int = 1
     lookahead: int = 3
+    # Keep the whole class map (to re-trace, resume, export likelihood); False finishes the
+    # outline band by band, in memory that follows the region's width, not its area.
+    keep_map: bool = True
 
 
 class DelineationRun:
@@ -192,8 +218,10 @@ class DelineationRun:
             raise ValueError(
                 "resume needs a Delineation whose engine failed, from a model of the same tile size"
             )
-        if resume is not None and resume.blender.channels != card.channels:
-            raise ValueError("resume needs a model with the same classes as the run it finishes")
+        if resume is not None and (
+            not isinstance(resume.blender, Blender) or resume.blender.channels != card.channels
+        ):
+            raise ValueError("resume needs a run that kept its map, from a model with the same classes")
         self.slide, self.engine, self.card = slide, engine, card
         self.settings = settings or RunSettings()
         self.resume = resume
@@ -203,9 +231,7 @@ class DelineationRun:
         # otherwise be rasterized at its full size.
         self.region, clipped = region_within_slide(region, slide.dimensions)
         self.notes: list[str] = [clipped] if clipped else []
-        self.threshold = (
-            card.default_threshold if self.settings.threshold is None else self.settings.threshold
-        )
+        self.threshold = self.settings.threshold  # None: each class's own
         self.tiles_plan: TilePlan | None = None
         self.blender: Blender | None = None
         self.to_run: list[Tile] = []
@@ -244,7 +270,36 @@ class DelineationRun:
         elif choice.reduction > 1:
             log.info("%s: reading %s for a %g µm/px model", slide.name, choice.describe(), card.mpp)
         self.tiles_plan = plan
+        self._check_fits(plan)
         return plan
+
+    def memory_needed(self, plan: TilePlan) -> int:
+        """Bytes the run's map takes: the whole blended map and its uint8 copy when it is kept,
+        else the few bands in flight (three, each a stride of rows across the region)."""
+        width, height = plan.size
+        c = self.card.channels
+        per_px = (2 * c + 2) + (c + 1)  # fixed-point sums and weight, then the uint8 map and region
+        rows = height if self.settings.keep_map else min(height, 3 * plan.stride)
+        return width * rows * per_px
+
+    def _check_fits(self, plan: TilePlan) -> None:
+        """Refuse before the first tile a run whose map cannot fit in this computer's memory."""
+        import psutil
+
+        need, free = self.memory_needed(plan), psutil.virtual_memory().available
+        if need > 0.8 * free:
+            width, height = plan.size
+            gib, free_gib = need / 2**30, free / 2**30
+            if self.settings.keep_map:
+                raise RunTooLarge(
+                    f"the region is {width} x {height} model pixels, whose map needs about {gib:.1f} GiB; "
+                    f"{free_gib:.1f} GiB of memory is free. Delineate a smaller region, or run "
+                    "delineo delineate (it finishes the outline band by band)"
+                )
+            raise RunTooLarge(
+                f"the region is {width} model pixels wide, whose bands need about {gib:.1f} GiB; "
+                f"{free_gib:.1f} GiB of memory is free. Delineate a narrower region"
+            )
 
     def select_tiles(self) -> tuple[list[Tile], list[Tile]]:
         """(tiles to run, tiles skipped as glass); a resumed run takes the pending tiles."""
@@ -260,9 +315,32 @@ class DelineationRun:
         tissue = self.tissue if self.tissue is not None else tissue_mask(self.slide)
         if tissue.note:
             self.notes.append(tissue.note)
-        self.blender = Blender(plan, self.card.channels)
         self.to_run, self.skipped = split_background(plan, tissue)
+        if self.settings.keep_map:
+            self.blender = Blender(plan, self.card.channels)
+        else:
+            self.outliner = self._outliner(plan)
+            self.blender = BandBlender(
+                plan, self.card.channels, self.to_run, self.outliner.add_band, self.outliner.factor
+            )
         return self.to_run, self.skipped
+
+    def _outliner(self, plan: TilePlan) -> BandOutliner:
+        s = self.settings
+        mpp = plan.choice.slide_mpp
+        return BandOutliner(
+            self.card.scheme,
+            self.threshold,
+            self.region,
+            plan.level0_per_model,
+            plan.model_to_level0(0, 0),
+            plan.size[1],
+            mpp,
+            trace_factor(s.simplify_um, plan.level0_per_model * mpp),
+            s.simplify_um,
+            s.min_area_um2,
+            s.min_hole_um2,
+        )
 
     def infer(
         self, cancel: threading.Event | None = None, on_tile: Callable[[TileEvent], None] | None = None
@@ -306,6 +384,7 @@ class DelineationRun:
                 rect = tile_core_rect(plan, t)
                 if isinstance(prob, BaseException):
                     self.failed += 1
+                    blender.skip(t)
                     log.warning("tile %s unreadable: %s", t, prob)
                     report(
                         TileEvent(t, self.done, total, rect, None, error=str(prob), elapsed_s=self._elapsed())
@@ -329,6 +408,9 @@ class DelineationRun:
         plan, card, settings, resume = self.plan(), self.card, self.settings, self.resume
         if self.failed:
             self.notes.append(f"{self.failed} tile(s) could not be read and were left out")
+        if not settings.keep_map:
+            self.blender.close()  # bands a cancelled or failed run left open
+            return self._result(self.outliner.outlines(), None)
         pmap = ProbabilityMap.from_blender(
             self.blender,
             plan,
@@ -350,6 +432,10 @@ class DelineationRun:
         outlines = pmap.trace(
             self.threshold, settings.min_area_um2, settings.simplify_um, settings.min_hole_um2
         )
+        return self._result(outlines, pmap)
+
+    def _result(self, outlines: dict, pmap: ProbabilityMap | None) -> Delineation:
+        plan, card, settings, resume = self.plan(), self.card, self.settings, self.resume
         skipped = resume.tiles_skipped if resume else len(self.skipped)
         return Delineation(
             outlines=outlines,
@@ -366,8 +452,10 @@ class DelineationRun:
             engine_error=self.engine_error,
             pending=[t for t in self.to_run if t not in self.finished],
             probability_map=pmap,
-            threshold=float(self.threshold),
+            threshold=float(card.default_threshold if self.threshold is None else self.threshold),
             min_area_um2=float(settings.min_area_um2),
+            scheme=card.scheme,
+            run_id=pmap.run_id if pmap is not None else new_run_id(),
         )
 
     def execute(

@@ -297,9 +297,10 @@ class DelineationController(QObject):
             log.info("%s: %s", self.slide.name, note)
             self.notice.emit(f"run-note:{i}", note)
         if not run.annotations and not result.cancelled:
+            found = " or ".join(c.name for c in run.map.scheme.foreground) or "tumour"
             self.notice.emit(
                 "nothing-found",
-                f"The model found no tumour in the region ({result.tiles_done} tiles run, "
+                f"The model found no {found} in the region ({result.tiles_done} tiles run, "
                 f"{result.tiles_skipped} background). Raise the Sensitivity to see weaker findings.",
             )
         self.finished.emit(result)

@@ -147,7 +147,7 @@ class DelineationWorker(QObject):
             engine = self.engine_for(settings)
             self.status.emit(f"Delineating with {engine.name}…")
             card = engine.card
-            threshold = options.get("threshold") or card.default_threshold
+            threshold = options.get("threshold")  # None: each class's own, from the card
             ran = 0
 
             def on_tile(ev: TileEvent) -> None:

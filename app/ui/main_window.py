@@ -397,6 +397,7 @@ class MainWindow(QMainWindow):
 
     def _run_finished(self, result) -> None:
         self.delineate_action.setEnabled(True)
+        self.classes.include(result.probability_map.scheme.foreground)  # a model's own classes
         self.delineationFinished.emit(result)
 
     def _run_failed(self, message: str) -> None:
