@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "export",
     "serve",
     "bench",
+    "batch",
     "self_test",
     "data",
     "model",

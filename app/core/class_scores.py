@@ -81,6 +81,18 @@ class ClassScheme:
         np.copyto(out, best, where=total >= _level(t, scale))
         return out
 
+    def foreground_score(self, scores: np.ndarray) -> np.ndarray:
+        """(H, W), in the map's units: how strongly anything outlined is there, whatever the
+        class (what an adaptive run refines on). Exclusive classes with a background: their
+        summed score; without one every pixel is some class; independent: the highest."""
+        fg = [c.channel for c in self.foreground]
+        if self.exclusive and self.background is None:
+            return np.full(scores.shape[1:], 255 if scores.dtype == np.uint8 else 1.0, scores.dtype)
+        if self.exclusive:
+            total = scores[fg].sum(axis=0, dtype=np.float32)
+            return np.minimum(total, 255.0 if scores.dtype == np.uint8 else 1.0)
+        return scores[fg].max(axis=0)
+
     def colors(self) -> np.ndarray:
         """(1 + len(foreground), 3) uint8: the colour of each label (row 0 unused)."""
         return np.array([(0, 0, 0), *(c.color for c in self.foreground)], np.uint8)

@@ -274,7 +274,10 @@ class BandBlender:
         width, height = plan.size
         stride, oy = plan.stride, plan.origin[1]
         n = max(1, math.ceil(height / stride))
-        cuts = sorted({min(height, (k * stride) // multiple * multiple) for k in range(n)} | {height})
+        # Cut where a tile row starts and where its overlap with the row above ends: rows of
+        # one tile row's reach are then open at a time (a tile's height), not two strides.
+        starts = [k * stride + d for k in range(n) for d in (0, plan.overlap)]
+        cuts = sorted({min(height, y // multiple * multiple) for y in starts} | {0, height})
         self.bands = list(itertools.pairwise(cuts))  # (first row, end row)
         self.window = blend_window(plan.tile, plan.overlap) * Blender.ONE
         self._window16 = np.rint(self.window).astype(np.uint16)
@@ -338,13 +341,15 @@ class BandBlender:
         acc, weight = self.open.pop(k, (None, None))
         if acc is None:
             return
-        w = np.maximum(weight, 1).astype(np.float32)
         out = np.empty(acc.shape, np.uint8)
-        for c in range(self.channels):
-            a = acc[c].astype(np.float32)
-            a *= 255.0
-            a /= w
-            a += 0.5
-            np.minimum(a, 255.0, out=a)
-            out[c] = a
+        for y in range(0, acc.shape[1], 64):  # 64 rows at a time: small float temporaries
+            w = np.maximum(weight[y : y + 64], 1).astype(np.float32)
+            for c in range(self.channels):
+                a = acc[c, y : y + 64].astype(np.float32)
+                a *= 255.0
+                a /= w
+                a += 0.5
+                np.minimum(a, 255.0, out=a)
+                out[c, y : y + 64] = a
+        del acc, weight
         self.on_band(self.bands[k][0], out)
