@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "batch",
     "self_test",
     "data",
+    "model",
 )
 
 
