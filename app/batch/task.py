@@ -31,7 +31,7 @@ class EngineSpec:
 
     engine: str
     model: str | None = None
-    precision: str = "int8"
+    precision: str | None = None  # None: the best the model has (INT8, FP16, FP32)
     device: str = "CPU"
     threads: int = 0
     url: str | None = None
@@ -148,7 +148,9 @@ def _run(job: SlideJob, t0: float) -> SlideResult:
                 raise NoRegion(str(e)) from None
         else:
             region = region_from_file(Path(job.region_geojson), slide)
-        settings = RunSettings(threshold=job.threshold, min_area_um2=job.min_area_um2, slide_mpp=job.mpp)
+        settings = RunSettings(
+            threshold=job.threshold, min_area_um2=job.min_area_um2, slide_mpp=job.mpp, keep_map=False
+        )
         engine = ENGINES.acquire(job.engine)
         try:
             report = ProgressReport(Path(job.slide).name)

@@ -32,7 +32,12 @@ def add_engine_choice(p: argparse.ArgumentParser, local_only: bool = False) -> N
     from app.inference.engine_registry import DEFAULT_ENGINE, all_precisions, engine_keys
 
     p.add_argument("--engine", choices=engine_keys(local_only), default=DEFAULT_ENGINE)
-    p.add_argument("--precision", choices=all_precisions(), default="int8")
+    p.add_argument(
+        "--precision",
+        choices=all_precisions(),
+        default=None,
+        help="default: INT8, else FP16, else FP32, whichever the model has",
+    )
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -102,7 +107,7 @@ def engine_from_args(args: argparse.Namespace):
     return create_engine(
         args.engine,
         args.model,
-        args.precision.lower(),
+        args.precision.lower() if args.precision else None,
         args.device.upper(),
         threads=getattr(args, "threads", 0) or 0,
     )

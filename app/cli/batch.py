@@ -162,7 +162,7 @@ def engine_spec_from_args(args: argparse.Namespace, workers: int):
     return EngineSpec(
         engine=args.engine,
         model=model,
-        precision=args.precision.lower(),
+        precision=args.precision.lower() if args.precision else None,
         device=args.device.upper(),
         threads=threads,
         url=args.url,

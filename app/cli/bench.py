@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         slides = [args.target, *args.more_slides] if args.target else []
         if len(slides) < 2:
             raise UsageError("bench batch: give two or more slides (the same one several times is fine)")
-        engine = ("--engine", args.engine, "--precision", args.precision)
+        engine = ("--engine", args.engine, *(("--precision", args.precision) if args.precision else ()))
         result = bench_batch(slides, args.workers, engine, repeats=args.repeats or 1, progress=progress)
     elif args.what == "slide":
         from app.ui.viewer_benchmark import bench_slide
