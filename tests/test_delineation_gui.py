@@ -181,3 +181,56 @@ def test_clicking_an_annotation_selects_it_without_moving_the_view(qtbot, window
     # Delete from the list removes it from the view and the list.
     qtbot.keyClick(window.annotations_panel, Qt.Key.Key_Delete)
     assert len(window.annotations) == 1 and window.annotations_panel.table.rowCount() == 1
+
+
+def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(qtbot, window, large_pyramid):
+    """Ctrl+Shift+D on a slide of tissue everywhere: the first tiles are under the middle of the
+    view; after a pan, the next ones are under its new middle. Cancelled once that is seen."""
+    ready: list[str] = []
+    window.worker.worker.slideReady.connect(ready.append)
+    open_and_wait(qtbot, window, large_pyramid)
+    view = window.view
+    view.set_zoom(view.fit_zoom() * 8)
+    view.centre_on(15000, 15000)
+    qtbot.waitUntil(lambda: window.engine_label.text() != "", timeout=60_000)
+    qtbot.waitUntil(lambda: str(large_pyramid) in ready, timeout=30_000)
+    first_at: list[float] = []
+
+    def watch():
+        if not first_at and window.overlay is not None and window.overlay.tiles:
+            first_at.append(time.perf_counter())
+
+    hb = QTimer()
+    hb.setInterval(2)
+    hb.timeout.connect(watch)
+    hb.start()
+    with qtbot.waitSignal(window.delineationFinished, timeout=180_000) as sig:
+        t0 = time.perf_counter()
+        qtbot.keyClick(
+            window, Qt.Key.Key_D, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
+        )
+        qtbot.waitUntil(lambda: window.overlay is not None and len(window.overlay.tiles) >= 2, timeout=60_000)
+        hb.stop()
+        print(f"\nwhole slide: first tile under the view {(first_at[0] - t0) * 1000:.0f} ms after the click")
+        first = [r.center() for r, _ in window.overlay.tiles[:2]]
+        view.centre_on(4000, 4000)  # the pathologist moves on
+        qtbot.waitUntil(lambda: len(window.overlay.tiles) >= 12, timeout=60_000)
+        later = [r.center() for r, _ in window.overlay.tiles[-3:]]
+        window.controller.cancel()
+    result = sig.args[0]
+    assert result.cancelled and result.tiles_total > 50  # the whole slide's tissue was planned
+    for c in first:
+        assert math.hypot(c.x() - 15000, c.y() - 15000) < 3000, c
+    for c in later:
+        assert math.hypot(c.x() - 4000, c.y() - 4000) < 4000, c
+    assert window.controller._run_region.area > 0.9 * 20000 * 20000  # the region is the tissue
+
+
+def test_whole_slide_of_the_sample_outlines_its_tissue(qtbot, window, sample_copy):
+    open_and_wait(qtbot, window, sample_copy)
+    with qtbot.waitSignal(window.delineationFinished, timeout=180_000) as sig:
+        window.whole_slide_action.trigger()
+    result = sig.args[0]
+    assert not result.cancelled and result.tiles_done > 4
+    assert len(window.annotations) == len(result.polygons) > 0
+    assert window.controller.current is not None  # re-traceable like any run

@@ -125,7 +125,9 @@ def test_constant_engine_gives_a_constant_map_without_seams(large_pyramid):
     with Slide.open(large_pyramid) as s:
         result = DelineationRun(s, region, ConstantEngine(0.7, card)).execute()
     plan = result.plan
-    inside = rasterize(region, result.probability.shape[1:], plan.level0_per_model, plan.model_to_level0(0, 0))
+    inside = rasterize(
+        region, result.probability.shape[1:], plan.level0_per_model, plan.model_to_level0(0, 0)
+    )
     values = result.probability[0][inside].astype(np.float32)
     assert result.tiles_done > 4
     assert np.abs(values - 0.7).max() < 2e-3
@@ -194,7 +196,9 @@ def test_cancel_stops_between_tiles_and_keeps_what_is_done(large_pyramid):
             cancel.set()
 
     with Slide.open(large_pyramid) as s:
-        result = DelineationRun(s, box(1000, 1000, 12000, 12000), ConstantEngine(0.8, card)).execute(cancel, on_tile)
+        result = DelineationRun(s, box(1000, 1000, 12000, 12000), ConstantEngine(0.8, card)).execute(
+            cancel, on_tile
+        )
     assert result.cancelled
     assert [e.done for e in events] == list(range(1, len(events) + 1))  # progress counts every tile
     assert result.tiles_done == 3 < result.tiles_total

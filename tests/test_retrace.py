@@ -68,10 +68,10 @@ def test_retrace_tunes_sensitivity_and_minimum_area_without_the_engine(run):
     result, engine = run
     calls = engine.calls
     pmap = result.probability_map
-    area = {t: sum(p.area for p in pmap.trace(t, 200.0)['Tumor']) for t in (0.2, 0.5, 0.8)}
+    area = {t: sum(p.area for p in pmap.trace(t, 200.0)["Tumor"]) for t in (0.2, 0.5, 0.8)}
     assert area[0.2] > area[0.5] > area[0.8]
-    few = pmap.trace(0.5, 20_000.0)['Tumor']
-    many = pmap.trace(0.5, 0.0)['Tumor']
+    few = pmap.trace(0.5, 20_000.0)["Tumor"]
+    many = pmap.trace(0.5, 0.0)["Tumor"]
     assert len(many) > len(few) and all(p.area >= 20_000 for p in few)
     anns = pmap.annotations(0.3, 500.0)
     prov = anns[0].provenance

@@ -430,4 +430,4 @@ def test_a_region_without_tumour_says_so(qtbot, window, sample_copy):
     assert not any("Paint a region first" in t for t in window.banners.texts())
     delineate(qtbot, window)
     assert not window.annotations
-    assert any("found no tumour" in t for t in window.banners.texts())
+    assert any("found no Tumor" in t for t in window.banners.texts())

@@ -27,8 +27,10 @@ _COMMAND_MODULES = (
     "export",
     "serve",
     "bench",
+    "batch",
     "self_test",
     "data",
+    "model",
 )
 
 

@@ -18,9 +18,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"delineo: error: {message} (see delineo {self.prog.split()[-1]} --help)\n")
 
 
-def add_region_args(p: argparse.ArgumentParser) -> None:
+def add_region_args(p: argparse.ArgumentParser, whole_slide: bool = False) -> None:
     p.add_argument("--region", help="X,Y,W,H in level-0 pixels")
     p.add_argument("--region-geojson", help="GeoJSON file whose polygons form the region")
+    if whole_slide:
+        p.add_argument(
+            "--whole-slide", action="store_true", help="every tissue region found on the slide's thumbnail"
+        )
 
 
 def add_engine_choice(p: argparse.ArgumentParser, local_only: bool = False) -> None:
@@ -28,7 +32,12 @@ def add_engine_choice(p: argparse.ArgumentParser, local_only: bool = False) -> N
     from app.inference.engine_registry import DEFAULT_ENGINE, all_precisions, engine_keys
 
     p.add_argument("--engine", choices=engine_keys(local_only), default=DEFAULT_ENGINE)
-    p.add_argument("--precision", choices=all_precisions(), default="int8")
+    p.add_argument(
+        "--precision",
+        choices=all_precisions(),
+        default=None,
+        help="default: INT8, else FP16, else FP32, whichever the model has",
+    )
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -48,8 +57,14 @@ def region_from_args(args: argparse.Namespace, slide):
     from app.core.annotations import read_document
     from app.core.geometry import parse_rect, polygonal, region_within_slide
 
-    if bool(args.region) == bool(args.region_geojson):
-        raise UsageError("give exactly one of --region X,Y,W,H or --region-geojson FILE")
+    whole_slide = getattr(args, "whole_slide", False)
+    if bool(args.region) + bool(args.region_geojson) + bool(whole_slide) != 1:
+        raise UsageError(
+            "give exactly one of --region X,Y,W,H or --region-geojson FILE"
+            + (" or --whole-slide" if hasattr(args, "whole_slide") else "")
+        )
+    if whole_slide:
+        return whole_slide_region(args, slide)[0]
     if args.region:
         region, what = parse_rect(args.region), f"--region {args.region}"
     else:
@@ -68,6 +83,15 @@ def region_from_args(args: argparse.Namespace, slide):
     return region
 
 
+def whole_slide_region(args: argparse.Namespace, slide):
+    """(region, tissue mask) of a --whole-slide run: the tissue's parts on the thumbnail; the
+    mask goes to the run too, so the thumbnail is read once."""
+    from app.core.tissue import tissue_mask, tissue_regions
+
+    tissue = tissue_mask(slide)
+    return tissue_regions(slide, tissue, mpp=getattr(args, "mpp", None)), tissue
+
+
 def engine_from_args(args: argparse.Namespace):
     from app.inference.engine_registry import create_engine, engine_spec
 
@@ -83,7 +107,7 @@ def engine_from_args(args: argparse.Namespace):
     return create_engine(
         args.engine,
         args.model,
-        args.precision.lower(),
+        args.precision.lower() if args.precision else None,
         args.device.upper(),
         threads=getattr(args, "threads", 0) or 0,
     )

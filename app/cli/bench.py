@@ -20,9 +20,25 @@ def add_to(sub) -> None:
     b = sub.add_parser("bench", help="measure speed: model runtimes, the pipeline, the viewer")
     b.add_argument(
         "what",
-        choices=["model", "pipeline", "accuracy", "slide", "remote", "review", "review-gui", "serve-load"],
+        choices=[
+            "model",
+            "pipeline",
+            "accuracy",
+            "adaptive",
+            "memory",
+            "slide",
+            "remote",
+            "review",
+            "review-gui",
+            "serve-load",
+            "batch",
+        ],
     )
     b.add_argument("target", nargs="?", help="bench slide: a slide (default: a generated 20000² pyramid)")
+    b.add_argument(
+        "more_slides", nargs="*", metavar="SLIDE", help="bench batch: the slides (repeats allowed)"
+    )
+    b.add_argument("--workers", type=int, default=None, help="bench batch: local workers (default: batch's)")
     add_region_args(b)
     add_engine_choice(b, local_only=True)
     b.add_argument("--device", default="CPU")
@@ -35,7 +51,7 @@ def add_to(sub) -> None:
     b.add_argument(
         "--data",
         default=None,
-        help="bench accuracy: EBHI-Seg folder or manifest (default: $DELINEO_DATA); "
+        help="bench accuracy, adaptive: EBHI-Seg folder or manifest (default: $DELINEO_DATA); "
         "bench review: EBHI-Seg tiles (default: the bundled ones)",
     )
     b.add_argument("--split", default="val", help="bench accuracy: which split's tiles")
@@ -79,6 +95,16 @@ def run(args: argparse.Namespace) -> int:
 
         data = data_folder(args.data)
         result = bench_accuracy(data, engine_from_args(args), split=args.split, progress=progress)
+    elif args.what == "adaptive":
+        from app.core.dataset import data_folder
+        from app.inference.benchmark import bench_adaptive
+
+        data = data_folder(args.data)
+        result = bench_adaptive(data, engine_from_args(args), split=args.split, progress=progress)
+    elif args.what == "memory":
+        from app.inference.benchmark import bench_memory
+
+        result = bench_memory(progress=progress)
     elif args.what == "remote":
         from app.inference.benchmark import bench_remote
 
@@ -104,6 +130,14 @@ def run(args: argparse.Namespace) -> int:
         if not levels or min(levels) < 1 or max(levels) > 64 or not 1 <= args.requests <= 5000:
             raise UsageError("bench serve-load: --levels 1..64 clients each, --requests 1..5000")
         result = bench_serve_load(args.requests, levels, progress=progress)
+    elif args.what == "batch":
+        from app.batch.benchmark import bench_batch
+
+        slides = [args.target, *args.more_slides] if args.target else []
+        if len(slides) < 2:
+            raise UsageError("bench batch: give two or more slides (the same one several times is fine)")
+        engine = ("--engine", args.engine, *(("--precision", args.precision) if args.precision else ()))
+        result = bench_batch(slides, args.workers, engine, repeats=args.repeats or 1, progress=progress)
     elif args.what == "slide":
         from app.ui.viewer_benchmark import bench_slide
 

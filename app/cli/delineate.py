@@ -6,14 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.cli.arguments import UsageError, add_engine_args, add_region_args, engine_from_args, region_from_args
+from app.cli.arguments import (
+    UsageError,
+    add_engine_args,
+    add_region_args,
+    engine_from_args,
+    region_from_args,
+    whole_slide_region,
+)
 from app.cli.progress import StderrProgress
 
 
 def add_to(sub) -> None:
     d = sub.add_parser("delineate", help="delineate tumour in a region; writes QuPath GeoJSON")
     d.add_argument("slide")
-    add_region_args(d)
+    add_region_args(d, whole_slide=True)
     d.add_argument("--out", required=True, help="output .geojson")
     add_engine_args(d)
     d.add_argument("--mpp", type=float, default=None, help="slide µm/px, for slides that record none")
@@ -68,11 +75,17 @@ def run(args: argparse.Namespace) -> int:
     with Slide.open(args.slide) as slide:
         for note in slide.notes:
             print(f"note: {note}", file=sys.stderr)
-        region = region_from_args(args, slide)
+        if args.whole_slide and not (args.region or args.region_geojson):
+            region, tissue = whole_slide_region(args, slide)
+        else:
+            region, tissue = region_from_args(args, slide), None
         engine = engine_from_args(args)
         bar = StderrProgress()
-        settings = RunSettings(threshold=args.threshold, min_area_um2=args.min_area, slide_mpp=args.mpp)
-        result = DelineationRun(slide, region, engine, settings).execute(
+        # Band by band: the outline is all the command keeps, so memory follows the region's width.
+        settings = RunSettings(
+            threshold=args.threshold, min_area_um2=args.min_area, slide_mpp=args.mpp, keep_map=False
+        )
+        result = DelineationRun(slide, region, engine, settings, tissue=tissue).execute(
             on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s)
         )
         bar.close()

@@ -42,13 +42,15 @@ class ClassScheme:
     @property
     def default_threshold(self) -> float:
         """The sensitivity a run starts at: the first outlined class's threshold when classes
-        are independent; for exclusive classes with a background, 0.5 (1 - p(background))."""
+        are independent; for exclusive classes with a background, 0.5 (the foreground classes'
+        summed score, 1 - p(background) for softmax)."""
         return self.foreground[0].threshold if not self.exclusive and self.foreground else 0.5
 
     def masks(self, scores: np.ndarray, threshold: float | None = None) -> dict[str, np.ndarray]:
         """Boolean mask per outlined class of `scores` (C, H, W), float 0..1 or uint8 255 = 1.
         `threshold`: the run's sensitivity, replacing every class's own threshold (independent
-        classes) or the least 1 - p(background) of a foreground pixel (exclusive classes)."""
+        classes) or the least summed foreground score of a foreground pixel (exclusive classes
+        with a background)."""
         scale = 255.0 if scores.dtype == np.uint8 else 1.0
         if not self.exclusive:
             return {
@@ -68,16 +70,28 @@ class ClassScheme:
             for i, c in enumerate(fg, start=1):
                 out[scores[c.channel] >= _level(c.threshold if threshold is None else threshold, scale)] = i
             return out
-        channels = [c.channel for c in fg]
-        best = np.argmax(scores[channels], axis=0).astype(np.uint8) + 1
-        if self.background is None:
-            return best
-        bg = next(c.channel for c in self.classes if c.name == self.background)
+        fg_scores = scores[[c.channel for c in fg]]
+        best = np.argmax(fg_scores, axis=0).astype(np.uint8) + 1
+        if self.background is None:  # argmax over every class; nothing where no tile ran
+            return np.where(scores.max(axis=0) > 0, best, 0).astype(np.uint8)
+        # Foreground where the foreground classes together score at least t (for softmax,
+        # 1 - p(background)); 0 where no tile ran, since every score is 0 there.
         t = 0.5 if threshold is None else threshold
-        # 1 - p(background) >= t, i.e. p(background) <= 1 - t (on a uint8 map: its level).
-        most = (1.0 - t) if scale == 1.0 else np.floor((1.0 - t) * 255 + 1e-6)
-        np.copyto(out, best, where=scores[bg] <= most)
+        total = fg_scores.sum(axis=0, dtype=np.float32)
+        np.copyto(out, best, where=total >= _level(t, scale))
         return out
+
+    def foreground_score(self, scores: np.ndarray) -> np.ndarray:
+        """(H, W), in the map's units: how strongly anything outlined is there, whatever the
+        class (what an adaptive run refines on). Exclusive classes with a background: their
+        summed score; without one every pixel is some class; independent: the highest."""
+        fg = [c.channel for c in self.foreground]
+        if self.exclusive and self.background is None:
+            return np.full(scores.shape[1:], 255 if scores.dtype == np.uint8 else 1.0, scores.dtype)
+        if self.exclusive:
+            total = scores[fg].sum(axis=0, dtype=np.float32)
+            return np.minimum(total, 255.0 if scores.dtype == np.uint8 else 1.0)
+        return scores[fg].max(axis=0)
 
     def colors(self) -> np.ndarray:
         """(1 + len(foreground), 3) uint8: the colour of each label (row 0 unused)."""

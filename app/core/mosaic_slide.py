@@ -63,16 +63,20 @@ def build_mosaic_slide(
             target = cv2.resize(target, (side, side), interpolation=cv2.INTER_NEAREST)
         img[r * side : (r + 1) * side, c * side : (c + 1) * side] = tile
         truth[r * side : (r + 1) * side, c * side : (c + 1) * side] = target.astype(bool)
+    return _write(img, truth, pairs, cols, side, out_dir, f"mosaic-{split}", tile_mpp, upscale, pyramid)
+
+
+def _write(img, truth, pairs, cols, side, out_dir, stem, tile_mpp, upscale, pyramid) -> MosaicSlide:
     big = cv2.resize(img, (img.shape[1] * upscale, img.shape[0] * upscale), interpolation=cv2.INTER_CUBIC)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    slide_path = out / f"mosaic-{split}.tif"
+    slide_path = out / f"{stem}.tif"
     sizes = level_sizes(big.shape[1], big.shape[0], 2, 256)
     if not pyramid:
         sizes = sizes[:1]
     slide_mpp = tile_mpp / upscale
     write_pyramidal_tiff(slide_path, array_source(big, sizes), sizes, mpp=slide_mpp, quality=92)
-    (out / f"mosaic-{split}.json").write_text(
+    (out / f"{stem}.json").write_text(
         json.dumps(
             {
                 "tiles": [str(p.image) for p in pairs],
@@ -84,6 +88,53 @@ def build_mosaic_slide(
             indent=1,
         )
     )
-    return MosaicSlide(
-        slide_path, truth, tile_mpp, slide_mpp, len(pairs), sum(p.is_tumour_class for p in pairs)
+    tumour = sum(p.is_tumour_class for p in pairs if p is not None)
+    return MosaicSlide(slide_path, truth, tile_mpp, slide_mpp, sum(p is not None for p in pairs), tumour)
+
+
+def build_section_slide(
+    manifest: str | Path,
+    out_dir: str | Path,
+    split: str | None = "val",
+    tile_mpp: float = 1.0,
+    upscale: int = 2,
+    tumour_share: float = 0.15,
+    side_cells: int = 18,
+    seed: int = 0,
+) -> MosaicSlide:
+    """A mock section, as a slide to time whole-slide runs on: a disc of tissue cells in glass,
+    `tumour_share` of them adenocarcinoma in one contiguous focus (tumour grows as a mass, not
+    as scattered tiles), the rest benign and pre-invasive mucosa of every other class, in a
+    shuffled order. Cells are the split's labelled tiles, each used once."""
+    pairs = read_manifest(manifest, split)
+    rng = np.random.default_rng(seed)
+    tumour = [pairs[i] for i in rng.permutation(len(pairs)) if pairs[i].is_tumour_class]
+    benign = [pairs[i] for i in rng.permutation(len(pairs)) if not pairs[i].is_tumour_class]
+    c = (side_cells - 1) / 2
+    disc = [
+        (r, q)
+        for r in range(side_cells)
+        for q in range(side_cells)
+        if (r - c) ** 2 + (q - c) ** 2 <= (c - 1) ** 2
+    ]
+    n_tumour = min(len(tumour), round(tumour_share * len(disc)))
+    # The focus: the cells nearest a point off centre, so it borders benign mucosa on all sides.
+    fy, fx = c - c / 3, c + c / 3
+    by_distance = sorted(disc, key=lambda rq: (rq[0] - fy) ** 2 + (rq[1] - fx) ** 2)
+    focus = set(by_distance[:n_tumour])
+    others = [rq for rq in disc if rq not in focus][: len(benign)]
+    side = load_image(tumour[0]).shape[0]
+    img = np.full((side_cells * side, side_cells * side, 3), GLASS, np.uint8)
+    truth = np.zeros(img.shape[:2], bool)
+    placed = list(zip(sorted(focus), tumour, strict=False)) + list(zip(others, benign, strict=False))
+    for (r, q), p in placed:
+        tile, target = load_image(p), load_target(p)
+        if tile.shape[:2] != (side, side):
+            tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)
+            target = cv2.resize(target, (side, side), interpolation=cv2.INTER_NEAREST)
+        img[r * side : (r + 1) * side, q * side : (q + 1) * side] = tile
+        truth[r * side : (r + 1) * side, q * side : (q + 1) * side] = target.astype(bool)
+    stem = f"section-{split}"
+    return _write(
+        img, truth, [p for _, p in placed], side_cells, side, out_dir, stem, tile_mpp, upscale, True
     )

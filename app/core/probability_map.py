@@ -100,13 +100,14 @@ class ProbabilityMap:
 
     def trace(
         self,
-        threshold: float,
+        threshold: float | None,
         min_area_um2: float,
         simplify_um: float | None = None,
         min_hole_um2: float | None = None,
     ) -> dict[str, list]:
-        """The run's outline per class at another sensitivity and minimum area; the model is not
-        called. Simplification and hole filling default to the run's own."""
+        """The run's outline per class at another sensitivity (None: each class's own threshold)
+        and minimum area; the model is not called. Simplification and hole filling default to
+        the run's own."""
         simplify_um = self.simplify_um if simplify_um is None else simplify_um
         min_hole_um2 = self.min_hole_um2 if min_hole_um2 is None else min_hole_um2
         factor = trace_factor(simplify_um, self.level0_per_model * self.slide_mpp)
@@ -127,7 +128,8 @@ class ProbabilityMap:
             return out
         for c in self.scheme.foreground:
             prob, corners = self.grid(factor, c.channel)
-            out[c.name] = vectorize(prob, threshold, *settings, min_hole_um2, corners=corners, factor=factor)
+            t = c.threshold if threshold is None else threshold
+            out[c.name] = vectorize(prob, t, *settings, min_hole_um2, corners=corners, factor=factor)
         return out
 
     def provenance(self, threshold: float, min_area_um2: float) -> Provenance:
@@ -147,13 +149,7 @@ class ProbabilityMap:
 
     def proposals(self, outlines: dict[str, list], threshold: float, min_area_um2: float) -> list[Annotation]:
         """Traced outlines (class name -> polygons) as the run's proposals, in class order."""
-        prov = self.provenance(threshold, min_area_um2)
-        colours = {c.name: c.color for c in self.scheme.classes}
-        return [
-            Annotation(p, name, colours[name], provenance=prov, review="proposed")
-            for name, polygons in outlines.items()
-            for p in polygons
-        ]
+        return model_proposals(outlines, self.scheme, self.provenance(threshold, min_area_um2))
 
     # ------------------------------------------------------------------ on disk
 
@@ -285,6 +281,18 @@ class ProbabilityMap:
             simplify_um=number("simplify_um", positive=False),
             min_hole_um2=number("min_hole_um2", positive=False),
         )
+
+
+def model_proposals(
+    outlines: dict[str, list], scheme: ClassScheme, provenance: Provenance
+) -> list[Annotation]:
+    """A run's outlines (class name -> polygons) as its proposals, in the classes' colours."""
+    colours = {c.name: c.color for c in scheme.classes}
+    return [
+        Annotation(p, name, colours[name], provenance=provenance, review="proposed")
+        for name, polygons in outlines.items()
+        for p in polygons
+    ]
 
 
 def _scheme_of(meta: dict) -> ClassScheme | None:

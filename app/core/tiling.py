@@ -12,6 +12,7 @@ unreadable ones, tiles after a Cancel, tiles outside the region.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -208,6 +209,12 @@ class Blender:
     def channels(self) -> int:
         return self.acc.shape[0]
 
+    def skip(self, t: Tile) -> None:
+        """A tile that will not be added (unreadable): the map keeps no count of it."""
+
+    def close(self) -> None:
+        """Nothing to finish: the whole map is kept."""
+
     def add(self, t: Tile, prob: np.ndarray) -> None:
         """One tile's class probabilities (C, tile, tile)."""
         ys, xs = self.plan.canvas_slice(t)
@@ -252,3 +259,97 @@ class Blender:
             np.divide(a, w, out=a)
             out[:, band] = a
         return out
+
+
+class BandBlender:
+    """A Blender that keeps only the bands of canvas rows some tile still to run overlaps: each
+    band is handed to `on_band(first_row, probability_u8 (C, rows, width))` and freed as soon as
+    its last tile is in, so memory follows the width of the region, not its area. Band borders
+    fall on multiples of `multiple` rows (the tracing grid's block size)."""
+
+    def __init__(self, plan: TilePlan, channels: int, to_run: list[Tile], on_band, multiple: int = 1):
+        if plan.overlap * 2 > plan.tile:
+            raise TilingError("overlap must be at most half the tile for blending")
+        self.plan, self.channels, self.on_band = plan, channels, on_band
+        width, height = plan.size
+        stride, oy = plan.stride, plan.origin[1]
+        n = max(1, math.ceil(height / stride))
+        # Cut where a tile row starts and where its overlap with the row above ends: rows of
+        # one tile row's reach are then open at a time (a tile's height), not two strides.
+        starts = [k * stride + d for k in range(n) for d in (0, plan.overlap)]
+        cuts = sorted({min(height, y // multiple * multiple) for y in starts} | {0, height})
+        self.bands = list(itertools.pairwise(cuts))  # (first row, end row)
+        self.window = blend_window(plan.tile, plan.overlap) * Blender.ONE
+        self._window16 = np.rint(self.window).astype(np.uint16)
+        self.width = width
+        self._touching = {}  # tile -> band indices it writes into
+        self.remaining = [0] * len(self.bands)
+        for t in to_run:
+            y0 = t.my - oy
+            ks = [k for k, (a, b) in enumerate(self.bands) if a < y0 + plan.tile and b > y0]
+            self._touching[t] = ks
+            for k in ks:
+                self.remaining[k] += 1
+        self.open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.done_bands: set[int] = set()
+        for k, left in enumerate(self.remaining):
+            if left == 0:
+                self.done_bands.add(k)  # nothing will run there: nothing to outline
+
+    def _band(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k not in self.open:
+            a, b = self.bands[k]
+            self.open[k] = (
+                np.zeros((self.channels, b - a, self.width), np.uint16),
+                np.zeros((b - a, self.width), np.uint16),
+            )
+        return self.open[k]
+
+    def add(self, t: Tile, prob: np.ndarray) -> None:
+        """One tile's class probabilities (C, tile, tile); a band it completes is finished."""
+        ys, xs = self.plan.canvas_slice(t)
+        contribution = np.multiply(
+            prob.reshape(self.channels, *prob.shape[-2:]), self.window, dtype=np.float32
+        )
+        contribution += 0.5
+        contribution = contribution.astype(np.uint16)
+        for k in self._touching.get(t, ()):
+            a, b = self.bands[k]
+            lo, hi = max(a, ys.start), min(b, ys.stop)
+            acc, weight = self._band(k)
+            acc[:, lo - a : hi - a, xs] += contribution[:, lo - ys.start : hi - ys.start]
+            weight[lo - a : hi - a, xs] += self._window16[lo - ys.start : hi - ys.start]
+        self.skip(t)
+
+    def skip(self, t: Tile) -> None:
+        """A tile that will not be added (unreadable): its bands need it no longer."""
+        for k in self._touching.pop(t, ()):
+            self.remaining[k] -= 1
+            if self.remaining[k] == 0:
+                self._finish(k)
+
+    def close(self) -> None:
+        """Finish every band still open (a cancelled or failed run), in order."""
+        for k in sorted(self.open):
+            self._finish(k)
+        self._touching.clear()
+
+    def _finish(self, k: int) -> None:
+        if k in self.done_bands:
+            return
+        self.done_bands.add(k)
+        acc, weight = self.open.pop(k, (None, None))
+        if acc is None:
+            return
+        out = np.empty(acc.shape, np.uint8)
+        for y in range(0, acc.shape[1], 64):  # 64 rows at a time: small float temporaries
+            w = np.maximum(weight[y : y + 64], 1).astype(np.float32)
+            for c in range(self.channels):
+                a = acc[c, y : y + 64].astype(np.float32)
+                a *= 255.0
+                a /= w
+                a += 0.5
+                np.minimum(a, 255.0, out=a)
+                out[c, y : y + 64] = a
+        del acc, weight
+        self.on_band(self.bands[k][0], out)

@@ -91,37 +91,58 @@ def trace_corners(
     `simplify`, `min_area` and `min_hole` are in level-0 units (px, px²): parts smaller than
     `min_area` are dropped and holes smaller than `min_hole` filled, judged on the contours
     before any polygon is built (specks never reach shapely)."""
+    return trace_band(corners, level, scale, offset, simplify, min_area, min_hole)[0]
+
+
+def trace_band(
+    corners: np.ndarray,
+    level: int,
+    scale: float,
+    offset: tuple[float, float],
+    simplify: float = 0.0,
+    min_area: float = 0.0,
+    min_hole: float = 0.0,
+    open_rows: tuple[int, ...] = (),
+) -> tuple[list[Polygon], list[Polygon]]:
+    """`trace_corners` of one band of a larger map: (finished polygons, open polygons). A part
+    touching a corner row in `open_rows` (0, or the last, where the band meets a neighbour not
+    traced with it) is open: returned whole, neither simplified nor filtered, for
+    `finish_open_parts` once it is united with the neighbour's side."""
     _, grid = cv2.threshold(corners, max(1, level) - 1, 1, cv2.THRESH_BINARY)
     pinch_free = _bridge_pinches(grid)
     contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
-        return []
+        return [], []
     hierarchy = hierarchy[0]
     ox, oy = offset
     tolerance = min(simplify / scale, 0.5)  # in mask pixels; at most half of one (see below)
     outer_floor, hole_floor = min_area / (scale * scale), min_hole / (scale * scale)
 
-    def ring(c: np.ndarray) -> np.ndarray:
-        if tolerance > 0 and len(c) > 4:
-            thin = cv2.approxPolyDP(c, tolerance, True)
-            c = thin if len(thin) >= 3 else c
+    def ring(c: np.ndarray, thin: bool) -> np.ndarray:
+        if thin and tolerance > 0 and len(c) > 4:
+            fewer = cv2.approxPolyDP(c, tolerance, True)
+            c = fewer if len(fewer) >= 3 else c
         return c[:, 0, :] * scale + (ox, oy)
 
-    polys = []
+    polys, open_parts = [], []
     for i in np.flatnonzero(hierarchy[:, 3] == -1):
         c = contours[i]
-        if len(c) < 3 or cv2.contourArea(c) < outer_floor:
+        rows = c[:, 0, 1]
+        is_open = bool(open_rows) and (int(rows.min()) in open_rows or int(rows.max()) in open_rows)
+        if len(c) < 3 or (not is_open and cv2.contourArea(c) < outer_floor):
             continue
         holes = []
         child = hierarchy[i][2]
         while child != -1:
             hole = contours[child]
-            if len(hole) >= 3 and cv2.contourArea(hole) >= hole_floor:
-                holes.append(ring(hole))
+            if len(hole) >= 3 and (is_open or cv2.contourArea(hole) >= hole_floor):
+                holes.append(ring(hole, not is_open))
             child = hierarchy[child][0]
-        polys.append(Polygon(ring(c), holes))
+        (open_parts if is_open else polys).append(Polygon(ring(c, not is_open), holes))
+    if open_parts and not pinch_free:
+        open_parts = [q for p in open_parts for q in _valid_parts(p)]
     if not polys:
-        return []
+        return [], open_parts
     # Pixel-edge rings without pinches are simple, and Douglas-Peucker below half a pixel keeps
     # a ring off itself; but rings are simplified one by one, so a hole may cross its outline:
     # polygons with holes (all of them if a pinch was left) are checked, the rare bad one
@@ -138,7 +159,55 @@ def trace_corners(
         for part in getattr(p, "geoms", [p]):
             if isinstance(part, Polygon) and not part.is_empty and part.area >= min_area:
                 out.append(part)
+    return out, open_parts
+
+
+def finish_open_parts(
+    parts: list[Polygon], scale: float, simplify: float = 0.0, min_area: float = 0.0, min_hole: float = 0.0
+) -> list[Polygon]:
+    """Open parts of neighbouring bands united along the borders they share (pixel edges meet
+    exactly), then filtered and simplified as `trace_band` does a finished part."""
+    if not parts:
+        return []
+    united = _bridged(polygonal(shapely.union_all(parts)), scale)
+    tolerance = min(simplify, 0.5 * scale)
+    out = []
+    for p in getattr(united, "geoms", [united]):
+        if not isinstance(p, Polygon) or p.is_empty:
+            continue
+        if Polygon(p.exterior).area < min_area:  # judged on the outline, as a contour is
+            continue
+        p = Polygon(p.exterior, [h for h in p.interiors if Polygon(h).area >= min_hole])
+        if tolerance > 0:
+            p = p.simplify(tolerance, preserve_topology=True)
+        out.extend(q for q in _valid_parts(p) if q.area >= min_area)
     return out
+
+
+def _bridged(united: BaseGeometry, scale: float) -> BaseGeometry:
+    """Parts of two bands that meet at a point only (pixels touching diagonally across the
+    border) joined by the diamond the whole-map trace bridges them with (see _bridge_pinches),
+    so a band border never splits what tracing the map at once keeps whole."""
+    pieces = list(getattr(united, "geoms", [united]))
+    if len(pieces) < 2:
+        return united
+    tree = shapely.STRtree(pieces)
+    left, right = tree.query(pieces, predicate="touches")
+    diamonds = []
+    for i, j in zip(left, right, strict=True):
+        if i >= j:
+            continue
+        touch = pieces[i].intersection(pieces[j])
+        for g in getattr(touch, "geoms", [touch]):
+            if g.geom_type == "Point":
+                x, y = g.x, g.y
+                diamonds.append(Polygon([(x - scale, y), (x, y + scale), (x + scale, y), (x, y - scale)]))
+    return polygonal(shapely.union_all(pieces + diamonds)) if diamonds else united
+
+
+def _valid_parts(p: Polygon) -> list[Polygon]:
+    fixed = p if p.is_valid else _repair(p)
+    return [q for q in getattr(fixed, "geoms", [fixed]) if isinstance(q, Polygon) and not q.is_empty]
 
 
 def _repair(p: Polygon) -> BaseGeometry:
@@ -182,6 +251,11 @@ def vectorize(
         min_area=min_area_um2 * px_per_um**2,
         min_hole=min_hole_um2 * px_per_um**2,
     )
+    return within_region(polys, region)
+
+
+def within_region(polys: list[Polygon], region: BaseGeometry) -> list[Polygon]:
+    """The polygons cut to the painted region (the mask covered whole pixels of its border)."""
     prepared_region = shapely.prepared.prep(region)
     out = []
     for p in polys:

@@ -68,7 +68,8 @@ def choose_precision(
         return entry["precision"], entry["ms"]
     tile = np.random.default_rng(0).integers(0, 255, (1, card.tile, card.tile, 3), dtype=np.uint8)
     timings: dict[str, float] = {}
-    for p in eligible(card, engine):
+    runnable = set(ENGINES[engine].runnable(card)) if engine in ENGINES else set()
+    for p in (p for p in eligible(card, engine) if p in runnable):
         try:
             eng = create_engine(engine, card, p, device)
         except EngineError as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.inference.engine import Engine, EngineError
@@ -32,6 +32,15 @@ class EngineSpec:
     # remote: factory(model, url=, token=, **options). A callable, or "module:attribute" to
     # import when first used (".name" is relative to app.inference).
     factory: str | Callable[..., Engine]
+    # Local: the model card's file keys each precision can run, in the order tried.
+    files: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def runnable(self, card: ModelCard) -> list[str]:
+        """The precisions this engine can run with the files `card` has (all for a remote, or
+        for an engine that declares no files: it checks them itself)."""
+        if not self.local or not self.files:
+            return list(self.precisions)
+        return [p for p in self.precisions if any(k in card.files for k in self.files.get(p, ()))]
 
     def resolve(self) -> Callable[..., Engine]:
         if not isinstance(self.factory, str):
@@ -56,8 +65,17 @@ ENGINES: dict[str, EngineSpec] = _by_key(
         ("fp32", "fp16", "int8"),
         ("AUTO", "CPU", "GPU"),
         ".openvino_engine:OpenVINOEngine",
+        {"fp32": ("onnx-fp32", "openvino-fp32"), "fp16": ("openvino-fp16",), "int8": ("openvino-int8",)},
     ),
-    EngineSpec("onnxruntime", "ONNX Runtime", True, ("fp32", "int8"), ("CPU",), ".onnxruntime_engine:create"),
+    EngineSpec(
+        "onnxruntime",
+        "ONNX Runtime",
+        True,
+        ("fp32", "int8"),
+        ("CPU",),
+        ".onnxruntime_engine:create",
+        {"fp32": ("onnx-fp32",), "int8": ("onnx-int8",)},
+    ),
     EngineSpec("remote", "Remote endpoint", False, (), (), ".remote:create"),
 )
 DEFAULT_ENGINE = "openvino"
@@ -83,10 +101,17 @@ def all_devices() -> list[str]:
     return list(dict.fromkeys(d for s in ENGINES.values() for d in s.devices))
 
 
+def preferred_precision(spec: EngineSpec, card: ModelCard) -> str:
+    """What to run when no precision is asked for: INT8, else FP16, else FP32, of those the
+    card has files for (a user's model may bring only its FP32 ONNX)."""
+    have = spec.runnable(card)
+    return next((p for p in ("int8", "fp16", "fp32") if p in have), "fp32")
+
+
 def create_engine(
     engine: str = DEFAULT_ENGINE,
     model: str | Path | ModelCard | None = None,
-    precision: str = "int8",
+    precision: str | None = "int8",
     device: str = "CPU",
     threads: int = 0,
     url: str | None = None,
@@ -98,4 +123,11 @@ def create_engine(
     if not spec.local:
         return spec.create(model, url=url, token=token, **kwargs)
     card = model if isinstance(model, ModelCard) else ModelCard.load(model)
+    precision = precision or preferred_precision(spec, card)
+    if precision in spec.precisions and precision not in spec.runnable(card):
+        have = ", ".join(spec.runnable(card)) or "none"
+        raise EngineError(
+            f"{card.name} has no {precision.upper()} model for {spec.display_name} (it has: {have}); "
+            "choose one of those precisions"
+        )
     return spec.create(card, precision=precision, device=device, threads=threads, **kwargs)

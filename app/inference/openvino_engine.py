@@ -41,6 +41,8 @@ class OpenVINOEngine(Engine):
         key = {"fp32": "onnx-fp32", "fp16": "openvino-fp16", "int8": "openvino-int8"}.get(precision)
         if key is None:
             raise EngineError(f"precision '{precision}' is not one of fp32, fp16, int8")
+        if key == "onnx-fp32" and key not in card.files and "openvino-fp32" in card.files:
+            key = "openvino-fp32"  # a model that came as an FP32 IR
         path = card.file(key)
         core = ov.Core()
         if cache_dir is None:

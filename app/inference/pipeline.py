@@ -12,32 +12,41 @@ done. Classes, colours and the decision rule come from the engine's model card.
 
 from __future__ import annotations
 
-import itertools
 import logging
+import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import cv2
 import numpy as np
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from app.core.annotations import Annotation
+from app.core.annotations import Annotation, Provenance
+from app.core.band_outline import BandOutliner
 from app.core.geometry import region_within_slide
-from app.core.probability_map import ProbabilityMap
+from app.core.probability_map import ProbabilityMap, model_proposals, new_run_id
 from app.core.slide import Slide, SlideError
-from app.core.tiling import Blender, Tile, TilePlan, plan_tiles
+from app.core.tiling import BandBlender, Blender, Tile, TilePlan, plan_tiles
 from app.core.tissue import TissueMask, tissue_mask
+from app.core.tracing import trace_factor
+from app.errors import DelineoError
 from app.inference.engines import Engine, EngineError, predict_stream
+from app.inference.tile_reader import Focus, TileReader
 
 log = logging.getLogger(__name__)
 
 BACKGROUND_TISSUE_FRACTION = 0.02  # tiles with less tissue than this are not sent to the model
+
+
+COARSE_FACTOR = 4  # the coarse pass reads at 4x the model's pixel size: 1/16 of the tiles
+REFINE_LEVEL = 0.15  # a fine tile runs where the coarse foreground score reaches this anywhere
+
+
+class RunTooLarge(DelineoError):
+    """A region whose map would not fit in memory; said before any tile runs."""
 
 
 @dataclass
@@ -70,6 +79,19 @@ class Delineation:
     probability_map: ProbabilityMap | None = field(default=None, repr=False)  # re-trace without the model
     threshold: float = 0.5
     min_area_um2: float = 1000.0
+    scheme: object = None  # the model's ClassScheme
+    run_id: str = ""
+    model: tuple[str, str, str] = ("", "", "")  # name, version, engine: the proposals' provenance
+    coarse_tiles: int = 0  # an adaptive run: tiles of its coarse pass
+    refine_skipped: int = 0  # tissue tiles the coarse pass ruled out (their share is not run)
+    coarse_s: float = 0.0
+    fine_s: float = 0.0
+
+    @property
+    def full_resolution_share(self) -> float:
+        """Of the tissue tiles, the share run at full resolution (1.0 when not adaptive)."""
+        tissue = self.tiles_done + self.tiles_failed + self.refine_skipped
+        return (self.tiles_done + self.tiles_failed) / tissue if tissue else 1.0
 
     @property
     def polygons(self) -> list[Polygon]:
@@ -78,12 +100,26 @@ class Delineation:
 
     def annotations(self) -> list[Annotation]:
         """The outline as the model's proposals, each recording the run and its settings."""
-        return self.probability_map.proposals(self.outlines, self.threshold, self.min_area_um2)
+        if self.probability_map is not None:
+            return self.probability_map.proposals(self.outlines, self.threshold, self.min_area_um2)
+        model, version, engine = self.model
+        prov = Provenance(
+            "model",
+            model=model,
+            version=version,
+            engine=engine,
+            threshold=self.threshold,
+            min_area_um2=self.min_area_um2,
+            run_id=self.run_id,
+        )
+        return model_proposals(self.outlines, self.scheme, prov)
 
     @cached_property
     def probability(self) -> np.ndarray:
         """The blended map (C, H, W) float16, model pixels (see plan), made when first asked
         for: the outline is traced from the uint8 map, and most runs never need it."""
+        if not isinstance(self.blender, Blender):
+            raise DelineoError("this run was finished band by band and kept no map; run it with keep_map")
         return self.blender.probability()
 
     @property
@@ -102,44 +138,6 @@ class Delineation:
     @property
     def mpix_per_s(self) -> float:
         return self.region_mpix / self.seconds if self.seconds > 0 else 0.0
-
-
-class TileReader:
-    """Reads tiles at model resolution on a small thread pool, a few tiles ahead."""
-
-    def __init__(self, slide: Slide, plan: TilePlan, workers: int, lookahead: int):
-        self.slide = slide
-        self.plan = plan
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile-reader")
-        self.lookahead = lookahead
-        self.queue: deque[tuple[Tile, Future]] = deque()
-
-    def read(self, t: Tile) -> np.ndarray:
-        x, y, w, h = self.plan.read_rect(t)
-        choice, tile = self.plan.choice, self.plan.tile
-        rgb = self.slide.read_region(x, y, choice.level, w, h, choice.reduction)
-        if (w, h) != (tile, tile):
-            interp = cv2.INTER_AREA if choice.scale < 1 else cv2.INTER_LINEAR
-            rgb = cv2.resize(rgb, (tile, tile), interpolation=interp)
-        return rgb
-
-    def iterate(self, tiles: list[Tile]) -> Iterator[tuple[Tile, Future]]:
-        """Tiles with their reads in flight. Until the first tile is on screen only the next two
-        are read (behind it on the reader thread): the cores belong mostly to the first tile's
-        inference, and both of the model's streams find a tile waiting when it is done."""
-        it = iter(tiles)
-        for t in itertools.islice(it, min(3, self.lookahead)):
-            self.queue.append((t, self.pool.submit(self.read, t)))
-        while self.queue:
-            t, fut = self.queue.popleft()
-            yield t, fut
-            while len(self.queue) < self.lookahead and (nxt := next(it, None)) is not None:
-                self.queue.append((nxt, self.pool.submit(self.read, nxt)))
-
-    def close(self) -> None:
-        for _, fut in self.queue:
-            fut.cancel()
-        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def tile_core_rect(plan: TilePlan, t: Tile) -> tuple[float, float, float, float]:
@@ -169,6 +167,12 @@ class RunSettings:
     slide_mpp: float | None = None  # the slide's pixel size when it records none (or wrongly)
     readers: int = 1
     lookahead: int = 3
+    # Keep the whole class map (to re-trace, resume, export likelihood); False finishes the
+    # outline band by band, in memory that follows the region's width, not its area.
+    keep_map: bool = True
+    # Coarse to fine: the region first at COARSE_FACTOR x the model's pixel size, then full
+    # resolution only where that finds something, is unsure, or borders it.
+    adaptive: bool = False
 
 
 class DelineationRun:
@@ -186,26 +190,28 @@ class DelineationRun:
         *,
         tissue: TissueMask | None = None,
         resume: Delineation | None = None,
+        focus: Focus | None = None,
     ):
         card = engine.card
         if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
             raise ValueError(
                 "resume needs a Delineation whose engine failed, from a model of the same tile size"
             )
-        if resume is not None and resume.blender.channels != card.channels:
-            raise ValueError("resume needs a model with the same classes as the run it finishes")
+        if resume is not None and (
+            not isinstance(resume.blender, Blender) or resume.blender.channels != card.channels
+        ):
+            raise ValueError("resume needs a run that kept its map, from a model with the same classes")
         self.slide, self.engine, self.card = slide, engine, card
         self.settings = settings or RunSettings()
         self.resume = resume
         self.tissue = tissue
+        self.focus = focus
         self.t0 = time.perf_counter()
         # Validated and clipped here once, whoever calls: a region reaching past the slide would
         # otherwise be rasterized at its full size.
         self.region, clipped = region_within_slide(region, slide.dimensions)
         self.notes: list[str] = [clipped] if clipped else []
-        self.threshold = (
-            card.default_threshold if self.settings.threshold is None else self.settings.threshold
-        )
+        self.threshold = self.settings.threshold  # None: each class's own
         self.tiles_plan: TilePlan | None = None
         self.blender: Blender | None = None
         self.to_run: list[Tile] = []
@@ -215,6 +221,11 @@ class DelineationRun:
         self.engine_error: str | None = None
         self.finished: set[Tile] = set()
         self.cancelled = False
+        self.coarse_plan: TilePlan | None = None
+        self.coarse_tiles = 0  # tiles the coarse pass ran
+        self.coarse_counted = self.coarse_failed = 0  # its share of `done` and `failed`
+        self.refine_skipped = 0  # tissue tiles the coarse pass ruled out
+        self.coarse_s = self.fine_s = 0.0
 
     # ------------------------------------------------------------------ stages
 
@@ -244,10 +255,43 @@ class DelineationRun:
         elif choice.reduction > 1:
             log.info("%s: reading %s for a %g µm/px model", slide.name, choice.describe(), card.mpp)
         self.tiles_plan = plan
+        self._check_fits(plan)
         return plan
 
-    def select_tiles(self) -> tuple[list[Tile], list[Tile]]:
-        """(tiles to run, tiles skipped as glass); a resumed run takes the pending tiles."""
+    def memory_needed(self, plan: TilePlan) -> int:
+        """Bytes the run's map takes: the whole blended map and its uint8 copy when it is kept,
+        else the few bands in flight (three, each a stride of rows across the region)."""
+        width, height = plan.size
+        c = self.card.channels
+        per_px = (2 * c + 2) + (c + 1)  # fixed-point sums and weight, then the uint8 map and region
+        rows = height if self.settings.keep_map else min(height, 3 * plan.stride)
+        return width * rows * per_px
+
+    def _check_fits(self, plan: TilePlan) -> None:
+        """Refuse before the first tile a run whose map cannot fit in this computer's memory."""
+        import psutil
+
+        need, free = self.memory_needed(plan), psutil.virtual_memory().available
+        if need > 0.8 * free:
+            width, height = plan.size
+            gib, free_gib = need / 2**30, free / 2**30
+            if self.settings.keep_map:
+                raise RunTooLarge(
+                    f"the region is {width} x {height} model pixels, whose map needs about {gib:.1f} GiB; "
+                    f"{free_gib:.1f} GiB of memory is free. Delineate a smaller region, or run "
+                    "delineo delineate (it finishes the outline band by band)"
+                )
+            raise RunTooLarge(
+                f"the region is {width} model pixels wide, whose bands need about {gib:.1f} GiB; "
+                f"{free_gib:.1f} GiB of memory is free. Delineate a narrower region"
+            )
+
+    def select_tiles(
+        self, cancel: threading.Event | None = None, on_tile: Callable[[TileEvent], None] | None = None
+    ) -> tuple[list[Tile], list[Tile]]:
+        """(tiles to run, tiles skipped: glass, or ruled out by the coarse pass of an adaptive
+        run, whose tiles are reported to `on_tile` as they finish); a resumed run takes the
+        pending tiles."""
         plan = self.plan()
         if self.resume is not None:
             self.blender = self.resume.blender
@@ -260,9 +304,39 @@ class DelineationRun:
         tissue = self.tissue if self.tissue is not None else tissue_mask(self.slide)
         if tissue.note:
             self.notes.append(tissue.note)
-        self.blender = Blender(plan, self.card.channels)
         self.to_run, self.skipped = split_background(plan, tissue)
+        if self.settings.adaptive and self.to_run:
+            refine = self._coarse_pass(tissue, cancel, on_tile or (lambda ev: None))
+            self.refine_skipped = len(self.to_run) - len(refine)
+            if self.refine_skipped:
+                chosen = set(refine)
+                self.skipped += [t for t in self.to_run if t not in chosen]
+                self.to_run = refine
+        if self.settings.keep_map:
+            self.blender = Blender(plan, self.card.channels)
+        else:
+            self.outliner = self._outliner(plan)
+            self.blender = BandBlender(
+                plan, self.card.channels, self.to_run, self.outliner.add_band, self.outliner.factor
+            )
         return self.to_run, self.skipped
+
+    def _outliner(self, plan: TilePlan) -> BandOutliner:
+        s = self.settings
+        mpp = plan.choice.slide_mpp
+        return BandOutliner(
+            self.card.scheme,
+            self.threshold,
+            self.region,
+            plan.level0_per_model,
+            plan.model_to_level0(0, 0),
+            plan.size[1],
+            mpp,
+            trace_factor(s.simplify_um, plan.level0_per_model * mpp),
+            s.simplify_um,
+            s.min_area_um2,
+            s.min_hole_um2,
+        )
 
     def infer(
         self, cancel: threading.Event | None = None, on_tile: Callable[[TileEvent], None] | None = None
@@ -270,25 +344,24 @@ class DelineationRun:
         """Run the selected tiles through the engine into the blended map, reporting each tile
         (skipped ones first). An engine failing mid-run ends this stage with what is done kept
         (`engine_error`); the caller may finish the rest on another engine."""
-        plan, blender, total = self.plan(), self.blender, len(self.plan().tiles)
-        report = on_tile or (lambda ev: None)
+        plan, report = self.plan(), on_tile or (lambda ev: None)
+        t0 = time.perf_counter()
         for t in self.skipped:
             self.done += 1
-            report(
-                TileEvent(
-                    t,
-                    self.done,
-                    total,
-                    tile_core_rect(plan, t),
-                    None,
-                    skipped=True,
-                    elapsed_s=self._elapsed(),
-                )
-            )
+            rect = tile_core_rect(plan, t)
+            report(TileEvent(t, self.done, self.total, rect, None, skipped=True, elapsed_s=self._elapsed()))
+        if self.engine_error is None:
+            self._stream(plan, self.to_run, self.blender, cancel, report, self.finished)
+        self.fine_s = time.perf_counter() - t0
+        pending = any(t not in self.finished for t in self.to_run)
+        self.cancelled = cancel is not None and cancel.is_set() and pending
+
+    def _stream(self, plan: TilePlan, tiles: list[Tile], blender, cancel, report, finished: set) -> None:
+        """`tiles` of `plan` read ahead, through the engine, into `blender`, each reported."""
         reader = TileReader(self.slide, plan, self.settings.readers, self.settings.lookahead)
 
         def tiles_read() -> Iterator[tuple[Tile, np.ndarray | BaseException]]:
-            for t, fut in reader.iterate(self.to_run):
+            for t, fut in reader.iterate(tiles, self.focus):
                 if cancel is not None and cancel.is_set():
                     return
                 try:
@@ -297,15 +370,17 @@ class DelineationRun:
                     yield t, e
 
         results = predict_stream(self.engine, tiles_read())
+        total = self.total
         try:
             for t, prob in results:
                 if cancel is not None and cancel.is_set():
                     break
                 self.done += 1
-                self.finished.add(t)
+                finished.add(t)
                 rect = tile_core_rect(plan, t)
                 if isinstance(prob, BaseException):
                     self.failed += 1
+                    blender.skip(t)
                     log.warning("tile %s unreadable: %s", t, prob)
                     report(
                         TileEvent(t, self.done, total, rect, None, error=str(prob), elapsed_s=self._elapsed())
@@ -321,14 +396,67 @@ class DelineationRun:
         finally:
             results.close()  # abandons tiles still in the engine
             reader.close()
-        pending = any(t not in self.finished for t in self.to_run)
-        self.cancelled = cancel is not None and cancel.is_set() and pending
+
+    @property
+    def total(self) -> int:
+        """Tiles the progress counts: the coarse pass's too, in an adaptive run."""
+        return len(self.plan().tiles) + (len(self.coarse_plan.tiles) if self.coarse_plan else 0)
+
+    # ------------------------------------------------------------------ adaptive refinement
+
+    def _coarse_pass(self, tissue: TissueMask, cancel, report) -> list[Tile]:
+        """The region at COARSE_FACTOR x the model's pixel size (the same model: measured to
+        hold up there, README), then the fine tiles worth running: where the coarse map finds
+        a class, is unsure, has no answer (a tile it could not read), or borders them (a fine
+        tile is judged on its whole extent, overlap included). Elsewhere the coarse answer
+        stands: nothing there."""
+        card, fine = self.card, self.plan()
+        t0 = time.perf_counter()
+        coarse = plan_tiles(
+            self.slide,
+            self.region,
+            card.mpp * COARSE_FACTOR,
+            card.tile,
+            card.overlap,
+            card.multiple,
+            self.settings.slide_mpp,
+        )
+        run, glass = split_background(coarse, tissue)
+        self.coarse_plan, self.coarse_tiles = coarse, len(run)
+        for t in glass:
+            self.done += 1
+            rect = tile_core_rect(coarse, t)
+            report(TileEvent(t, self.done, self.total, rect, None, skipped=True, elapsed_s=self._elapsed()))
+        blender = Blender(coarse, card.channels)
+        failed_before = self.failed
+        self._stream(coarse, run, blender, cancel, report, set())
+        self.coarse_s = time.perf_counter() - t0
+        self.coarse_counted, self.coarse_failed = self.done, self.failed - failed_before
+        if self.engine_error is not None or (cancel is not None and cancel.is_set()):
+            return self.to_run  # not judged: whatever runs next runs them all
+        score = card.scheme.foreground_score(blender.probability_u8())
+        unknown = blender.weight == 0
+        step = coarse.level0_per_model
+        cx, cy = coarse.model_to_level0(0, 0)
+        h, w = score.shape
+        level = REFINE_LEVEL * 255
+        keep = []
+        for t in self.to_run:
+            x, y, side, _ = t.level0_rect(fine)
+            x0, y0 = max(0, int((x - cx) / step)), max(0, int((y - cy) / step))
+            x1, y1 = min(w, math.ceil((x + side - cx) / step)), min(h, math.ceil((y + side - cy) / step))
+            if x1 <= x0 or y1 <= y0 or score[y0:y1, x0:x1].max() >= level or unknown[y0:y1, x0:x1].any():
+                keep.append(t)
+        return keep
 
     def finish(self) -> Delineation:
         """The blended map traced into outlines per class, with what the run did and noticed."""
         plan, card, settings, resume = self.plan(), self.card, self.settings, self.resume
         if self.failed:
             self.notes.append(f"{self.failed} tile(s) could not be read and were left out")
+        if not settings.keep_map:
+            self.blender.close()  # bands a cancelled or failed run left open
+            return self._result(self.outliner.outlines(), None)
         pmap = ProbabilityMap.from_blender(
             self.blender,
             plan,
@@ -350,14 +478,19 @@ class DelineationRun:
         outlines = pmap.trace(
             self.threshold, settings.min_area_um2, settings.simplify_um, settings.min_hole_um2
         )
+        return self._result(outlines, pmap)
+
+    def _result(self, outlines: dict, pmap: ProbabilityMap | None) -> Delineation:
+        plan, card, settings, resume = self.plan(), self.card, self.settings, self.resume
         skipped = resume.tiles_skipped if resume else len(self.skipped)
+        failed = self.failed - self.coarse_failed
         return Delineation(
             outlines=outlines,
             plan=plan,
             blender=self.blender,
-            tiles_done=self.done - self.failed - skipped,
+            tiles_done=self.done - self.coarse_counted - failed - skipped,
             tiles_skipped=skipped,
-            tiles_failed=self.failed,
+            tiles_failed=failed,
             seconds=self._elapsed() + (resume.seconds if resume else 0.0),
             first_tile_s=self.first_tile_s if resume is None else resume.first_tile_s,
             cancelled=self.cancelled,
@@ -366,8 +499,15 @@ class DelineationRun:
             engine_error=self.engine_error,
             pending=[t for t in self.to_run if t not in self.finished],
             probability_map=pmap,
-            threshold=float(self.threshold),
+            threshold=float(card.default_threshold if self.threshold is None else self.threshold),
             min_area_um2=float(settings.min_area_um2),
+            scheme=card.scheme,
+            run_id=pmap.run_id if pmap is not None else new_run_id(),
+            model=(card.name, card.version, self.engine.name),
+            coarse_tiles=self.coarse_tiles,
+            refine_skipped=self.refine_skipped,
+            coarse_s=self.coarse_s,
+            fine_s=self.fine_s,
         )
 
     def execute(
@@ -375,7 +515,7 @@ class DelineationRun:
     ) -> Delineation:
         """Every stage in order; `on_tile` is called (on this thread) as each tile finishes."""
         self.plan()
-        self.select_tiles()
+        self.select_tiles(cancel, on_tile)
         self.infer(cancel, on_tile)
         return self.finish()
 

@@ -317,7 +317,9 @@ class RemoteEngine(Engine):
         padded = (tiles.shape[0], self.card.channels, *tiles.shape[1:3])
         if self.nhwc:
             return (*encode_request(self.input_name, tiles, "UINT8", self.output_name), padded, h, w)
-        x = to_model_input(tiles, self.card.normalization, self.card.channel_order).astype(DTYPES[self.input_type])
+        x = to_model_input(tiles, self.card.normalization, self.card.channel_order).astype(
+            DTYPES[self.input_type]
+        )
         return (*encode_request(self.input_name, x, self.input_type, self.output_name), padded, h, w)
 
     def predict(self, batch: np.ndarray, abandon: threading.Event | None = None) -> np.ndarray:

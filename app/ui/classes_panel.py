@@ -49,6 +49,15 @@ class ClassList(QObject):
         self.settings.setValue(SETTINGS_KEY, classes_to_json(self.classes))
         self.changed.emit()
 
+    def include(self, classes) -> None:
+        """Add a model's classes (name, color) the list does not have yet, in the model's
+        colours, so they can be shown, hidden and assigned like the user's own."""
+        new = [AnnotationClass(c.name, tuple(c.color)) for c in classes if self.colour_of(c.name) is None]
+        if new:
+            self.classes = [*self.classes, *new]
+            self.settings.setValue(SETTINGS_KEY, classes_to_json(self.classes))
+            self.changed.emit()
+
     def colour_of(self, name: str) -> tuple[int, int, int] | None:
         return next((c.color for c in self.classes if c.name == name), None)
 

@@ -25,6 +25,7 @@ from app.core.annotation_edits import accept_in_region, protected_overlapping, r
 from app.core.geometry import polygonal
 from app.core.probability_map import ProbabilityMap
 from app.inference.pipeline import tile_core_rect
+from app.inference.tile_reader import Focus
 from app.ui import icons
 from app.ui.annotation_layer import AnnotationLayer
 from app.ui.delineation_worker import RunFinished, TileUpdate, WorkerThread
@@ -89,6 +90,8 @@ class DelineationController(QObject):
         w.tileDone.connect(self._on_tile)
         w.finished.connect(self._on_finished)
         w.failed.connect(self._on_failed)
+        w.regionChosen.connect(self._on_region_chosen)
+        self._focus: Focus | None = None
 
         self.progress = QProgressBar()
         self.progress.setMinimumWidth(190)
@@ -152,7 +155,32 @@ class DelineationController(QObject):
             return
         self._launch(region, replace_protected=False)
 
-    def _ask_about(self, protected, region) -> None:
+    def start_whole_slide(self) -> None:
+        """Every piece of tissue on the slide; the worker finds it on the thumbnail, and the
+        tiles nearest the middle of the view run first, following the view as it pans."""
+        if self.running:
+            return
+        if self.slide is None:
+            self.message.emit("Open a slide first", 5000)
+            return
+        whole = box(0, 0, *self.slide.dimensions)
+        protected = protected_overlapping(self.layer.annotations, whole)
+        if protected:
+            self._ask_about(protected, whole, whole_slide=True)
+            return
+        self._launch(whole, replace_protected=False, whole_slide=True)
+
+    def _on_region_chosen(self, region) -> None:
+        if self.running and self._run_slide is self.slide:
+            self._run_region = region
+            if self.overlay is not None:
+                self.overlay.clip = geometry_path(region)
+
+    def _view_centre(self) -> tuple[float, float]:
+        c = self.view.mapToScene(self.view.viewport().rect().center())
+        return (c.x(), c.y())
+
+    def _ask_about(self, protected, region, whole_slide: bool = False) -> None:
         """Painted, edited or locked outlines are never replaced without asking."""
         locked = sum(a.locked for a in protected)
         box_ = QMessageBox(self.window)
@@ -170,18 +198,20 @@ class DelineationController(QObject):
         box_.setDefaultButton(cancel)  # Enter never replaces nor stacks by accident
         box_.setEscapeButton(cancel)
         box_.setWindowModality(Qt.WindowModality.WindowModal)
-        box_.buttonClicked.connect(lambda b: self._answered(b, region))
+        box_.buttonClicked.connect(lambda b: self._answered(b, region, whole_slide))
         self.replace_box = box_
         box_.open()
 
-    def _answered(self, button, region) -> None:
+    def _answered(self, button, region, whole_slide: bool = False) -> None:
         self.replace_box = None
         if button is self.replace_button:
-            self._launch(region, replace_protected=True)
+            self._launch(region, replace_protected=True, whole_slide=whole_slide)
         elif button is self.keep_both_button:
-            self._launch(region, replace_protected=False)
+            self._launch(region, replace_protected=False, whole_slide=whole_slide)
 
-    def _launch(self, region: BaseGeometry, replace_protected: bool, resume=None) -> None:
+    def _launch(
+        self, region: BaseGeometry, replace_protected: bool, resume=None, whole_slide: bool = False
+    ) -> None:
         self.running = True
         self._run_slide = self.slide
         self._run_region = region
@@ -204,6 +234,7 @@ class DelineationController(QObject):
         self.worker.worker.cancel_event.clear()
         self.started.emit()
         mpp = self.slide.mpp
+        self._focus = Focus(self._view_centre()) if whole_slide else None
         self.worker.runRequested.emit(
             self.slide,
             region,
@@ -213,6 +244,8 @@ class DelineationController(QObject):
                 "min_area_um2": self.min_area_um2,
                 "threshold": self.threshold,
                 "slide_mpp": float(sum(mpp) / 2) if mpp else None,
+                "whole_slide": whole_slide,
+                "focus": self._focus,
             },
         )
 
@@ -228,6 +261,8 @@ class DelineationController(QObject):
             return
         if self.overlay is not None and u.image is not None:
             self.overlay.add_tile(u.rect, u.image)
+        if self._focus is not None:
+            self._focus.point = self._view_centre()  # panning moves what runs next
         self.progress.setRange(0, u.total)
         self.progress.setValue(u.done)
         if u.done and u.done < u.total:
@@ -297,9 +332,10 @@ class DelineationController(QObject):
             log.info("%s: %s", self.slide.name, note)
             self.notice.emit(f"run-note:{i}", note)
         if not run.annotations and not result.cancelled:
+            found = " or ".join(c.name for c in run.map.scheme.foreground) or "tumour"
             self.notice.emit(
                 "nothing-found",
-                f"The model found no tumour in the region ({result.tiles_done} tiles run, "
+                f"The model found no {found} in the region ({result.tiles_done} tiles run, "
                 f"{result.tiles_skipped} background). Raise the Sensitivity to see weaker findings.",
             )
         self.finished.emit(result)

@@ -18,7 +18,7 @@ from shapely.geometry.base import BaseGeometry
 
 from app.core.probability_map import ProbabilityMap
 from app.core.slide import Slide
-from app.core.tissue import TissueMask, tissue_mask, tissue_mask_from_rgb
+from app.core.tissue import TissueMask, tissue_mask, tissue_mask_from_rgb, tissue_regions
 from app.errors import is_user_error
 from app.inference.engines import Engine, create_engine
 from app.inference.modelcard import ModelCard
@@ -76,6 +76,7 @@ class DelineationWorker(QObject):
     status = Signal(str)
     engineReady = Signal(str)  # description, e.g. "openvino-int8 on CPU"
     slideReady = Signal(str)  # path: the slide's tissue mask is computed
+    regionChosen = Signal(object)  # a whole-slide run's region (the tissue), before its first tile
 
     def __init__(self):
         super().__init__()
@@ -147,7 +148,7 @@ class DelineationWorker(QObject):
             engine = self.engine_for(settings)
             self.status.emit(f"Delineating with {engine.name}…")
             card = engine.card
-            threshold = options.get("threshold") or card.default_threshold
+            threshold = options.get("threshold")  # None: each class's own, from the card
             ran = 0
 
             def on_tile(ev: TileEvent) -> None:
@@ -155,6 +156,10 @@ class DelineationWorker(QObject):
                 ran += ev.prob is not None
                 self.tileDone.emit(self._update(ev, card, threshold, ran))
 
+            tissue = self._tissue.get(str(slide.path))
+            if options.get("whole_slide"):
+                region = tissue_regions(slide, tissue)
+                self.regionChosen.emit(region)
             result = DelineationRun(
                 slide,
                 region,
@@ -164,8 +169,9 @@ class DelineationWorker(QObject):
                     min_area_um2=options["min_area_um2"],
                     slide_mpp=options.get("slide_mpp"),
                 ),
-                tissue=self._tissue.get(str(slide.path)),
+                tissue=tissue,
                 resume=options.get("resume"),
+                focus=options.get("focus"),
             ).execute(self.cancel_event, on_tile)
             self.finished.emit(
                 RunFinished(

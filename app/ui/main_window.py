@@ -278,6 +278,10 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         self._action("&Clear region", self.editor.model.clear, None, m)
         m.addSeparator()
+        self.whole_slide_action = self._action(
+            "Delineate &whole slide", self.controller.start_whole_slide, "Ctrl+Shift+D", m
+        )
+        self.whole_slide_action.setToolTip("Every piece of tissue on the slide, what is on screen first")
         self._action("Delineation &settings…", self.open_settings, "Ctrl+,", m)
 
         m = self.menuBar().addMenu("&View")
@@ -397,6 +401,7 @@ class MainWindow(QMainWindow):
 
     def _run_finished(self, result) -> None:
         self.delineate_action.setEnabled(True)
+        self.classes.include(result.probability_map.scheme.foreground)  # a model's own classes
         self.delineationFinished.emit(result)
 
     def _run_failed(self, message: str) -> None:

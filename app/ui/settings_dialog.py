@@ -19,8 +19,8 @@ from PySide6.QtWidgets import (
 from superqt.utils import create_worker
 
 from app.inference.engine_registry import DEFAULT_ENGINE, ENGINES, all_devices, all_precisions
+from app.inference.model_install import list_models
 from app.inference.modelcard import DEFAULT_MODEL
-from app.paths import MODELS_DIR
 from app.ui.delineation_worker import EngineSettings
 from app.ui.endpoint_token import PLAIN_TEXT_WARNING, keyring_available, load_token, save_token
 
@@ -66,8 +66,26 @@ def save_settings(settings: QSettings, s: EngineSettings) -> str | None:
     return save_token(settings, s.url, s.token)
 
 
-def shipped_models() -> list[str]:
-    return sorted(d.name for d in MODELS_DIR.glob("*") if (d / "card.json").is_file())
+MAX_LISTED_CLASSES = 5  # past this a model's entry says "+N more" (the tooltip lists them all)
+
+
+def model_choices() -> list[tuple[str, str, str, str]]:
+    """(label, model name, details, tooltip) of every model that runs by name, the user's
+    installed ones first: "name — Class A, Class B", so a model is chosen by what it outlines."""
+    choices = []
+    for m in list_models():
+        if "error" in m:
+            continue
+        outlined = [c for c in m["classes"] if c != m.get("background")]
+        shown = ", ".join(outlined[:MAX_LISTED_CLASSES])
+        if len(outlined) > MAX_LISTED_CLASSES:
+            shown += f" +{len(outlined) - MAX_LISTED_CLASSES} more"
+        where = "shipped with Delineo" if m["source"] == "shipped" else "installed with delineo model add"
+        background = f" · background: {m['background']}" if m.get("background") else ""
+        details = f"{m['version']} · {m['mpp']:g} µm/px{background} · {where}"
+        tip = f"{m['name']}: {', '.join(m['classes'])}\n{details}\n{m['folder']}"
+        choices.append((f"{m['name']} — {shown}", m["name"], details, tip))
+    return choices
 
 
 class SettingsDialog(QDialog):
@@ -80,18 +98,30 @@ class SettingsDialog(QDialog):
 
         self.model = QComboBox()
         self.model.setEditable(False)
-        for name in shipped_models():
-            self.model.addItem(name, name)
+        self.model.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self._details: dict[str, str] = {}
+        for label, name, details, tip in model_choices():
+            self.model.addItem(label, name)
+            self.model.setItemData(self.model.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+            self._details[name] = details
         if self.model.findData(current.model) < 0:
             self.model.addItem(current.model, current.model)
         self.model.setCurrentIndex(self.model.findData(current.model))
+        self.model_details = QLabel()
+        self.model_details.setStyleSheet("color: #5f5f5f")
+        self.model.currentIndexChanged.connect(self._model_changed)
+        self._model_changed()
         browse = QPushButton("Other…")
-        browse.setToolTip("A folder with your own model and its card.json")
+        browse.setToolTip(
+            "A folder with a model and its card.json (to install your own ONNX or OpenVINO model: "
+            "delineo model add, see docs/MODEL-CARD.md)"
+        )
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
         row.addWidget(self.model, 1)
         row.addWidget(browse)
         form.addRow("Model", row)
+        form.addRow("", self.model_details)
 
         self.engine = self._combo(engine_options(), current.engine)
         self.device = self._combo(device_options(), current.device)
@@ -154,6 +184,10 @@ class SettingsDialog(QDialog):
         self.precision.setEnabled(bool(spec.precisions))
         _offer(self.device, spec.devices, fallback=spec.devices[:1])
         _offer(self.precision, ("auto", *spec.precisions), fallback=("int8", "auto"))
+
+    def _model_changed(self) -> None:
+        name = self.model.currentData()
+        self.model_details.setText(self._details.get(name, "a model folder with card.json"))
 
     def _browse(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Model folder (with card.json)")

@@ -1,0 +1,137 @@
+"""The slides onto Dask: an embedded LocalCluster, or an existing scheduler's workers.
+
+The only module that imports Dask (the `[batch]` extra). Workers are processes, one slide at a
+time each, so OpenVINO has its cores to itself; results come back as they finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from app.batch.summary import SlideResult
+from app.batch.task import PROGRESS_TOPIC, SlideJob, run_slide
+from app.errors import DelineoError
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_TIMEOUT_S = 20
+
+
+class BatchClusterError(DelineoError):
+    """Dask is missing, or the scheduler cannot be reached."""
+
+
+@dataclass(frozen=True)
+class ClusterChoice:
+    scheduler: str | None = None  # tcp://HOST:8786; None: a LocalCluster on this machine
+    workers: int = 1  # LocalCluster only
+
+
+def default_workers(cores: int | None = None) -> int:
+    """About four cores a worker: OpenVINO on 2-4 threads uses a core well, and more workers
+    overlap one slide's reading and tracing with another's inference."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // 4)
+
+
+def engine_threads(workers: int, cores: int | None = None) -> int:
+    """Inference threads for each local worker's engine: the cores shared out."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // max(1, workers))
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise BatchClusterError(
+            "delineo batch needs Dask: pip install 'delineo[batch]' (or pip install 'dask[distributed]')"
+        ) from None
+    return distributed
+
+
+@contextmanager
+def connect(choice: ClusterChoice) -> Iterator:
+    """A Dask client on the chosen cluster, closed (and a local cluster stopped) afterwards."""
+    distributed = _distributed()
+    import dask
+
+    if choice.scheduler is None:
+        # A worker that dies on a slide (a crash in a slide library, out of memory) is not
+        # handed the same slide three more times. Dask's worker environment (MALLOC_TRIM_THRESHOLD_
+        # 64 KiB, one OpenMP/BLAS thread) is for many small tasks; a slide allocates tiles of
+        # megabytes and its engine is given its threads explicitly (2.2-2.7 s a sample slide here
+        # without them, 2.6-3.2 s with).
+        settings = {"distributed.scheduler.allowed-failures": 0, "distributed.nanny.pre-spawn-environ": {}}
+        with dask.config.set(settings):
+            cluster = distributed.LocalCluster(
+                n_workers=choice.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            try:
+                client = distributed.Client(cluster)
+                try:
+                    yield client
+                finally:
+                    client.close()
+            finally:
+                cluster.close()
+        return
+    try:
+        client = distributed.Client(choice.scheduler, timeout=SCHEDULER_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise BatchClusterError(
+            f"--scheduler {choice.scheduler}: no Dask scheduler answered ({e}); start one with "
+            "`dask scheduler` and its workers with `dask worker ADDRESS --nthreads 1`, or check the address"
+        ) from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def run_jobs(
+    client,
+    jobs: list[SlideJob],
+    on_result: Callable[[SlideJob, SlideResult], None],
+    on_progress: Callable[[dict], None] | None = None,
+) -> None:
+    """Every job on the cluster; `on_result` is called on this thread as each one finishes
+    (a worker that died is that slide's failure, not the batch's)."""
+    distributed = _distributed()
+    if on_progress is not None:
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_progress(event[1]))
+    futures = {
+        client.submit(run_slide, job, pure=False, key=f"delineo-slide-{i}-{os.path.basename(job.out)}"): job
+        for i, job in enumerate(jobs)
+    }
+    try:
+        for future in distributed.as_completed(futures):
+            job = futures[future]
+            try:
+                result = future.result()
+            except Exception as e:  # noqa: BLE001 -- the task never returned a row: the worker died or lacks Delineo
+                result = SlideResult(job.slide, os.path.basename(job.out), "failed", error=_why(e))
+            on_result(job, result)
+    finally:
+        if on_progress is not None:
+            client.unsubscribe_topic(PROGRESS_TOPIC)
+        for f in futures:
+            f.cancel()
+
+
+def _why(e: BaseException) -> str:
+    name = type(e).__name__
+    if name == "KilledWorker":
+        return "the Dask worker running this slide died (out of memory, or a crash reading the slide)"
+    if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("app"):
+        return f"the Dask worker cannot import Delineo ({e}); install delineo[batch] on every worker"
+    return " ".join(f"{name}: {e}".split())

@@ -1,0 +1,57 @@
+"""Adaptive coarse-to-fine: a coarse pass first, full resolution only where it finds something,
+is unsure, or borders it; the coarse tiles reach the overlay first."""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+from conftest import SAMPLE_SVS
+from shapely.geometry import box
+from test_class_contract import card
+from test_pipeline import dark_map
+
+from app.core.geometry import rasterize
+from app.core.slide import Slide
+from app.inference.engine import Engine
+from app.inference.pipeline import DelineationRun, RunSettings
+
+TUMOUR = [{"name": "Tumor", "color": [200, 0, 0]}]
+
+
+class VeryDark(Engine):
+    """'Tumour' = the darkest tissue (level 120 after smoothing): a few foci on the sample, the
+    same answer at any resolution, so the coarse pass finds them."""
+
+    name = "very-dark"
+
+    def __init__(self):
+        self.card = card(TUMOUR, output={"activation": "none"})
+        self.calls = 0
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += len(batch)
+        return np.stack([dark_map(b, level=120) for b in batch])[:, None]
+
+
+def test_adaptive_runs_fewer_full_resolution_tiles_for_the_same_outline():
+    engine = VeryDark()
+    with Slide.open(SAMPLE_SVS) as s:
+        region = box(0, 0, *s.dimensions)
+        exhaustive = DelineationRun(s, region, engine).execute()
+        events = []
+        adaptive = DelineationRun(s, region, engine, RunSettings(adaptive=True)).execute(
+            on_tile=events.append
+        )
+    assert exhaustive.polygons, "the rule finds foci on the sample"
+    assert adaptive.coarse_tiles > 0 and adaptive.refine_skipped > 0
+    assert adaptive.tiles_done < exhaustive.tiles_done
+    assert adaptive.full_resolution_share < 0.8
+    w, h = 2220, 2967
+    a = rasterize(shapely.union_all(adaptive.polygons), (h // 4, w // 4), 4.0, (0.0, 0.0))
+    b = rasterize(shapely.union_all(exhaustive.polygons), (h // 4, w // 4), 4.0, (0.0, 0.0))
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.97
+    # The coarse tiles come first (the overlay shows the coarse answer, then sharpens it), and
+    # progress counts every tile of both passes once.
+    coarse_side = events[0].core_rect[2]
+    assert coarse_side > 3 * events[-1].core_rect[2]
+    assert [e.done for e in events] == list(range(1, len(events) + 1)) and events[-1].total == len(events)

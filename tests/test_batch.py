@@ -1,0 +1,300 @@
+"""`delineo batch`: real slides on a real Dask cluster (local, and a scheduler and worker
+started as their own processes), the shipped model in OpenVINO INT8, summary.csv, resuming
+after a kill, and a corrupt slide among good ones."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DICOM_DIR, SAMPLE_SVS, run_delineo
+
+pytest.importorskip("distributed")
+
+# A 1536² region of the sample: 16 tiles, tumour inside (about 9 tiles of work after glass).
+REGION = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+    [[300, 600], [1836, 600], [1836, 2136], [300, 2136], [300, 600]]]}, "properties": {}}  # fmt: skip
+
+
+def read_summary(out: Path) -> dict[str, dict]:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as f:
+        return {Path(r["slide"]).name: r for r in csv.DictReader(f)}
+
+
+def tumour_features(path: Path) -> list[dict]:
+    doc = json.loads(path.read_text())
+    return [f for f in doc["features"] if f["properties"]["classification"]["name"] == "Tumor"]
+
+
+def slides_folder(tmp_path: Path, n: int) -> Path:
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for i in range(n):
+        shutil.copy(SAMPLE_SVS, folder / f"case-{i + 1}.svs")
+    return folder
+
+
+@pytest.mark.slow
+def test_batch_on_a_local_cluster_of_two_workers_keeps_going_past_a_corrupt_slide(tmp_path):
+    folder = slides_folder(tmp_path, 2)
+    shutil.copytree(DICOM_DIR, folder / "dicom-case")  # a DICOM series: the folder is the slide
+    corrupt = folder / "truncated.svs"
+    corrupt.write_bytes(SAMPLE_SVS.read_bytes()[:400_000])  # an interrupted copy
+    (folder / "label.png").write_bytes(b"not a slide")  # pictures in a folder are not slides
+    out = tmp_path / "out"
+    r = run_delineo("batch", str(folder), "--out", str(out), "--workers", "2", "--whole-slide")
+    assert r.returncode == 1, r.stderr  # a slide failed: said by the exit status too
+    rows = read_summary(out)
+    assert set(rows) == {"case-1.svs", "case-2.svs", "dicom-case", "truncated.svs"}
+    for name in ("case-1.svs", "case-2.svs", "dicom-case"):
+        assert rows[name]["status"] == "ok", rows[name]
+        assert int(rows[name]["tiles_run"]) > 0
+        assert float(rows[name]["area_um2_Tumor"]) > 10_000  # the sample has tumour
+        stem = Path(name).stem
+        assert tumour_features(out / f"{stem}.geojson"), name
+    assert rows["truncated.svs"]["status"] == "failed"
+    assert "truncated.svs" in rows["truncated.svs"]["error"]
+    assert "damaged or incomplete" in rows["truncated.svs"]["error"]
+    assert not (out / "truncated.geojson").exists()
+    assert "Traceback" not in r.stderr
+    assert "[4/4]" in r.stderr and "2 local worker(s)" in r.stderr
+    assert "case-1.svs: " in r.stderr and "tiles (" in r.stderr  # per-slide progress reached the client
+    # The same copies give the same outline, whichever worker ran them.
+    shapes = [[f["geometry"] for f in tumour_features(out / f"case-{i}.geojson")] for i in (1, 2)]
+    assert shapes[0] == shapes[1]
+
+    # A re-run retries only the failed slide: it is still corrupt, the finished ones stay as they were.
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.geojson")}
+    r2 = run_delineo("batch", str(folder), "--out", str(out), "--workers", "1")
+    assert r2.returncode == 1, r2.stderr
+    assert "3 done in an earlier run (skipped), 1 to run" in r2.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.geojson")} == before
+    assert read_summary(out)["case-1.svs"] == rows["case-1.svs"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """`dask scheduler` and one `dask worker`, each its own process on 127.0.0.1."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+    scheduler = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        stdout=open(logs / "scheduler.log", "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_worker",
+            address,
+            "--nthreads",
+            "1",
+            "--nworkers",
+            "1",
+            "--no-dashboard",
+            "--host",
+            "127.0.0.1",
+        ],
+        stdout=open(logs / "worker.log", "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield address
+    finally:
+        for p in (worker, scheduler):
+            p.terminate()
+        for p in (worker, scheduler):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+@pytest.mark.slow
+def test_batch_sends_the_slides_to_an_existing_scheduler_and_its_worker(tmp_path, dask_cluster):
+    folder = slides_folder(tmp_path, 2)
+    regions = tmp_path / "regions"
+    regions.mkdir()
+    for stem in ("case-1", "case-2"):
+        (regions / f"{stem}.geojson").write_text(
+            json.dumps({"type": "FeatureCollection", "features": [REGION]})
+        )
+    out = tmp_path / "out"
+    r = run_delineo(
+        "batch", str(folder / "case-1.svs"), str(folder / "case-2.svs"), "--out", str(out),
+        "--scheduler", dask_cluster, "--region-geojson-dir", str(regions),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"Dask scheduler {dask_cluster}" in r.stderr
+    rows = read_summary(out)
+    assert [rows[n]["status"] for n in ("case-1.svs", "case-2.svs")] == ["ok", "ok"]
+    # The region file bounds the run: every outline lies inside it.
+    for stem in ("case-1", "case-2"):
+        for f in tumour_features(out / f"{stem}.geojson"):
+            for x, y in f["geometry"]["coordinates"][0]:
+                assert 300 <= x <= 1836 and 600 <= y <= 2136
+
+
+@pytest.mark.slow
+def test_a_batch_killed_midway_resumes_with_only_the_slides_not_finished(tmp_path):
+    import psutil
+
+    folder = slides_folder(tmp_path, 3)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "batch", str(folder), "--out", str(out), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = workers or psutil.Process(proc.pid).children(recursive=True)
+        if (out / "summary.csv").exists() and any(r["status"] == "ok" for r in read_summary(out).values()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGKILL)  # no clean-up of any kind: as the OOM killer or a power cut
+    proc.wait(10)
+    proc.stderr.close()
+    # The worker processes notice their parent is gone and leave: nothing runs on unsupervised.
+    _gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, alive
+    finished = {n for n, r in read_summary(out).items() if r["status"] == "ok"}
+    assert finished and len(finished) < 3
+    mtimes = {n: (out / f"{Path(n).stem}.geojson").stat().st_mtime_ns for n in finished}
+
+    r = run_delineo("batch", str(folder), "--out", str(out), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert f"{len(finished)} done in an earlier run (skipped), {3 - len(finished)} to run" in r.stderr
+    for n in finished:  # not run again
+        assert f"] {n}:" not in r.stderr
+        assert (out / f"{Path(n).stem}.geojson").stat().st_mtime_ns == mtimes[n]
+    rows = read_summary(out)
+    assert {n: r["status"] for n, r in rows.items()} == {f"case-{i}.svs": "ok" for i in (1, 2, 3)}
+    assert not list(out.glob(".*.tmp"))  # no half-written file left by the kill is taken for a result
+
+
+@pytest.mark.slow
+def test_batch_with_the_remote_engine_shares_one_server(tmp_path, server):
+    folder = slides_folder(tmp_path, 2)
+    regions = tmp_path / "regions"
+    regions.mkdir()
+    (regions / "case-1.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [REGION]}))
+    out = tmp_path / "out"
+    env_token = {**os.environ, "DELINEO_TOKEN": server.token}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "batch",
+            str(folder),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--engine",
+            "remote",
+            "--url",
+            server.url,
+            "--region-geojson-dir",
+            str(regions),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env_token,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = read_summary(out)
+    assert rows["case-1.svs"]["status"] == "ok" and tumour_features(out / "case-1.geojson")
+    # No region file for case-2: skipped with the reason, not run on the whole slide behind your back.
+    assert rows["case-2.svs"]["status"] == "skipped"
+    assert "no region file" in rows["case-2.svs"]["error"] and "case-2.geojson" in rows["case-2.svs"]["error"]
+
+
+def test_batch_without_dask_says_which_extra_to_install(tmp_path):
+    code = (
+        "import sys; sys.modules['distributed'] = None; sys.modules['dask'] = None\n"
+        "from app.cli import main\n"
+        f"sys.exit(main(['batch', {str(SAMPLE_SVS)!r}, '--out', {str(tmp_path / 'out')!r}]))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 or "delineo[batch]" in lines[-1]
+    assert "delineo[batch]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_folders_are_searched_for_slide_files_and_dicom_series(tmp_path):
+    from app.batch.slides import find_slides
+
+    (tmp_path / "run" / "nested").mkdir(parents=True)
+    shutil.copy(SAMPLE_SVS, tmp_path / "run" / "b.svs")
+    shutil.copy(SAMPLE_SVS, tmp_path / "run" / "nested" / "a.tiff")
+    shutil.copytree(DICOM_DIR, tmp_path / "run" / "nested" / "series")
+    (tmp_path / "run" / "b.svs.png").write_bytes(b"a label picture")
+    (tmp_path / "run" / "link.svs").symlink_to(tmp_path / "run" / "b.svs")  # a link is its own slide
+    (tmp_path / "run" / ".trash").mkdir()
+    shutil.copy(SAMPLE_SVS, tmp_path / "run" / ".trash" / "old.svs")
+    found = find_slides([tmp_path / "run", tmp_path / "run" / "b.svs"])  # named twice: once
+    assert [p.relative_to(tmp_path / "run").as_posix() for p in found] == [
+        "b.svs",
+        "link.svs",
+        "nested/a.tiff",
+        "nested/series",
+    ]
+
+
+def test_batch_refuses_bad_input_in_one_line(tmp_path):
+    r = run_delineo("batch", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "no such file or folder" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_delineo("batch", str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "no slide files found" in r.stderr
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(SAMPLE_SVS, tmp_path / "a" / "slide.svs")
+    shutil.copy(SAMPLE_SVS, tmp_path / "b" / "slide.svs")
+    r = run_delineo("batch", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "would both be written to slide.geojson" in r.stderr
+    r = run_delineo("batch", str(SAMPLE_SVS), "--out", str(tmp_path / "out"), "--model", str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run_delineo("batch", str(SAMPLE_SVS), "--out", str(tmp_path / "out"), "--engine", "remote")
+    assert r.returncode == 2 and "--url" in r.stderr
+    r = run_delineo("batch", str(SAMPLE_SVS), "--out", str(tmp_path / "out"), "--whole-slide",
+                    "--region-geojson-dir", str(tmp_path))  # fmt: skip
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+    r = run_delineo("bench", "batch", str(SAMPLE_SVS))
+    assert r.returncode == 2 and "two or more slides" in r.stderr
