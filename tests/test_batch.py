@@ -298,3 +298,19 @@ def test_batch_refuses_bad_input_in_one_line(tmp_path):
     assert r.returncode == 2 and "not allowed with" in r.stderr
     r = run_delineo("bench", "batch", str(SAMPLE_SVS))
     assert r.returncode == 2 and "two or more slides" in r.stderr
+
+
+def test_summary_rows_survive_a_rewrite_and_say_done_only_with_their_geojson(tmp_path):
+    from app.batch.summary import SlideResult, Summary
+
+    s = Summary(tmp_path)
+    s.record(SlideResult("/s/a.svs", "a.geojson", "ok", 9, {"Tumor": 1234.5}, 3.25, notes="no mpp; x"))
+    s.record(SlideResult("/s/b.svs", "b.geojson", "failed", error='bad, "quoted"\nfile'))
+    again = Summary(tmp_path)
+    assert again.rows["a.geojson"].areas_um2 == {"Tumor": 1234.5}
+    assert again.rows["a.geojson"].notes == "no mpp; x"
+    assert again.rows["b.geojson"].error == 'bad, "quoted"\nfile'
+    assert not again.is_done("a.geojson")  # the summary says ok, but its GeoJSON is gone
+    (tmp_path / "a.geojson").write_text("{}")
+    (tmp_path / "b.geojson").write_text("{}")
+    assert again.is_done("a.geojson") and not again.is_done("b.geojson")

@@ -4,7 +4,6 @@ each timed as a user would run it (a fresh process, from start to exit)."""
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from app.batch.slides import slide_stem
 from app.errors import DelineoError
+from app.inference.benchmark import cpu_name
 
 
 class BenchBatchError(DelineoError):
@@ -78,18 +78,8 @@ def bench_batch(
         "sequential_runs_s": [round(t, 2) for t in seq_times],
         "batch_runs_s": [round(t, 2) for t in batch_times],
         "cpu_cores": os.cpu_count(),
-        "machine": _cpu_name(),
+        "machine": cpu_name(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor() or platform.system()}"
 
 
 def _run(args: list[str]) -> None:

@@ -60,6 +60,9 @@ def connect(choice: ClusterChoice) -> Iterator:
     distributed = _distributed()
     import dask
 
+    # Dask's own notices (a worker killed at shutdown, ...) are not the user's business; its
+    # errors still reach the log.
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     if choice.scheduler is None:
         # A worker that dies on a slide (a crash in a slide library, out of memory) is not
         # handed the same slide three more times. Dask's worker environment (MALLOC_TRIM_THRESHOLD_

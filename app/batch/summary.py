@@ -26,6 +26,7 @@ class SlideResult:
     areas_um2: dict[str, float | None] = field(default_factory=dict)  # class -> area (None: no mpp)
     seconds: float = 0.0
     error: str = ""
+    notes: str = ""  # what the run noticed on a slide that still finished (no pixel size, ...)
 
 
 class Summary:
@@ -65,11 +66,14 @@ class Summary:
                 "seconds",
                 "geojson",
                 "error",
+                "notes",
             ]
         )
         for r in sorted(self.rows.values(), key=lambda r: r.slide):
             areas = [_number(r.areas_um2.get(c)) if r.status == "ok" else "" for c in classes]
-            w.writerow([r.slide, r.status, r.tiles_run, *areas, f"{r.seconds:.1f}", r.geojson, r.error])
+            w.writerow(
+                [r.slide, r.status, r.tiles_run, *areas, f"{r.seconds:.1f}", r.geojson, r.error, r.notes]
+            )
         write_text_atomic(self.path, buf.getvalue())
 
     def _read(self) -> None:
@@ -90,6 +94,7 @@ class Summary:
                     areas_um2=areas,
                     seconds=_float(row.get("seconds")) or 0.0,
                     error=row.get("error") or "",
+                    notes=row.get("notes") or "",
                 )
 
 

@@ -23,6 +23,7 @@ from app.errors import DelineoError
 log = logging.getLogger(__name__)
 
 PROGRESS_TOPIC = "delineo-batch-progress"
+NO_MPP = "areas are left empty: the slide records no pixel size (give --mpp to have them)"
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def _run(job: SlideJob, t0: float) -> SlideResult:
         tiles_run=result.tiles_done,
         areas_um2=areas,
         seconds=time.perf_counter() - t0,
-        error="; ".join(result.notes) if result.tiles_failed else "",
+        notes="; ".join(" ".join(n.split()) for n in [*result.notes, *([] if mpp else [NO_MPP])]),
     )
 
 

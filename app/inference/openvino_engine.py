@@ -68,14 +68,14 @@ class OpenVINOEngine(Engine):
             config["INFERENCE_PRECISION_HINT"] = inference_precision
         try:
             model = _with_pre_and_postprocessing(ov, core.read_model(str(path)), card)
-            self.compiled = core.compile_model(model, self.device, config)
-            # A second compilation for runs of many tiles: THROUGHPUT gives each core its own
-            # stream, which keeps them busy while the caller reads and blends (see `stream`).
-            self.streaming = (
-                core.compile_model(model, self.device, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
-                if streams
-                else None
-            )
+            try:
+                self._compile(core, model, config, streams)
+            except RuntimeError as e:
+                # Two processes filling an empty cache at once can collide on the same blob
+                # (a batch's workers, two delineate runs): the second compiles without it.
+                log.warning("OpenVINO compile with the cache failed (%s); compiling without it", e)
+                core.set_property({"CACHE_DIR": ""})
+                self._compile(core, model, config, streams)
         except RuntimeError as e:
             raise EngineError(f"OpenVINO could not compile {path.name} for {self.device}: {e}") from None
         self.output = self.compiled.output(0)
@@ -103,6 +103,16 @@ class OpenVINOEngine(Engine):
                 self._queue.start_async({0: blank}, (-1 - i, card.tile, card.tile))
             self._queue.wait_all()
             self._done.clear()
+
+    def _compile(self, core, model, config: dict, streams: bool) -> None:
+        self.compiled = core.compile_model(model, self.device, config)
+        # A second compilation for runs of many tiles: THROUGHPUT gives each core its own
+        # stream, which keeps them busy while the caller reads and blends (see `stream`).
+        self.streaming = (
+            core.compile_model(model, self.device, {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+            if streams
+            else None
+        )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch, h, w = pad_to_multiple(check_batch(batch), self.card.multiple)

@@ -84,6 +84,7 @@ class DelineationWorker(QObject):
         self._engine: Engine | None = None
         self._engine_key: EngineSettings | None = None
         self._tissue: dict[str, TissueMask] = {}
+        self._regions: dict[str, BaseGeometry] = {}  # the whole-slide region, found with the mask
         self.precision_choice: tuple[str, dict] | None = None
 
     # ------------------------------------------------------------------ preparation
@@ -135,6 +136,11 @@ class DelineationWorker(QObject):
             except Exception:  # the pipeline computes it again if it is needed
                 log.warning("tissue mask of %s failed", key, exc_info=True)
                 return
+        if key not in self._regions:
+            try:  # now, so that Delineate whole slide starts at once
+                self._regions[key] = tissue_regions(slide, self._tissue[key])
+            except Exception:  # said when the pathologist asks for the whole slide
+                log.info("no whole-slide region for %s yet", key, exc_info=True)
         self.slideReady.emit(key)
 
     # ------------------------------------------------------------------ the run
@@ -158,7 +164,7 @@ class DelineationWorker(QObject):
 
             tissue = self._tissue.get(str(slide.path))
             if options.get("whole_slide"):
-                region = tissue_regions(slide, tissue)
+                region = self._regions.get(str(slide.path)) or tissue_regions(slide, tissue)
                 self.regionChosen.emit(region)
             result = DelineationRun(
                 slide,
