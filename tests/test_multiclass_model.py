@@ -193,3 +193,13 @@ def test_the_timed_schedule_warms_up_anneals_and_ends_with_the_budget():
     assert seen[0] == pytest.approx(4e-5) and seen[1] == pytest.approx(1e-3)
     assert seen[1] > seen[2] > seen[3] and seen[3] < 1e-6
     assert not sched.step(100)
+
+
+def test_auto_precision_leaves_out_a_precision_that_loses_dice_on_any_class():
+    """The lesions card's OpenVINO INT8 loses 0.008 on one class (over the 0.005 tolerance):
+    Auto must not pick it, and must not fail on per-class validation rows."""
+    from app.inference.autoselect import eligible
+
+    card = ModelCard.load("ebhi-lesions-resunet")
+    assert eligible(card, "openvino") == ["fp32", "fp16"]
+    assert "int8" in eligible(ModelCard.load("ebhi-tumour-resunet"), "openvino")

@@ -36,16 +36,28 @@ def _key(card: ModelCard, engine: str, device: str) -> str:
 
 def eligible(card: ModelCard, engine: str) -> list[str]:
     """The registry's precisions for the engine whose validation Dice (card row
-    "<engine>-<precision>") is within tolerance of FP32 (all, when the card has no table)."""
+    "<engine>-<precision>"; per class for a multi-class model) is within tolerance of FP32
+    (all, when the card has no table)."""
     spec = ENGINES.get(engine)
     rows = card.validation.get("rows", {})
     ref = rows.get(f"{engine}-fp32", {}).get("dice")
     out = []
     for p in spec.precisions if spec and spec.local else ():
         row = rows.get(f"{engine}-{p}")
-        if ref is None or row is None or abs(row["dice"] - ref) <= DICE_TOLERANCE:
+        if ref is None or row is None or dice_loss(row.get("dice"), ref) <= DICE_TOLERANCE:
             out.append(p)
     return out or ["fp32"]
+
+
+def dice_loss(dice, ref) -> float:
+    """How far a precision's validation Dice is below FP32's: one number, or the worst class of
+    a multi-class card's per-class Dice; unreadable rows count as too far."""
+    try:
+        if isinstance(ref, dict):
+            return max((ref[c] - dice[c] for c in ref), default=0.0)
+        return abs(dice - ref)
+    except (TypeError, KeyError):
+        return float("inf")
 
 
 def choose_precision(
