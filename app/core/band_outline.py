@@ -57,7 +57,8 @@ class BandOutliner:
         top = first_row // f
         ox, oy = self.offset
         inside = None
-        for name, (prob, level) in self._class_maps(band).items():
+        for name, (prob, t) in self.scheme.layers(band, self.threshold).items():
+            level = threshold_level(t)
             grid = coarse(prob, f)
             self._last[name, top + grid.shape[0]] = grid[-1:].copy()
             above = self._last.pop((name, top), None)
@@ -76,17 +77,6 @@ class BandOutliner:
             )
             self.closed[name].extend(closed)
             self.open[name].extend(open_parts)
-
-    def _class_maps(self, band: np.ndarray) -> dict[str, tuple[np.ndarray, int]]:
-        """Per outlined class: the uint8 map to trace and its level (as the whole-map trace)."""
-        if self.scheme.exclusive:
-            masks = self.scheme.masks(band, self.threshold)
-            return {n: (m.view(np.uint8) * np.uint8(255), threshold_level(0.5)) for n, m in masks.items()}
-        t = self.threshold
-        return {
-            c.name: (band[c.channel], threshold_level(c.threshold if t is None else t))
-            for c in self.scheme.foreground
-        }
 
     def outlines(self) -> dict[str, list[Polygon]]:
         """Every class's polygons: the finished parts, and the open ones united across bands."""

@@ -81,6 +81,20 @@ class ClassScheme:
         np.copyto(out, best, where=total >= _level(t, scale))
         return out
 
+    def layers(
+        self, scores: np.ndarray, threshold: float | None = None
+    ) -> dict[str, tuple[np.ndarray, float]]:
+        """Per outlined class of a uint8 map (C, H, W), the layer its outline is traced from and
+        the threshold to trace it at: its own channel at its threshold (independent classes; a
+        run's `threshold` replaces every class's), or its 0/255 mask at 0.5 (exclusive classes,
+        decided on every channel at once)."""
+        if not self.exclusive:
+            return {
+                c.name: (scores[c.channel], c.threshold if threshold is None else threshold)
+                for c in self.foreground
+            }
+        return {n: (m.view(np.uint8) * np.uint8(255), 0.5) for n, m in self.masks(scores, threshold).items()}
+
     def foreground_score(self, scores: np.ndarray) -> np.ndarray:
         """(H, W), in the map's units: how strongly anything outlined is there, whatever the
         class (what an adaptive run refines on). Exclusive classes with a background: their

@@ -56,14 +56,18 @@ def build_mosaic_slide(
     img = np.full((rows * side, cols * side, 3), GLASS, np.uint8)
     truth = np.zeros((rows * side, cols * side), bool)
     for k, p in enumerate(pairs):
-        r, c = divmod(k, cols)
-        tile, target = load_image(p), load_target(p)
-        if tile.shape[:2] != (side, side):
-            tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)
-            target = cv2.resize(target, (side, side), interpolation=cv2.INTER_NEAREST)
-        img[r * side : (r + 1) * side, c * side : (c + 1) * side] = tile
-        truth[r * side : (r + 1) * side, c * side : (c + 1) * side] = target.astype(bool)
+        _paste(img, truth, p, *divmod(k, cols), side)
     return _write(img, truth, pairs, cols, side, out_dir, f"mosaic-{split}", tile_mpp, upscale, pyramid)
+
+
+def _paste(img: np.ndarray, truth: np.ndarray, pair, row: int, col: int, side: int) -> None:
+    """One labelled tile and its truth into cell (row, col), resized to the cell if need be."""
+    tile, target = load_image(pair), load_target(pair)
+    if tile.shape[:2] != (side, side):
+        tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)
+        target = cv2.resize(target, (side, side), interpolation=cv2.INTER_NEAREST)
+    img[row * side : (row + 1) * side, col * side : (col + 1) * side] = tile
+    truth[row * side : (row + 1) * side, col * side : (col + 1) * side] = target.astype(bool)
 
 
 def _write(img, truth, pairs, cols, side, out_dir, stem, tile_mpp, upscale, pyramid) -> MosaicSlide:
@@ -128,12 +132,7 @@ def build_section_slide(
     truth = np.zeros(img.shape[:2], bool)
     placed = list(zip(sorted(focus), tumour, strict=False)) + list(zip(others, benign, strict=False))
     for (r, q), p in placed:
-        tile, target = load_image(p), load_target(p)
-        if tile.shape[:2] != (side, side):
-            tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)
-            target = cv2.resize(target, (side, side), interpolation=cv2.INTER_NEAREST)
-        img[r * side : (r + 1) * side, q * side : (q + 1) * side] = tile
-        truth[r * side : (r + 1) * side, q * side : (q + 1) * side] = target.astype(bool)
+        _paste(img, truth, p, r, q, side)
     stem = f"section-{split}"
     return _write(
         img, truth, [p for _, p in placed], side_cells, side, out_dir, stem, tile_mpp, upscale, True

@@ -80,22 +80,25 @@ class ProbabilityMap:
             self._grids[key] = region_mask(self.region, shape, self.level0_per_model * factor, self.offset)
         return self._grids[key]
 
-    def grid(self, factor: int, channel: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """One channel on the tracing grid of `factor` and its `corner_map` inside the region,
-        made once: every re-trace at that grid only thresholds them."""
-        if (factor, channel) not in self._grids:
-            prob = coarse(self.prob[channel], factor)
-            self._grids[factor, channel] = (prob, corner_map(prob, self._inside(factor, prob.shape)))
-        return self._grids[factor, channel]
-
-    def _class_maps(self, threshold: float) -> dict[str, np.ndarray]:
-        """Exclusive classes: 0/255 per class where the scheme gives it that class, made once per
-        sensitivity (the decision needs every channel at once)."""
-        key = ("classes", threshold)
+    def _layers(self, threshold: float | None) -> dict[str, tuple[np.ndarray, float]]:
+        """The scheme's layers; exclusive ones (a decision over every channel) made once per
+        sensitivity, those of other sensitivities dropped."""
+        if not self.scheme.exclusive:
+            return self.scheme.layers(self.prob, threshold)  # views of the channels: nothing to keep
+        key = ("layers", threshold)
         if key not in self._grids:
-            masks = self.scheme.masks(self.prob, threshold)
-            self._grids = {k: v for k, v in self._grids.items() if k[0] != "classes"}
-            self._grids[key] = {name: m.view(np.uint8) * np.uint8(255) for name, m in masks.items()}
+            self._grids = {k: v for k, v in self._grids.items() if k[0] not in ("layers", "exclusive")}
+            self._grids[key] = self.scheme.layers(self.prob, threshold)
+        return self._grids[key]
+
+    def _grid(self, factor: int, name: str, layer: np.ndarray, threshold: float | None) -> tuple:
+        """A layer on the tracing grid of `factor` and its `corner_map` inside the region, made
+        once: every re-trace at that grid only thresholds them (exclusive layers: once per
+        sensitivity)."""
+        key = ("exclusive", factor, name, threshold) if self.scheme.exclusive else ("channel", factor, name)
+        if key not in self._grids:
+            prob = coarse(layer, factor)
+            self._grids[key] = (prob, corner_map(prob, self._inside(factor, prob.shape)))
         return self._grids[key]
 
     def trace(
@@ -120,12 +123,10 @@ class ProbabilityMap:
             min_area_um2,
         )
         out = {}
-        if self.scheme.exclusive:
-            for name, mask in self._class_maps(threshold).items():
-                prob = coarse(mask, factor)
-                corners = corner_map(prob, self._inside(factor, prob.shape))
-                out[name] = vectorize(prob, 0.5, *settings, min_hole_um2, corners=corners, factor=factor)
-            return out
+        for name, (layer, t) in self._layers(threshold).items():
+            prob, corners = self._grid(factor, name, layer, threshold)
+            out[name] = vectorize(prob, t, *settings, min_hole_um2, corners=corners, factor=factor)
+        return out
         for c in self.scheme.foreground:
             prob, corners = self.grid(factor, c.channel)
             t = c.threshold if threshold is None else threshold

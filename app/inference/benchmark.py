@@ -317,10 +317,6 @@ def bench_accuracy(
     sub = canvas[y0 : y0 + round(th / f), x0 : x0 + round(tw / f)]
     prob = cv2.resize(sub, (tw, th), interpolation=cv2.INTER_LINEAR)
 
-    def dice(mask: np.ndarray) -> float:
-        t = mosaic.truth
-        return float(2 * (mask & t).sum() / max(1, mask.sum() + t.sum()))
-
     out = {
         "engine": engine.name,
         "split": split,
@@ -330,8 +326,8 @@ def bench_accuracy(
         "slide_mpp": mosaic.slide_mpp,
         "read_level": plan.choice.level,
         "read_reduction": plan.choice.reduction,
-        "whole_slide_dice_outline": round(dice(drawn), 4),
-        "whole_slide_dice_probability": round(dice(prob >= 0.5), 4),
+        "whole_slide_dice_outline": round(_dice(drawn, mosaic.truth), 4),
+        "whole_slide_dice_probability": round(_dice(prob >= 0.5, mosaic.truth), 4),
         "polygons": len(result.polygons),
         "seconds": round(seconds, 1),
         "pipeline_mpix_per_s": round(result.mpix_per_s, 3),
