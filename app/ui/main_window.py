@@ -1,4 +1,4 @@
-"""The main window: wires the parts, each with one job, and owns the menus.
+"""The main window: wires the parts, each with one job (its menus: `window_menus`).
 
 - `SlideView` (and its `RegionEditor` with the tools) shows the slide and takes the mouse;
 - `AnnotationLayer` holds the outlines, the selection and the undo stack shared with the region;
@@ -29,7 +29,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.logs import log_file
 from app.ui.annotation_commands import AnnotationCommands
 from app.ui.annotation_layer import AnnotationLayer
 from app.ui.annotations_panel import AnnotationsPanel
@@ -37,9 +36,8 @@ from app.ui.banner import BannerArea
 from app.ui.classes_panel import ClassesPanel, ClassList
 from app.ui.delineation_controller import DelineationController
 from app.ui.garbage_collection import collect_garbage_on_gui_thread
-from app.ui.help_dialogs import INTENDED_USE, ShortcutsDialog, show_about
+from app.ui.help_dialogs import INTENDED_USE, ShortcutsDialog
 from app.ui.info_panel import SlideInfoPanel
-from app.ui.recent_files import RecentFiles
 from app.ui.review_panel import ReviewPanel
 from app.ui.settings_dialog import SettingsDialog, load_settings
 from app.ui.slide_session import OpenedSlide, SlideSession
@@ -47,16 +45,10 @@ from app.ui.slide_view import SlideView
 from app.ui.status_line import StatusLine
 from app.ui.tool_bar import ToolBar
 from app.ui.tools import SelectTool, SplitLineTool
+from app.ui.window_menus import EXPORTS, build_menus
 
 log = logging.getLogger(__name__)
 PREFERRED_SIZE = (1280, 820)
-EXPORTS = (
-    ("geojson", "QuPath &GeoJSON…", "GeoJSON (*.geojson)"),
-    ("asap-xml", "&ASAP XML…", "ASAP XML (*.xml)"),
-    ("png", "&Picture of the view (PNG)…", "PNG (*.png)"),
-    ("tiff-mask", "&TIFF mask…", "TIFF (*.tif)"),
-    ("csv", "&CSV measurements…", "CSV (*.csv)"),
-)
 
 
 class MainWindow(QMainWindow):
@@ -99,7 +91,7 @@ class MainWindow(QMainWindow):
         self.engine_label = self.status.engine_label
         self.level_label = self.status.level_label
         self._connect()
-        self._build_menus()
+        build_menus(self)
         self._build_toolbar()
         self.statusBar().showMessage("Open a slide: File > Open (Ctrl+O) or drop a file here")
         self.controller.worker.prepareRequested.emit(load_settings(self.settings))
@@ -232,96 +224,6 @@ class MainWindow(QMainWindow):
         self.addAction(a)
         return a
 
-    def _build_menus(self) -> None:
-        m = self.menuBar().addMenu("&File")
-        self.open_action = self._action("&Open…", self.open_dialog, QKeySequence.StandardKey.Open.name, m)
-        self.open_action.setShortcut(QKeySequence.StandardKey.Open)
-        self.recent_menu = m.addMenu("Open &Recent")
-        self.recent = RecentFiles(self.settings, self.recent_menu, self)
-        self.recent.openRequested.connect(self.open_slide)
-        m.addSeparator()
-        self._action("&Import annotations…", self.import_dialog, "Ctrl+I", m)
-        export_menu = m.addMenu("&Export")
-        for fmt, text, _ in EXPORTS:
-            self._action(text, lambda _=False, f=fmt: self.export_dialog(f), None, export_menu)
-        m.addSeparator()
-        self._action("Set &pixel size…", self.pixel_size_dialog, None, m)
-        m.addSeparator()
-        close = self._action("&Close slide", self.close_slide, None, m)
-        close.setShortcut(QKeySequence.StandardKey.Close)
-        quit_ = self._action("&Quit", self.close, None, m)
-        quit_.setShortcut(QKeySequence.StandardKey.Quit)
-
-        m = self.menuBar().addMenu("&Edit")
-        stack = self.editor.model.undo_stack
-        self.undo_action = stack.createUndoAction(self, "&Undo")
-        self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
-        self.redo_action = stack.createRedoAction(self, "&Redo")
-        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
-        for a in (self.undo_action, self.redo_action):
-            m.addAction(a)
-            self.addAction(a)
-        m.addSeparator()
-        cmd = self.commands
-        for a in (
-            cmd.select_all_action,
-            cmd.delete_action,
-            cmd.merge_action,
-            cmd.split_parts_action,
-            cmd.split_line_action,
-            cmd.lock_action,
-            cmd.accept_action,
-        ):
-            m.addAction(a)
-        self.class_menu = m.addMenu("Set c&lass")
-        self.class_menu.aboutToShow.connect(self._fill_class_menu)
-        m.addSeparator()
-        self._action("&Clear region", self.editor.model.clear, None, m)
-        m.addSeparator()
-        self.whole_slide_action = self._action(
-            "Delineate &whole slide", self.controller.start_whole_slide, "Ctrl+Shift+D", m
-        )
-        self.whole_slide_action.setToolTip("Every piece of tissue on the slide, what is on screen first")
-        self._action("Delineation &settings…", self.open_settings, "Ctrl+,", m)
-
-        m = self.menuBar().addMenu("&View")
-        for text, keys, slot in (
-            ("Zoom &in", "+", lambda: self.view.zoom_by(1.25)),
-            ("Zoom &out", "-", lambda: self.view.zoom_by(0.8)),
-            ("&Fit slide", "0", self.view.fit),
-            (
-                "&Native resolution (1:1)",
-                "1",
-                lambda: self.commands.set_class_number(1) or self.view.native(),
-            ),
-        ):
-            a = self._action(text, slot, keys, m)
-            a.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        m.addSeparator()
-        self.overlay_action = self._action(
-            "Show &model outlines", self._set_overlay_visible, "H", m, checkable=True, checked=True
-        )
-        self.overlay_action.setToolTip("Show or hide what the model drew (H)")
-        self.region_action = self._action(
-            "Show painted &region", self._set_region_visible, "Shift+H", m, checkable=True, checked=True
-        )
-        self.overview_action = self._action(
-            "&Overview",
-            lambda on: self.view.overview.setVisible(on and self.slide is not None),
-            None,
-            m,
-            checkable=True,
-            checked=True,
-        )
-        m.addSeparator()
-        for dock in (self.info_dock, self.annotations_dock, self.classes_dock):
-            m.addAction(dock.toggleViewAction())
-
-        m = self.menuBar().addMenu("&Help")
-        self._action("&Keyboard shortcuts", self.show_shortcuts, "F1", m)
-        self._action("&Self-test…", self.show_self_test, None, m)
-        self._action("&About Delineo", lambda: show_about(self, str(log_file())), None, m)
-
     def _build_toolbar(self) -> None:
         self.delineate_action = self._action("Delineate region", self.delineate, "Ctrl+D")
         self.delineate_action.setToolTip("Delineate tumour in the painted region (Ctrl+D)")
@@ -335,14 +237,6 @@ class MainWindow(QMainWindow):
         self.tool_bar.opacityChanged.connect(self._set_opacity)
         self.editor.brushChanged.connect(self._brush_changed)
         self._set_opacity(self.opacity.value())
-
-    def _fill_class_menu(self) -> None:
-        from app.ui.annotation_commands import swatch
-
-        self.class_menu.clear()
-        for i, cls in enumerate(self.classes.classes, start=1):
-            a = self.class_menu.addAction(swatch(cls.color), f"{cls.name}\t{i}" if i <= 9 else cls.name)
-            a.triggered.connect(lambda _=False, c=cls: self.commands.set_class(c))
 
     def show_self_test(self) -> None:
         from app.ui.self_test_dialog import SelfTestDialog
