@@ -14,7 +14,7 @@ from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
 from app.core.class_scores import ClassScheme, threshold_level
-from app.core.tracing import coarse, corner_map, finish_open_parts, region_mask, trace_band, within_region
+from app.core.tracing import coarse, finish_open_parts, masked_map, region_mask, trace_band, within_region
 
 
 class BandOutliner:
@@ -68,12 +68,12 @@ class BandOutliner:
             offset = (ox, oy + start * self.scale)
             if inside is None or inside.shape != grid.shape:
                 inside = region_mask(self.region, grid.shape, self.scale, offset)
-            corners = corner_map(grid, inside)
+            masked = masked_map(grid, inside)
             bottom = start + grid.shape[0]
             borders = ((0, start > 0), (grid.shape[0], bottom < self.last_row))
             open_rows = tuple(r for r, is_border in borders if is_border)
             closed, open_parts = trace_band(
-                corners, level, self.scale, offset, self.simplify, self.min_area, self.min_hole, open_rows
+                masked, level, self.scale, offset, self.simplify, self.min_area, self.min_hole, open_rows
             )
             self.closed[name].extend(closed)
             self.open[name].extend(open_parts)

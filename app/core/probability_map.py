@@ -26,7 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from app.core.annotations import Annotation, Provenance
 from app.core.class_scores import SINGLE_TUMOUR, ClassScheme, OutputClass
 from app.core.file_modes import make_ordinary
-from app.core.tracing import coarse, corner_map, region_mask, trace_factor, vectorize
+from app.core.tracing import coarse, masked_map, region_mask, trace_factor, vectorize
 from app.errors import DelineoError
 
 FORMAT = "delineo-probability-map"
@@ -92,13 +92,13 @@ class ProbabilityMap:
         return self._grids[key]
 
     def _grid(self, factor: int, name: str, layer: np.ndarray, threshold: float | None) -> tuple:
-        """A layer on the tracing grid of `factor` and its `corner_map` inside the region, made
+        """A layer on the tracing grid of `factor` and its `masked_map` inside the region, made
         once: every re-trace at that grid only thresholds them (exclusive layers: once per
         sensitivity)."""
         key = ("exclusive", factor, name, threshold) if self.scheme.exclusive else ("channel", factor, name)
         if key not in self._grids:
             prob = coarse(layer, factor)
-            self._grids[key] = (prob, corner_map(prob, self._inside(factor, prob.shape)))
+            self._grids[key] = (prob, masked_map(prob, self._inside(factor, prob.shape)))
         return self._grids[key]
 
     def trace(
@@ -124,13 +124,8 @@ class ProbabilityMap:
         )
         out = {}
         for name, (layer, t) in self._layers(threshold).items():
-            prob, corners = self._grid(factor, name, layer, threshold)
-            out[name] = vectorize(prob, t, *settings, min_hole_um2, corners=corners, factor=factor)
-        return out
-        for c in self.scheme.foreground:
-            prob, corners = self.grid(factor, c.channel)
-            t = c.threshold if threshold is None else threshold
-            out[c.name] = vectorize(prob, t, *settings, min_hole_um2, corners=corners, factor=factor)
+            prob, masked = self._grid(factor, name, layer, threshold)
+            out[name] = vectorize(prob, t, *settings, min_hole_um2, masked=masked, factor=factor)
         return out
 
     def provenance(self, threshold: float, min_area_um2: float) -> Provenance:

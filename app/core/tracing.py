@@ -7,15 +7,17 @@ uint8 map, so a re-trace at the run's own settings gives exactly the run's polyg
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import shapely
 import shapely.prepared
-from shapely.geometry import Polygon
+from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from app.core.class_scores import threshold_level
 from app.core.geometry import polygonal, rasterize
+from app.core.pixel_rings import Rings, trace_rings
+
+MAX_TOLERANCE_PX = 0.49  # Douglas-Peucker tolerance in traced pixels: under half of one
 
 
 def trace_factor(simplify_um: float, model_px_um: float) -> int:
@@ -32,7 +34,9 @@ def coarse(prob: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return prob
     h, w = prob.shape[0] // factor, prob.shape[1] // factor
-    return cv2.resize(prob[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA)
+    blocks = prob[: h * factor, : w * factor].reshape(h, factor, w, factor)
+    total = blocks.sum(axis=(1, 3), dtype=np.uint32)
+    return ((total + factor * factor // 2) // (factor * factor)).astype(np.uint8)
 
 
 def region_mask(
@@ -42,43 +46,14 @@ def region_mask(
     return rasterize(region, shape, level0_per_model, offset).view(np.uint8) * np.uint8(255)
 
 
-_KERNEL_2X2 = np.ones((2, 2), np.uint8)
+def masked_map(prob: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The map with every pixel outside the region zero (uint8, made once per map and kept):
+    every re-trace only thresholds it."""
+    return np.bitwise_and(prob, inside)
 
 
-def corner_map(prob: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """(h + 1, w + 1) uint8: at corner (x, y) of the pixel grid, the highest probability of the
-    (up to four) region pixels touching it. Thresholded, it is the set of corners a tumour pixel
-    touches, which traced at its pixel centres gives the outline along the pixels' edges
-    directly: no half-pixel buffer to offset centre lines (that buffer was most of a trace's
-    time), and since a 2x2 maximum and a threshold commute, it is made once per map and every
-    re-trace only thresholds it."""
-    h, w = prob.shape
-    masked = cv2.bitwise_and(prob, inside)
-    padded = cv2.copyMakeBorder(masked, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    return cv2.dilate(padded, _KERNEL_2X2, anchor=(0, 0))[: h + 1, : w + 1].copy()
-
-
-def _bridge_pinches(grid: np.ndarray, passes: int = 2) -> bool:
-    """Fill the 2x2 windows of two diagonal corners with nothing beside them (in place): traced
-    8-connected, they would pinch a ring into an invalid figure of eight. The bridge joins two
-    pixels that touch diagonally across a gap pixel, adding 3 pixels² at most (0.1% of the
-    area on the benchmark run). True when none is left (a bridge can make a new one, rarely)."""
-    marks = np.zeros_like(grid)
-    for _ in range(passes):
-        a, b, c, d = grid[:-1, :-1], grid[:-1, 1:], grid[1:, :-1], grid[1:, 1:]
-        pinch = marks[:-1, :-1]  # marked at the window's top left
-        np.bitwise_xor(a, b, out=pinch)
-        pinch &= np.bitwise_xor(a, c)
-        pinch &= ~np.bitwise_xor(a, d)
-        pinch &= 1
-        if not cv2.countNonZero(pinch):
-            return True
-        grid |= cv2.dilate(marks, _KERNEL_2X2, anchor=(1, 1))  # the whole window
-    return False
-
-
-def trace_corners(
-    corners: np.ndarray,
+def trace_masked(
+    masked: np.ndarray,
     level: int,
     scale: float,
     offset: tuple[float, float],
@@ -87,15 +62,15 @@ def trace_corners(
     min_hole: float = 0.0,
 ) -> list[Polygon]:
     """Polygons with holes along the edges of the pixels at or above `level` (see
-    `corner_map`); mask pixel (x, y) covers level-0 [x*scale + ox, (x+1)*scale + ox).
+    `masked_map`); mask pixel (x, y) covers level-0 [x*scale + ox, (x+1)*scale + ox).
     `simplify`, `min_area` and `min_hole` are in level-0 units (px, px²): parts smaller than
-    `min_area` are dropped and holes smaller than `min_hole` filled, judged on the contours
+    `min_area` are dropped and holes smaller than `min_hole` filled, judged on the rings
     before any polygon is built (specks never reach shapely)."""
-    return trace_band(corners, level, scale, offset, simplify, min_area, min_hole)[0]
+    return trace_band(masked, level, scale, offset, simplify, min_area, min_hole)[0]
 
 
 def trace_band(
-    corners: np.ndarray,
+    masked: np.ndarray,
     level: int,
     scale: float,
     offset: tuple[float, float],
@@ -104,62 +79,82 @@ def trace_band(
     min_hole: float = 0.0,
     open_rows: tuple[int, ...] = (),
 ) -> tuple[list[Polygon], list[Polygon]]:
-    """`trace_corners` of one band of a larger map: (finished polygons, open polygons). A part
-    touching a corner row in `open_rows` (0, or the last, where the band meets a neighbour not
-    traced with it) is open: returned whole, neither simplified nor filtered, for
-    `finish_open_parts` once it is united with the neighbour's side."""
-    _, grid = cv2.threshold(corners, max(1, level) - 1, 1, cv2.THRESH_BINARY)
-    pinch_free = _bridge_pinches(grid)
-    contours, hierarchy = cv2.findContours(grid, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    if hierarchy is None:
+    """`trace_masked` of one band of a larger map: (finished polygons, open polygons). A part
+    touching a vertex row in `open_rows` (0, or the band's height, where the band meets a
+    neighbour not traced with it) is open: returned whole, neither simplified nor filtered,
+    for `finish_open_parts` once it is united with the neighbour's side."""
+    rings = trace_rings(masked >= max(1, level), bridge=True)
+    pinch_free = not rings.pinched
+    if not len(rings):
         return [], []
-    hierarchy = hierarchy[0]
-    ox, oy = offset
-    tolerance = min(simplify / scale, 0.5)  # in mask pixels; at most half of one (see below)
     outer_floor, hole_floor = min_area / (scale * scale), min_hole / (scale * scale)
+    is_outer = rings.area > 0
+    is_open = np.zeros(len(rings), bool)
+    if open_rows:
+        is_open = np.isin(rings.row_min, open_rows) | np.isin(rings.row_max, open_rows)
+    keep = is_outer & (is_open | (rings.area >= outer_floor))
+    if not keep.any():
+        return [], []
+    parent = _hole_parents(rings, keep, hole_floor if not is_open.any() else 0.0)
+    holes = np.flatnonzero(parent >= 0)
+    holes = holes[is_open[parent[holes]] | (-rings.area[holes] >= hole_floor)]
 
-    def ring(c: np.ndarray, thin: bool) -> np.ndarray:
-        if thin and tolerance > 0 and len(c) > 4:
-            fewer = cv2.approxPolyDP(c, tolerance, True)
-            c = fewer if len(fewer) >= 3 else c
-        return c[:, 0, :] * scale + (ox, oy)
-
-    polys, open_parts = [], []
-    for i in np.flatnonzero(hierarchy[:, 3] == -1):
-        c = contours[i]
-        rows = c[:, 0, 1]
-        is_open = bool(open_rows) and (int(rows.min()) in open_rows or int(rows.max()) in open_rows)
-        if len(c) < 3 or (not is_open and cv2.contourArea(c) < outer_floor):
-            continue
-        holes = []
-        child = hierarchy[i][2]
-        while child != -1:
-            hole = contours[child]
-            if len(hole) >= 3 and (is_open or cv2.contourArea(hole) >= hole_floor):
-                holes.append(ring(hole, not is_open))
-            child = hierarchy[child][0]
-        (open_parts if is_open else polys).append(Polygon(ring(c, not is_open), holes))
+    # Every kept ring, shells first then holes, as rings of level-0 coordinates.
+    shells = np.flatnonzero(keep)
+    order = np.concatenate([shells, holes[np.argsort(parent[holes], kind="stable")]])
+    owner = np.concatenate([shells, parent[holes][np.argsort(parent[holes], kind="stable")]])
+    lines = rings.linear_rings(order, scale, offset)
+    tolerance = min(simplify / scale, MAX_TOLERANCE_PX) * scale  # under half a mask pixel (below)
+    if tolerance > 0:
+        thin = ~is_open[owner] & (np.diff(rings.start)[order] > 4)
+        fewer = shapely.simplify(lines[thin], tolerance, preserve_topology=False)
+        enough = shapely.get_num_coordinates(fewer) >= 4
+        lines[np.flatnonzero(thin)[enough]] = fewer[enough]
+    by_owner = np.argsort(owner, kind="stable")  # each shell before its holes
+    _, index = np.unique(owner[by_owner], return_inverse=True)
+    made = shapely.polygons(lines[by_owner], indices=index)
+    made_open = is_open[np.unique(owner)]
+    polys = [p for p, o in zip(made, made_open, strict=True) if not o]
+    open_parts = [p for p, o in zip(made, made_open, strict=True) if o]
     if open_parts and not pinch_free:
         open_parts = [q for p in open_parts for q in _valid_parts(p)]
     if not polys:
         return [], open_parts
-    # Pixel-edge rings without pinches are simple, and Douglas-Peucker below half a pixel keeps
-    # a ring off itself; but rings are simplified one by one, so a hole may cross its outline:
-    # polygons with holes (all of them if a pinch was left) are checked, the rare bad one
-    # repaired. Checking every polygon would be a third of a re-trace.
-    check = [i for i, p in enumerate(polys) if p.interiors or not pinch_free]
-    if check:
-        geoms = np.empty(len(check), dtype=object)
-        geoms[:] = [polys[i] for i in check]
-        for i, ok in zip(check, shapely.is_valid(geoms), strict=True):
-            if not ok:
-                polys[i] = _repair(polys[i])
+    # Distinct pixel-edge rings are at least a pixel apart (bridged rings never touch), and
+    # Douglas-Peucker moves no point of a ring by more than its tolerance, under half a pixel:
+    # simplified rings stay apart, so the polygons are valid as built. Where a pinch was left
+    # (a bridge made a new one, rarely) they are checked and the bad ones repaired.
+    if not pinch_free:
+        polys = [q for p in polys for q in _valid_parts(p)]
     out = []
     for p in polys:
         for part in getattr(p, "geoms", [p]):
             if isinstance(part, Polygon) and not part.is_empty and part.area >= min_area:
                 out.append(part)
     return out, open_parts
+
+
+def _hole_parents(rings: Rings, shells: np.ndarray, hole_floor: float) -> np.ndarray:
+    """For each hole of at least `hole_floor` (mask px²), the kept outline it lies in (the
+    smallest one around a point inside it); -1 for the others (filled)."""
+    parent = np.full(len(rings), -1, np.int64)
+    holes = np.flatnonzero((rings.area < 0) & (-rings.area >= max(hole_floor, 1.0)))
+    if not len(holes):
+        return parent
+    # Only an outline larger than a hole can hold it; nested islands count, kept or not.
+    smallest = (-rings.area[holes]).min()
+    candidates = np.flatnonzero((rings.area > 0) & (rings.area > smallest))
+    if not len(candidates):
+        return parent
+    outlines = shapely.polygons(rings.linear_rings(candidates))
+    points = shapely.points(rings.inner[holes])
+    hit, tree_idx = shapely.STRtree(outlines).query(points, predicate="within")
+    area = rings.area[candidates[tree_idx]]
+    pick = np.lexsort((area, hit))
+    first = np.r_[True, hit[pick][1:] != hit[pick][:-1]]
+    owner = candidates[tree_idx[pick][first]]
+    parent[holes[hit[pick][first]]] = np.where(shells[owner], owner, -1)
+    return parent
 
 
 def finish_open_parts(
@@ -170,7 +165,7 @@ def finish_open_parts(
     if not parts:
         return []
     united = _bridged(polygonal(shapely.union_all(parts)), scale)
-    tolerance = min(simplify, 0.5 * scale)
+    tolerance = min(simplify, MAX_TOLERANCE_PX * scale)
     out = []
     for p in getattr(united, "geoms", [united]):
         if not isinstance(p, Polygon) or p.is_empty:
@@ -185,15 +180,16 @@ def finish_open_parts(
 
 
 def _bridged(united: BaseGeometry, scale: float) -> BaseGeometry:
-    """Parts of two bands that meet at a point only (pixels touching diagonally across the
-    border) joined by the diamond the whole-map trace bridges them with (see _bridge_pinches),
-    so a band border never splits what tracing the map at once keeps whole."""
+    """Parts that meet at a point only (pixels touching diagonally, left by the bands' traces)
+    joined by the pixel the whole-map trace bridges them with (the upper one of the window's
+    two empty pixels, see pixel_rings._bridge), so a band border never splits what tracing
+    the map at once keeps whole."""
     pieces = list(getattr(united, "geoms", [united]))
     if len(pieces) < 2:
         return united
     tree = shapely.STRtree(pieces)
     left, right = tree.query(pieces, predicate="touches")
-    diamonds = []
+    bridges = []
     for i, j in zip(left, right, strict=True):
         if i >= j:
             continue
@@ -201,8 +197,10 @@ def _bridged(united: BaseGeometry, scale: float) -> BaseGeometry:
         for g in getattr(touch, "geoms", [touch]):
             if g.geom_type == "Point":
                 x, y = g.x, g.y
-                diamonds.append(Polygon([(x - scale, y), (x, y + scale), (x + scale, y), (x, y - scale)]))
-    return polygonal(shapely.union_all(pieces + diamonds)) if diamonds else united
+                upper_left = box(x - scale, y - scale, x, y)
+                taken = united.covers(upper_left.centroid)
+                bridges.append(box(x, y - scale, x + scale, y) if taken else upper_left)
+    return polygonal(shapely.union_all(pieces + bridges)) if bridges else united
 
 
 def _valid_parts(p: Polygon) -> list[Polygon]:
@@ -227,23 +225,23 @@ def vectorize(
     simplify_um: float,
     min_area_um2: float,
     min_hole_um2: float = 0.0,
-    corners: np.ndarray | None = None,
+    masked: np.ndarray | None = None,
     factor: int = 1,
 ) -> list[Polygon]:
     """Tumour polygons with holes, in level-0 pixels, where `prob` (uint8, 255 = 1.0, model
     pixels whose (0, 0) is level-0 `offset`) is at least `threshold`, inside the painted
-    region only. `prob` may be the `coarse` map of `factor`; `corners` is its `corner_map`
+    region only. `prob` may be the `coarse` map of `factor`; `masked` is its `masked_map`
     when the caller keeps one. Parts
     smaller than `min_area_um2` are dropped and holes smaller than `min_hole_um2` filled: a
     pathologist outlines tumour, not single cells or lumens."""
     if prob.dtype != np.uint8:
         raise TypeError("vectorize takes the uint8 map (255 = 1.0)")
     s = level0_per_model * factor
-    if corners is None:
-        corners = corner_map(prob, region_mask(region, prob.shape, s, offset))
+    if masked is None:
+        masked = masked_map(prob, region_mask(region, prob.shape, s, offset))
     px_per_um = 1.0 / slide_mpp
-    polys = trace_corners(
-        corners,
+    polys = trace_masked(
+        masked,
         threshold_level(threshold),
         s,
         offset,
