@@ -53,6 +53,8 @@ _DROPPED = (
     "openvino_gguf_frontend",
     "libopenvino_c.",  # OpenVINO's C API; the Python bindings use the C++ one
     "libtbbmalloc_proxy",  # replaces malloc process-wide when preloaded; never wanted here
+    # A model's PyTorch weights: for `delineo train --init` only, never loaded by the app.
+    "model-fp32.pt",
     # Pillow's AVIF plugin and its codec library: the app reads no AVIF.
     "PIL/_avif",
     "pillow.libs/libavif",

@@ -99,3 +99,16 @@ def test_convert_for_ascend_with_a_bad_out_is_exit_2(tmp_path):
     a_file.write_text("x")
     r = run_delineo("convert", "--target", "ascend", "ebhi-tumour-resunet", "--out", str(a_file), timeout=120)
     assert r.returncode == 2 and "--out" in r.stderr and "internal error" not in r.stderr, r.stderr
+
+
+def test_the_training_weights_may_be_absent_but_never_damaged(model_copy):
+    """The app leaves the PyTorch weights out (training only): a card without them verifies,
+    and a damaged copy of them is still caught."""
+    card = ModelCard.load(model_copy)
+    pt = model_copy / card.files["torch-fp32"]["path"]
+    _flip_bytes(pt)
+    assert card.verify() == ["torch-fp32"]
+    pt.unlink()
+    assert card.verify() == [] and "torch-fp32" not in card.checked_files()
+    (model_copy / card.files["onnx-fp32"]["path"]).unlink()  # a runtime file is never optional
+    assert card.verify() == ["onnx-fp32"]

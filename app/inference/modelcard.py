@@ -36,6 +36,9 @@ ACTIVATIONS = ("sigmoid", "softmax", "none")
 CHANNEL_ORDERS = ("RGB", "BGR")
 
 
+TRAINING_ONLY_FILES = ("torch-fp32",)  # files keys no engine loads
+
+
 class ModelCardError(DelineoError):
     """A model folder or card that cannot be used; the message names it and the fix."""
 
@@ -148,14 +151,23 @@ class ModelCard:
             "tampered with); reinstall the model or convert it again"
         )
 
+    def checked_files(self) -> list[str]:
+        """The card's files to check: all but a training-only file that is absent (the PyTorch
+        weights, for `train --init`, are left out of the app; present, they are checked)."""
+        return [
+            k
+            for k in self.files
+            if not (k in TRAINING_ONLY_FILES and not (self.path / self.files[k]["path"]).exists())
+        ]
+
     def verify(self) -> list[str]:
         """Keys of the files whose sha256 does not match the card (empty when all match)."""
-        return [key for key in self.files if self._mismatch(key) is not None]
+        return [key for key in self.checked_files() if self._mismatch(key) is not None]
 
     def check_integrity(self) -> None:
         """Every file the card lists matches its sha256, or ModelIntegrityError naming the first
         that does not (what a server checks before it starts)."""
-        for key in self.files:
+        for key in self.checked_files():
             bad = self._mismatch(key)
             if bad is not None:
                 raise ModelIntegrityError(self._mismatch_message(bad))

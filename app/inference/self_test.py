@@ -104,7 +104,7 @@ class _Context:
             names = ", ".join(str(p) for p in _damaged_files(card, bad))
             raise DelineoError(f"damaged or missing (sha256 differs from card.json): {names}; reinstall")
         self.card = card
-        return f"{card.name} {card.version}: {len(card.files)} files match card.json ({card.path})"
+        return f"{card.name} {card.version}: {len(card.checked_files())} files match card.json ({card.path})"
 
     def engine_run(self, engine: str, precision: str, device: str = "CPU") -> str:
         from app.inference.engine_registry import create_engine
