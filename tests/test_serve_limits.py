@@ -197,3 +197,22 @@ def test_a_body_shorter_than_its_length_times_out_and_a_full_server_answers_503(
     # Its bytes no longer count: another 60 MiB is admitted now (and, sent short, times out too).
     answer = _raw_post(raw_server, {"Content-Length": str(60 << 20), BINARY: "100"}, b"{" * 10)
     assert answer.startswith(b"HTTP/1.1 408"), answer
+
+
+def test_the_json_answer_limit_counts_every_class_channel():
+    """Two 512² tiles fit a one-class answer in JSON numbers; a four-class model's answer to
+    the same request is four times longer and refused (413, asking for binary data)."""
+    from app.serve.codec import InputContract, RequestError, parse_request
+    from app.serve.limits import Limits
+
+    body, n = encode_request("tiles", np.zeros((2, 512, 512, 3), np.uint8), "UINT8", "probability")
+    head = json.loads(body[:n])
+    head["outputs"] = [{"name": "probability", "parameters": {"binary_data": False}}]
+    new_head = json.dumps(head).encode()
+    request = new_head + body[n:]
+    one = InputContract("tiles", "UINT8", 3, 32, Limits(), classes=1)
+    assert parse_request(request, len(new_head), one).tiles.shape == (2, 512, 512, 3)
+    four = InputContract("tiles", "UINT8", 3, 32, Limits(), classes=4)
+    with pytest.raises(RequestError, match="4 per pixel") as refused:
+        parse_request(request, len(new_head), four)
+    assert refused.value.status == 413 and "binary_data" in refused.value.message

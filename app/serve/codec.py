@@ -41,6 +41,7 @@ class InputContract:
     channel_axis: int  # 3 for NHWC, 1 for NCHW
     multiple: int  # raw input must already be padded to it (uint8 tiles are padded here)
     limits: Limits
+    classes: int = 1  # output channels: a JSON answer holds this many numbers per pixel
 
     @property
     def layout(self) -> str:
@@ -115,11 +116,12 @@ def parse_request(body: bytes, json_length: int | None, contract: InputContract)
     if contract.channel_axis == 1 and (h % contract.multiple or w % contract.multiple):
         raise _bad(f"tile size {h} x {w}: pad to a multiple of {contract.multiple}")
     binary_output = _wants_binary(head)
-    if not binary_output and n * h * w > lim.max_json_output_pixels:
+    numbers = n * contract.classes * h * w
+    if not binary_output and numbers > lim.max_json_output_pixels:
         raise RequestError(
             413,
-            f"{n * h * w} probabilities are too many to send as JSON numbers (limit "
-            f"{lim.max_json_output_pixels}); ask for output '{OUTPUT}' with binary_data: true",
+            f"{numbers} probabilities ({contract.classes} per pixel) are too many to send as JSON numbers "
+            f"(limit {lim.max_json_output_pixels}); ask for output '{OUTPUT}' with binary_data: true",
         )
     dtype = np.dtype(DTYPES[datatype])
     arr = _tensor(body, json_length, spec, shape, dtype)

@@ -146,7 +146,9 @@ def build_app(
     runtime = in_low_priority_thread(lambda: TileRuntime(card, provider, threads, precision))
     raw = runtime.raw_input() if raw_input else None
     spec = raw or {"name": INPUT, "datatype": "UINT8"}
-    contract = InputContract(spec["name"], spec["datatype"], 1 if raw else 3, card.multiple, limits)
+    contract = InputContract(
+        spec["name"], spec["datatype"], 1 if raw else 3, card.multiple, limits, classes=card.channels
+    )
     problem = limits.check(contract.datatype)
     if problem:
         raise ServeError(f"server limits: {problem}")
