@@ -56,17 +56,6 @@ class Rings:
         return shapely.linearrings(coords, indices=np.repeat(np.arange(len(which)), counts))
 
 
-def _true_at(a: np.ndarray) -> np.ndarray:
-    """Flat indices of a C-contiguous bool array's True entries, ascending (np.flatnonzero,
-    twice as fast on the sparse boundaries here: zero 8-byte words are skipped whole)."""
-    flat = a.reshape(-1).view(np.uint8)
-    if len(flat) % 8:
-        return np.flatnonzero(flat)
-    words = np.flatnonzero(flat.view(np.uint64))
-    row, byte = np.nonzero(flat.reshape(-1, 8)[words])
-    return words[row] * 8 + byte
-
-
 class _Edges:
     """A padded grid and its two transition maps: `across[y, x]`, the unit edge along vertex
     row y under pixel column x; `down[x, y]` (stored transposed, so a column reads as a row),
@@ -86,7 +75,7 @@ class _Edges:
         s &= fg[:-1, 1:-2] != fg[:-1, 2:-1]
         if not s.any():
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        y, x = np.divmod(_true_at(s), s.shape[1])
+        y, x = np.divmod(np.flatnonzero(s), s.shape[1])
         return x + 1, y
 
     def saddles_at(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +126,7 @@ def _runs(edges: _Edges, transposed: bool) -> tuple[np.ndarray, ...]:
     vertex column `line`), sorted by line then start."""
     step, fg = (edges.down, edges.fg_t) if transposed else (edges.across, edges.fg)
     width = step.shape[1]
-    flat = _true_at(step)
+    flat = np.flatnonzero(step)
     if not len(flat):
         z = np.zeros(0, np.int64)
         return z, z, z, np.zeros(0, bool)

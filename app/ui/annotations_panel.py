@@ -1,5 +1,5 @@
 """The annotations list: class, area, review state and origin of each outline, sortable, with
-the per-class totals under it. Totals are the area of the union per class (what the PNG legend,
+the per-class totals above it. Totals are the area of the union per class (what the PNG legend,
 the CSV and `delineo annotations` say too), never a sum of overlapping outlines."""
 
 from __future__ import annotations
@@ -85,8 +85,11 @@ class AnnotationsPanel(QWidget):
         self.summary.setTextFormat(Qt.TextFormat.RichText)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.table)
+        # Totals above the list: a line per class stays in view however short the dock is, and
+        # the list (which scrolls anyway) takes what height is left.
         layout.addWidget(self.summary)
+        layout.addWidget(self.table, 1)
+        self.table.setMinimumHeight(3 * rows.defaultSectionSize())
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.itemDoubleClicked.connect(lambda item: self.activated.emit(item.data(ID_ROLE)))
 
