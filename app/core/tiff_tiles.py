@@ -9,7 +9,7 @@ every model tile, so it decodes the tiles itself. Neighbouring model tiles overl
 JPEG tiles at their edges, so decoded tiles are kept in a small LRU.
 
 Each level can also be decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling (through
-OpenCV): fewer pixels to convert and nothing to resize. To the pipeline these are levels the
+Pillow's draft mode): fewer pixels to convert and nothing to resize. To the pipeline these are levels the
 slide does not store: a 20x scan (0.5 µm/px, levels at 4x steps) has its 1 µm/px level after all.
 Anything unusual (another compression, planar data, a page whose size does not match the level)
 is left to OpenSlide.
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from io import BytesIO
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image
 
 from app.core.lru_cache import ByteLRU
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 JPEG = 7  # TIFF compression tag value
 DECODED_CACHE_BYTES = 48 * 2**20
-REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+REDUCTIONS = (2, 4, 8)  # the DCT scalings libjpeg decodes at
 
 
 def _adobe_marker(transform: int) -> bytes:
@@ -76,7 +77,7 @@ class JpegTiffLevels:
         page = self.pages.get(level)
         if page is None:
             return ()
-        return (1, *(f for f in REDUCED_FLAGS if page.tilewidth % f == 0 and page.tilelength % f == 0))
+        return (1, *(f for f in REDUCTIONS if page.tilewidth % f == 0 and page.tilelength % f == 0))
 
     def read(self, level: int, x: int, y: int, w: int, h: int, reduction: int = 1) -> np.ndarray | None:
         """RGB (h, w, 3) from (x, y) of `level` decoded at 1/`reduction` size (all in those
@@ -133,18 +134,24 @@ class JpegTiffLevels:
 
 def _decode_reduced(data: bytes, tables: bytes | None, photometric: int, factor: int) -> np.ndarray:
     """One abbreviated TIFF JPEG tile, completed with the page's tables and its colour space,
-    decoded by libjpeg at 1/factor size."""
+    decoded by libjpeg at 1/factor size (Pillow's draft picks the DCT scaling)."""
     if data[:2] != b"\xff\xd8":
         raise ValueError("not a JPEG tile")
     stream = b"\xff\xd8" + _adobe_marker(0 if photometric == 2 else 1)
     if tables:
         stream += tables[2:-2]  # the tables' own SOI and EOI dropped
     stream += data[2:]
-    flags = REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
-    bgr = cv2.imdecode(np.frombuffer(stream, np.uint8), flags)
-    if bgr is None:
-        raise ValueError("libjpeg could not decode the tile")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:
+        with Image.open(BytesIO(stream), formats=["JPEG"]) as im:
+            w, h = im.size
+            want = (-(-w // factor), -(-h // factor))
+            im.draft("RGB", want)
+            if im.size != want:
+                raise ValueError(f"libjpeg decoded a {w} x {h} tile at {im.size}, not {want}")
+            im.load()
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"libjpeg could not decode the tile: {e}") from None
 
 
 def _plain_jpeg_tiles(page, size: tuple[int, int]) -> bool:
