@@ -133,6 +133,8 @@ def test_rasterize_fills_overlapping_parts_and_clears_holes_on_pixel_edges():
     want[5:15, 45:70] = True
     assert np.array_equal(m, want)
     assert not rasterize(Polygon(), (5, 5), 1.0, (0.0, 0.0)).any()
+    assert rasterize(box(-100, -100, 100, 100), (5, 7), 1.0, (0.0, 0.0)).all()  # past every side
+    assert not rasterize(box(-100, 0, -1, 5), (5, 7), 1.0, (0.0, 0.0)).any()  # left of the mask
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32, bool])

@@ -125,9 +125,15 @@ def rasterize(
     x0, y0, x1, y1, lo, hi = x0[keep], y0[keep], x1[keep], y1[keep], lo[keep], hi[keep]
     direction = np.where(y1 > y0, 1, -1).astype(np.int16)
     slope = (x1 - x0) / (y1 - y0)
-    width = w + 1  # a mark right of the last pixel changes nothing, but has a place to go
+    # Only the columns between the leftmost and the rightmost crossing can be inside: left of
+    # them no edge is crossed yet, right of them every ring has been crossed in and out.
+    c0 = int(np.clip(np.ceil(min(x0.min(), x1.min()) - 0.5), 0, w))
+    c1 = int(np.clip(np.ceil(max(x0.max(), x1.max()) - 0.5), 0, w))
+    if c1 <= c0:
+        return out
+    width = c1 - c0 + 1  # a mark at c1 changes nothing, but has a place to go
     chunk = max(1, _CHUNK_MARKS // width)
-    for r0 in range(0, h, chunk):
+    for r0 in range(int(lo.min()), int(hi.max()), chunk):
         r1 = min(h, r0 + chunk)
         e = np.flatnonzero((lo < r1) & (hi > r0))
         if e.size == 0:
@@ -135,15 +141,13 @@ def rasterize(
         first, last = np.maximum(lo[e], r0), np.minimum(hi[e], r1)
         counts = last - first
         edge = np.repeat(e, counts)
-        row = np.repeat(first, counts) + (
-            np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        )
+        row = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts - first, counts)
         x = x0[edge] + (row + 0.5 - y0[edge]) * slope[edge]
-        col = np.clip(np.ceil(x - 0.5), 0, w).astype(np.int64)
+        col = np.clip(np.ceil(x - 0.5), c0, c1).astype(np.int64) - c0
         marks = np.zeros((r1 - r0) * width, np.int16)  # windings beyond 32767 parts deep: none
         np.add.at(marks, (row - r0) * width + col, direction[edge])
-        winding = np.cumsum(marks.reshape(r1 - r0, width)[:, :w], axis=1, dtype=np.int16)
-        out[r0:r1] = winding != 0
+        winding = np.cumsum(marks.reshape(r1 - r0, width)[:, :-1], axis=1, dtype=np.int16)
+        out[r0:r1, c0:c1] = winding != 0
     return out
 
 
