@@ -169,8 +169,6 @@ def wrong_rank_onnx(path: Path) -> Path:
 def shapes_slide(path: Path, mpp: float = 0.5, side: int = 2048) -> tuple[Path, dict[str, float]]:
     """A pyramidal TIFF (`mpp` µm/px) of a red rectangle, a green disk and a blue rectangle on
     white; returns the path and each shape's drawn area in µm²."""
-    import cv2
-
     from app.core.pyramid_tiff import array_source, level_sizes, write_pyramidal_tiff
 
     img = np.full((side, side, 3), WHITE, np.uint8)
@@ -178,9 +176,10 @@ def shapes_slide(path: Path, mpp: float = 0.5, side: int = 2048) -> tuple[Path, 
     red = (int(200 * s), int(240 * s), int(900 * s), int(760 * s))  # x0, y0, x1, y1
     cx, cy, r = int(1450 * s), int(600 * s), int(330 * s)
     blue = (int(500 * s), int(1200 * s), int(1700 * s), int(1750 * s))
-    cv2.rectangle(img, red[:2], (red[2] - 1, red[3] - 1), COLOURS["red"], -1)
-    cv2.circle(img, (cx, cy), r, COLOURS["green"], -1, lineType=cv2.LINE_8)
-    cv2.rectangle(img, blue[:2], (blue[2] - 1, blue[3] - 1), COLOURS["blue"], -1)
+    img[red[1] : red[3], red[0] : red[2]] = COLOURS["red"]
+    yy, xx = np.ogrid[:side, :side]
+    img[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = COLOURS["green"]
+    img[blue[1] : blue[3], blue[0] : blue[2]] = COLOURS["blue"]
     sizes = level_sizes(side, side, 2, 256)
     write_pyramidal_tiff(path, array_source(img, sizes), sizes, mpp=mpp, compression="zlib")
     px = mpp * mpp

@@ -11,12 +11,12 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import shapely
 import tifffile
 from conftest import SAMPLE_SVS
+from gaussian import gaussian_blur
 from shapely.geometry import box
 
 from app.core import export
@@ -60,8 +60,8 @@ def luminance(rgb: np.ndarray) -> np.ndarray:
     aligned to whole pixels, so single nuclei are not comparable)."""
     grey = rgb.astype(np.float32).mean(axis=-1)
     if grey.ndim == 2:
-        return cv2.GaussianBlur(grey, (0, 0), 3)
-    return np.stack([cv2.GaussianBlur(g, (0, 0), 3) for g in grey])
+        return gaussian_blur(grey, 3)
+    return np.stack([gaussian_blur(g, 3) for g in grey])
 
 
 class ColourRule(Engine):

@@ -4,9 +4,11 @@ the frozen app itself (.ci/test-frozen-app builds it and runs it from an empty e
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,41 @@ def test_frozen_app_finds_resources_inside_the_bundle(tmp_path):
     assert Path(sample) == tmp_path / "resources" / "samples" / "CMU-1-Small-Region.svs"
     assert Path(models) == tmp_path / "resources" / "models"
     assert Path(fonts) == tmp_path / "resources" / "fonts"
+
+
+# The tracer's modules still use OpenCV until its NumPy rewrite lands (the integrator's branch).
+
+
+def _imports_cv2(path: Path) -> list[int]:
+    """The lines of `path` that import cv2, at any depth (inside functions too)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            continue
+        if any(n.split(".")[0] == "cv2" for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_nothing_imports_opencv_and_no_install_brings_it():
+    """OpenCV's wheel was 159 MB of the 626 MB Linux app: the app, its tests and its
+    dependencies are without it."""
+    offenders = [
+        f"{path.relative_to(ROOT).as_posix()}:{line}"
+        for folder in ("app", "tests", "packaging")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for line in _imports_cv2(path)
+    ]
+    assert offenders == []
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    assert not [r for r in requirements if "opencv" in r.lower()]
 
 
 def test_source_tree_resources_exist():

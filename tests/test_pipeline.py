@@ -6,13 +6,14 @@ import json
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import shapely
 from conftest import EBHI, LARGE_MPP, SAMPLE_SVS, TCGA_SVS, run_delineo
+from gaussian import gaussian_blur
 from shapely.geometry import Polygon, box, shape
 
+from app.core import resample
 from app.core.geometry import parse_rect, rasterize
 from app.core.slide import Slide
 from app.core.tiling import blend_window, choose_level, plan_tiles
@@ -49,7 +50,7 @@ class ConstantEngine:
 def dark_map(rgb: np.ndarray, level: float = 170) -> np.ndarray:
     """Smoothed darkness: 1 where the tissue is darker than `level`, a map as smooth as a real
     model's (tile reads are aligned to whole pixels, so single nuclei are not comparable)."""
-    grey = cv2.GaussianBlur(rgb.astype(np.float32).mean(axis=2), (0, 0), 3)
+    grey = gaussian_blur(rgb.astype(np.float32).mean(axis=2), 3)
     return (grey < level).astype(np.float32)
 
 
@@ -160,7 +161,7 @@ def test_polygons_are_valid_inside_the_region_and_follow_the_pixels():
         rgb = s.read_region(
             round(x0), round(y0), c.level, round(w / c.scale), round(h / c.scale), c.reduction
         )
-    rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    rgb = resample.area_downscale(rgb, (w, h))
     truth = dark_map(rgb).astype(bool) & rasterize(region, (h, w), plan.level0_per_model, (x0, y0))
     assert result.polygons
     union = shapely.union_all(result.polygons)

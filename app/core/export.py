@@ -20,13 +20,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
 
+from app.core import resample
 from app.core.annotation_edits import class_totals
 from app.core.annotations import Annotation, to_feature_collection, write_json_atomic
 from app.core.file_modes import make_ordinary
@@ -424,7 +424,7 @@ def export_likelihood(
         dw, dh = min(dw, tw - dx0), min(dh, th - dy0)
         if dw <= 0 or dh <= 0:
             return out
-        out[dy0 : dy0 + dh, dx0 : dx0 + dw] = cv2.resize(part, (dw, dh), interpolation=cv2.INTER_AREA)
+        out[dy0 : dy0 + dh, dx0 : dx0 + dw] = resample.area_downscale(part, (dw, dh))
         return out
 
     slide_mpp = float(np.mean(slide.mpp)) if slide.mpp else None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import shapely
 import shapely.affinity
@@ -22,7 +21,7 @@ class GeometryError(DelineoError):
 
 
 # Level-0 coordinates beyond this are no slide's (the largest scans are about 250 000 px wide):
-# bounding them keeps GEOS and OpenCV's fixed-point rasterizer far from overflow.
+# bounding them keeps GEOS and the rasterizer's arithmetic far from overflow.
 MAX_COORDINATE = 1e7
 
 
@@ -106,28 +105,69 @@ def rasterize(
     geom: BaseGeometry, shape: tuple[int, int], scale: float, offset: tuple[float, float]
 ) -> np.ndarray:
     """Bool mask (h, w): pixel (x, y), covering level-0 [x*scale + ox, (x+1)*scale + ox), is set
-    when its centre lies inside the geometry (the inverse of `app.core.tracing.vectorize`)."""
-    out = np.zeros(shape, np.uint8)
-    ox, oy = offset
-    # In mask-pixel units, shrunk by 0.05 px: OpenCV fills [round(left), round(right)] with
-    # halves rounded up, so an edge exactly on a pixel boundary would take one pixel too many.
-    # Exteriors and holes are each shrunk, since filling holes with 0 rounds the same way.
-    local = shapely.affinity.affine_transform(geom, [1 / scale, 0, 0, 1 / scale, -ox / scale, -oy / scale])
+    when its centre lies inside the geometry (the inverse of `app.core.tracing.vectorize`).
 
-    def fill(ring, value: int) -> None:
-        shrunk = polygonal(Polygon(ring).buffer(-0.05, join_style="mitre"))
-        for part in getattr(shrunk, "geoms", [shrunk]):
-            if isinstance(part, Polygon) and not part.is_empty:
-                pts = np.round((np.asarray(part.exterior.coords)[:, :2] - 0.5) * 16).astype(np.int32)
-                cv2.fillPoly(out, [pts], value, lineType=cv2.LINE_8, shift=4)  # 4 fraction bits
-
-    for poly in getattr(local, "geoms", [local]):
-        if not isinstance(poly, Polygon) or poly.is_empty:
+    A scan-line fill: on each row's centre line every edge crossing marks +1 or -1 (the edge's
+    direction) at the first pixel centre at or right of it, and the running sum along the row
+    is the winding number. Rings are oriented first (exteriors one way, holes the other), so a
+    hole cancels its exterior and overlapping parts stay filled. Rows go in chunks, so memory
+    stays bounded on the largest band masks (20000 x 512 and more)."""
+    h, w = int(shape[0]), int(shape[1])
+    out = np.zeros((h, w), bool)
+    x0, y0, x1, y1 = _edges(geom, scale, offset)
+    # Rows whose centre r + 0.5 lies in [min(y), max(y)) of the edge: half-open, so a vertex
+    # shared by two edges is counted once and horizontal edges not at all.
+    lo = np.clip(np.ceil(np.minimum(y0, y1) - 0.5), 0, h).astype(np.int64)
+    hi = np.clip(np.ceil(np.maximum(y0, y1) - 0.5), 0, h).astype(np.int64)
+    keep = hi > lo
+    if not keep.any():
+        return out
+    x0, y0, x1, y1, lo, hi = x0[keep], y0[keep], x1[keep], y1[keep], lo[keep], hi[keep]
+    direction = np.where(y1 > y0, 1, -1).astype(np.int16)
+    slope = (x1 - x0) / (y1 - y0)
+    # Only the columns between the leftmost and the rightmost crossing can be inside: left of
+    # them no edge is crossed yet, right of them every ring has been crossed in and out.
+    c0 = int(np.clip(np.ceil(min(x0.min(), x1.min()) - 0.5), 0, w))
+    c1 = int(np.clip(np.ceil(max(x0.max(), x1.max()) - 0.5), 0, w))
+    if c1 <= c0:
+        return out
+    width = c1 - c0 + 1  # a mark at c1 changes nothing, but has a place to go
+    chunk = max(1, _CHUNK_MARKS // width)
+    for r0 in range(int(lo.min()), int(hi.max()), chunk):
+        r1 = min(h, r0 + chunk)
+        e = np.flatnonzero((lo < r1) & (hi > r0))
+        if e.size == 0:
             continue
-        fill(poly.exterior, 1)
-        for hole in poly.interiors:
-            fill(hole, 0)
-    return out.astype(bool)
+        first, last = np.maximum(lo[e], r0), np.minimum(hi[e], r1)
+        counts = last - first
+        edge = np.repeat(e, counts)
+        row = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts - first, counts)
+        x = x0[edge] + (row + 0.5 - y0[edge]) * slope[edge]
+        col = np.clip(np.ceil(x - 0.5), c0, c1).astype(np.int64) - c0
+        marks = np.zeros((r1 - r0) * width, np.int16)  # windings beyond 32767 parts deep: none
+        np.add.at(marks, (row - r0) * width + col, direction[edge])
+        winding = np.cumsum(marks.reshape(r1 - r0, width)[:, :-1], axis=1, dtype=np.int16)
+        out[r0:r1, c0:c1] = winding != 0
+    return out
+
+
+_CHUNK_MARKS = 1 << 22  # mark cells per chunk of rows (8 MB of int16)
+
+
+def _edges(
+    geom: BaseGeometry, scale: float, offset: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every ring's edges (x0, y0, x1, y1) in mask-pixel units, rings oriented."""
+    polys = [g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and not g.is_empty]
+    if not polys:
+        empty = np.zeros(0)
+        return empty, empty, empty, empty
+    rings = shapely.get_rings(shapely.orient_polygons(np.asarray(polys, dtype=object)))
+    coords, ring = shapely.get_coordinates(rings, return_index=True)
+    xs = (coords[:, 0] - offset[0]) / scale
+    ys = (coords[:, 1] - offset[1]) / scale
+    same = ring[1:] == ring[:-1]  # a ring's last point repeats its first: no edge to the next ring
+    return xs[:-1][same], ys[:-1][same], xs[1:][same], ys[1:][same]
 
 
 def area_um2(geom: BaseGeometry, mpp: float | None) -> float | None:

@@ -46,3 +46,22 @@ def jpeg_colour_space(data: bytes) -> str | None:
             return None
         j += 2 + length
     return None
+
+
+def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame marker of a JPEG stream, or None."""
+    j = 2 if data[:2] == b"\xff\xd8" else 0
+    while j + 4 <= len(data):
+        if data[j] != 0xFF:
+            return None
+        marker = data[j + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            j += 1
+            continue
+        length = int.from_bytes(data[j + 2 : j + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2) and j + 9 <= len(data):
+            return int.from_bytes(data[j + 7 : j + 9], "big"), int.from_bytes(data[j + 5 : j + 7], "big")
+        if marker == 0xDA:
+            return None
+        j += 2 + length
+    return None

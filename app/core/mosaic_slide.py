@@ -14,9 +14,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from app.core import resample
 from app.core.dataset import load_image, load_target, read_manifest
 from app.core.pyramid_tiff import array_source, level_sizes, write_pyramidal_tiff
 
@@ -64,14 +64,14 @@ def _paste(img: np.ndarray, truth: np.ndarray, pair, row: int, col: int, side: i
     """One labelled tile and its truth into cell (row, col), resized to the cell if need be."""
     tile, target = load_image(pair), load_target(pair)
     if tile.shape[:2] != (side, side):
-        tile = cv2.resize(tile, (side, side), interpolation=cv2.INTER_AREA)
-        target = cv2.resize(target, (side, side), interpolation=cv2.INTER_NEAREST)
+        tile = resample.area_downscale(tile, (side, side))
+        target = resample.nearest(target, (side, side))
     img[row * side : (row + 1) * side, col * side : (col + 1) * side] = tile
     truth[row * side : (row + 1) * side, col * side : (col + 1) * side] = target.astype(bool)
 
 
 def _write(img, truth, pairs, cols, side, out_dir, stem, tile_mpp, upscale, pyramid) -> MosaicSlide:
-    big = cv2.resize(img, (img.shape[1] * upscale, img.shape[0] * upscale), interpolation=cv2.INTER_CUBIC)
+    big = resample.bicubic(img, (img.shape[1] * upscale, img.shape[0] * upscale))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     slide_path = out / f"{stem}.tif"

@@ -12,9 +12,10 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tifffile
+
+from app.core import resample
 
 # source(level, x, y, w, h) -> array (h, w[, c]) in that level's pixel grid.
 RegionSource = Callable[[int, int, int, int, int], np.ndarray]
@@ -111,8 +112,7 @@ def array_source(level0: np.ndarray, sizes: list[tuple[int, int]], binary: bool 
         if level not in cache:
             prev = level_array(level - 1)
             w, h = sizes[level]
-            interp = cv2.INTER_NEAREST if binary else cv2.INTER_AREA
-            cache[level] = cv2.resize(prev, (w, h), interpolation=interp)
+            cache[level] = (resample.nearest if binary else resample.area_downscale)(prev, (w, h))
         return cache[level]
 
     def source(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
@@ -132,7 +132,7 @@ def periodic_source(period_image: np.ndarray, sizes: list[tuple[int, int]]) -> R
             ds = w0 / sizes[level][0]
             side_x = max(1, round(period_image.shape[1] / ds))
             side_y = max(1, round(period_image.shape[0] / ds))
-            scaled[level] = cv2.resize(period_image, (side_x, side_y), interpolation=cv2.INTER_AREA)
+            scaled[level] = resample.area_downscale(period_image, (side_x, side_y))
         m = scaled[level]
         ys = np.arange(y, y + h) % m.shape[0]
         xs = np.arange(x, x + w) % m.shape[1]

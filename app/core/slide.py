@@ -14,11 +14,11 @@ import threading
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import openslide
 from PIL import Image
 
+from app.core import resample
 from app.core.jpeg_markers import jpeg_colour_space
 from app.core.tiff_tiles import JpegTiffLevels
 from app.errors import DelineoError
@@ -245,7 +245,7 @@ class Slide:
         full = self._read_region(
             round(rx * ds), round(ry * ds), level, int(w) * reduction, int(h) * reduction
         )
-        return cv2.resize(full, (int(w), int(h)), interpolation=cv2.INTER_AREA)
+        return resample.area_downscale(full, (int(w), int(h)))
 
     def _decode_directly(
         self, x: int, y: int, level: int, w: int, h: int, reduction: int = 1
@@ -340,7 +340,7 @@ class Slide:
         if scale < 1.0:
             size = (max(1, round(lw * scale)), max(1, round(lh * scale)))
             img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
-            gaps = cv2.resize(gaps, size, interpolation=cv2.INTER_NEAREST)
+            gaps = resample.nearest(gaps, size)
         return img, gaps.astype(bool)
 
     def associated_image(self, name: str) -> np.ndarray:
@@ -418,13 +418,23 @@ def _rgba_on_white(img: Image.Image, ycbcr: bool = False) -> np.ndarray:
     if not ycbcr and a[..., 3].min() == 255:  # fully opaque, the usual tissue tile: no compositing
         return np.ascontiguousarray(a[..., :3])
     colour = a[..., :3]
-    if ycbcr:  # stored Y, Cb, Cr; OpenCV's converter takes Y, Cr, Cb
-        colour = cv2.cvtColor(np.ascontiguousarray(colour[..., [0, 2, 1]]), cv2.COLOR_YCrCb2RGB)
+    if ycbcr:
+        colour = _ycbcr_to_rgb(colour)
         colour = np.where(a[..., 3:4] > 0, colour, 0)
     alpha = a[..., 3:4].astype(np.uint16)
     # OpenSlide returns premultiplied alpha: composite on white by adding the missing light.
     rgb = colour.astype(np.uint16) + (255 - alpha)
     return np.minimum(rgb, 255).astype(np.uint8)
+
+
+def _ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """JPEG's full-range BT.601 YCbCr (uint8 Y, Cb, Cr) to RGB: OpenSlide hands over the
+    components of such a tile undecoded."""
+    y, cb, cr = (ycc[..., c].astype(np.float32) for c in range(3))
+    cb -= 128.0
+    cr -= 128.0
+    rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def _missing_levels(path: Path, dims: list[tuple[int, int]]) -> list[str]:

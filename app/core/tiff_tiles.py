@@ -9,7 +9,7 @@ every model tile, so it decodes the tiles itself. Neighbouring model tiles overl
 JPEG tiles at their edges, so decoded tiles are kept in a small LRU.
 
 Each level can also be decoded at 1/2, 1/4 or 1/8 size by libjpeg's DCT scaling (through
-OpenCV): fewer pixels to convert and nothing to resize. To the pipeline these are levels the
+Pillow's JPEG decoder): fewer pixels to convert and nothing to resize. To the pipeline these are levels the
 slide does not store: a 20x scan (0.5 µm/px, levels at 4x steps) has its 1 µm/px level after all.
 Anything unusual (another compression, planar data, a page whose size does not match the level)
 is left to OpenSlide.
@@ -21,16 +21,17 @@ import logging
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image
 
+from app.core.jpeg_markers import jpeg_frame_size
 from app.core.lru_cache import ByteLRU
 
 log = logging.getLogger(__name__)
 
 JPEG = 7  # TIFF compression tag value
 DECODED_CACHE_BYTES = 48 * 2**20
-REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+REDUCTIONS = (2, 4, 8)  # the DCT scalings libjpeg decodes at
 
 
 def _adobe_marker(transform: int) -> bytes:
@@ -76,7 +77,7 @@ class JpegTiffLevels:
         page = self.pages.get(level)
         if page is None:
             return ()
-        return (1, *(f for f in REDUCED_FLAGS if page.tilewidth % f == 0 and page.tilelength % f == 0))
+        return (1, *(f for f in REDUCTIONS if page.tilewidth % f == 0 and page.tilelength % f == 0))
 
     def read(self, level: int, x: int, y: int, w: int, h: int, reduction: int = 1) -> np.ndarray | None:
         """RGB (h, w, 3) from (x, y) of `level` decoded at 1/`reduction` size (all in those
@@ -140,11 +141,18 @@ def _decode_reduced(data: bytes, tables: bytes | None, photometric: int, factor:
     if tables:
         stream += tables[2:-2]  # the tables' own SOI and EOI dropped
     stream += data[2:]
-    flags = REDUCED_FLAGS[factor] | cv2.IMREAD_IGNORE_ORIENTATION
-    bgr = cv2.imdecode(np.frombuffer(stream, np.uint8), flags)
-    if bgr is None:
-        raise ValueError("libjpeg could not decode the tile")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    size = jpeg_frame_size(data)
+    if size is None:
+        raise ValueError("the tile has no JPEG frame header")
+    want = (-(-size[0] // factor), -(-size[1] // factor))
+    # Pillow's JPEG decoder straight on the stream (rawmode RGB, the colour space left to
+    # libjpeg, which reads the Adobe marker, DCT scaling 1/factor): Image.open would parse the
+    # tables in Python first, which doubled the time of a small tile.
+    try:
+        im = Image.frombytes("RGB", want, stream, "jpeg", "RGB", "", factor, 0)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"libjpeg could not decode the tile at 1/{factor}: {e}") from None
+    return np.asarray(im)
 
 
 def _plain_jpeg_tiles(page, size: tuple[int, int]) -> bool:

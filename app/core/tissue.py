@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import shapely
 import shapely.affinity
 from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from app.core import morphology
 from app.core.pixel_rings import trace_rings
 from app.core.slide import Slide, SlideError
 
@@ -37,15 +37,50 @@ class TissueMask:
 def tissue_mask_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """H&E tissue is stained (saturated) and darker than glass. Otsu on saturation separates
     the two on most slides; a floor keeps pale glass out on slides with little tissue."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    sat = cv2.GaussianBlur(hsv[..., 1], (5, 5), 0)
-    otsu, _ = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    thresh = max(otsu, 20)
-    mask = (sat > thresh) & (hsv[..., 2] > 30)  # very dark = pen marks / debris edges, keep mild
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, k)
-    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, k)
-    return mask.astype(bool)
+    sat, value = _saturation_value(rgb)
+    sat = _gaussian_5x5(sat)
+    thresh = max(_otsu_threshold(sat), 20)
+    mask = (sat > thresh) & (value > 30)  # very dark = pen marks / debris edges, keep mild
+    return morphology.open_(morphology.close(mask))
+
+
+def _saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HSV's S and V (0-255) of uint8 RGB, rounded as OpenCV's RGB2HSV does (its 12-bit
+    reciprocal table), so the threshold sees the same numbers it always has."""
+    r, g, b = (np.asarray(rgb[..., c], np.uint8) for c in range(3))
+    v = np.maximum(np.maximum(r, g), b)
+    diff = v - np.minimum(np.minimum(r, g), b)
+    reciprocal = np.zeros(256, np.int32)
+    reciprocal[1:] = np.rint((255 << 12) / np.arange(1, 256))
+    s = (diff.astype(np.int32) * reciprocal[v] + (1 << 11)) >> 12
+    return s.astype(np.uint8), v
+
+
+def _gaussian_5x5(img: np.ndarray) -> np.ndarray:
+    """The 5x5 Gaussian (binomial 1-4-6-4-1, OpenCV's for sigma 0) of uint8, mirrored at the
+    border without repeating the edge pixel, rounded to the nearest."""
+    taps = (1, 4, 6, 4, 1)
+    h, w = img.shape
+    p = np.pad(img.astype(np.uint16), 2, mode="reflect")  # 256 * 255 at most: fits
+    rows = sum(p[:, i : i + w] * np.uint16(t) for i, t in enumerate(taps))
+    both = sum(rows[i : i + h] * np.uint16(t) for i, t in enumerate(taps))
+    return ((both + np.uint16(128)) >> 8).astype(np.uint8)
+
+
+def _otsu_threshold(img: np.ndarray) -> int:
+    """Otsu's threshold of uint8: the level that best splits the histogram in two (pixels
+    above it are the upper class), the lowest of equals."""
+    p = np.bincount(img.ravel(), minlength=256).astype(np.float64) / img.size
+    q1 = np.cumsum(p)
+    m1 = np.cumsum(p * np.arange(256))
+    q2 = 1.0 - q1
+    eps = np.finfo(np.float32).eps
+    valid = (np.minimum(q1, q2) >= eps) & (np.maximum(q1, q2) <= 1.0 - eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu1 = m1 / q1
+        mu2 = (m1[-1] - m1) / q2
+        between = np.where(valid, q1 * q2 * (mu1 - mu2) ** 2, 0.0)
+    return int(np.argmax(between)) if between.max() > 0 else 0
 
 
 def tissue_mask(slide: Slide, side: int = THUMBNAIL_SIDE) -> TissueMask:

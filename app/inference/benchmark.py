@@ -280,9 +280,9 @@ def bench_accuracy(
     core.mosaic_slide): the outline against the ground truth, at the tiles' resolution."""
     import tempfile
 
-    import cv2
     import shapely
 
+    from app.core import resample
     from app.core.geometry import rasterize
     from app.core.mosaic_slide import build_mosaic_slide
     from app.core.slide import Slide
@@ -315,7 +315,7 @@ def bench_accuracy(
     x0, y0 = round(-ox / scale / f), round(-oy / scale / f)
     canvas = result.probability[tumour.channel].astype(np.float32)
     sub = canvas[y0 : y0 + round(th / f), x0 : x0 + round(tw / f)]
-    prob = cv2.resize(sub, (tw, th), interpolation=cv2.INTER_LINEAR)
+    prob = resample.bilinear(sub, (tw, th))
 
     out = {
         "engine": engine.name,
@@ -567,7 +567,7 @@ def bench_memory(sides=(7000, 40000), mpp: float = 0.5, out_dir=None, progress=N
 
 def _islands_source(tissue: np.ndarray, sizes: list[tuple[int, int]]):
     """Glass (242) with square islands of `tissue` (level 0) at the corners and the centre."""
-    import cv2
+    from app.core import resample
 
     w0 = sizes[0][0]
     t = tissue.shape[0]
@@ -578,7 +578,7 @@ def _islands_source(tissue: np.ndarray, sizes: list[tuple[int, int]]):
         ds = w0 / sizes[level][0]
         if level not in levels:
             side = max(1, round(t / ds))
-            small = cv2.resize(tissue, (side, side), interpolation=cv2.INTER_AREA) if side != t else tissue
+            small = resample.area_downscale(tissue, (side, side)) if side != t else tissue
             levels[level] = (small, [(round(sx / ds), round(sy / ds)) for sx, sy in spots])
         small, at = levels[level]
         out = np.full((h, w, 3), 242, np.uint8)

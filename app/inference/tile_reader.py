@@ -13,9 +13,9 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import cv2
 import numpy as np
 
+from app.core import resample
 from app.core.slide import Slide
 from app.core.tiling import Tile, TilePlan
 
@@ -35,8 +35,7 @@ class TileReader:
         choice, tile = self.plan.choice, self.plan.tile
         rgb = self.slide.read_region(x, y, choice.level, w, h, choice.reduction)
         if (w, h) != (tile, tile):
-            interp = cv2.INTER_AREA if choice.scale < 1 else cv2.INTER_LINEAR
-            rgb = cv2.resize(rgb, (tile, tile), interpolation=interp)
+            rgb = (resample.area_downscale if choice.scale < 1 else resample.bilinear)(rgb, (tile, tile))
         return rgb
 
     def iterate(self, tiles: list[Tile], focus: Focus | None = None) -> Iterator[tuple[Tile, Future]]:

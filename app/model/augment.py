@@ -1,4 +1,4 @@
-"""Training-time augmentation in NumPy/OpenCV: stain (HED) jitter, flips and 90° rotations,
+"""Training-time augmentation in NumPy: stain (HED) jitter, flips and 90° rotations,
 scale jitter and class-mixing mosaics.
 
 Mosaics matter most: EBHI-Seg tiles are one class each, but on a slide tumour borders benign
@@ -8,8 +8,9 @@ judge the whole tile at once instead of each gland.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from app.core import resample
 
 # Ruifrok & Johnston haematoxylin / eosin / DAB optical-density basis (rows = stains).
 _RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
@@ -54,8 +55,8 @@ def scaled_crop(
     y = int(rng.integers(0, h - ch + 1))
     img = img[y : y + ch, x : x + cw]
     mask = mask[y : y + ch, x : x + cw]
-    img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    mask = cv2.resize(mask, (out_w, out_h), interpolation=cv2.INTER_NEAREST)
+    img = (resample.area_downscale if scale < 1 else resample.bilinear)(img, (out_w, out_h))
+    mask = resample.nearest(mask, (out_w, out_h))
     return img, mask
 
 
