@@ -55,9 +55,16 @@ _DROPPED = (
     "libtbbmalloc_proxy",  # replaces malloc process-wide when preloaded; never wanted here
     # A model's PyTorch weights: for `delineo train --init` only, never loaded by the app.
     "model-fp32.pt",
-    # Pillow's AVIF plugin and its codec library: the app reads no AVIF.
+    # Pillow's AVIF and WebP plugins and their codec libraries, its colour-management (LittleCMS)
+    # and Tk bindings: the app reads no AVIF or WebP, converts no ICC profiles, has no Tk.
     "PIL/_avif",
     "pillow.libs/libavif",
+    "PIL/_webp",
+    "pillow.libs/libwebp",
+    "pillow.libs/libsharpyuv",
+    "PIL/_imagingcms",
+    "pillow.libs/liblcms2",
+    "PIL/_imagingtk",
     # Qt: translations of Qt's own dialogs, and plugins for features the app does not use.
     "PySide6/Qt/translations",
     "PySide6/Qt/plugins/generic",
@@ -70,6 +77,14 @@ _DROPPED = (
     "PySide6/Qt/plugins/platforms/libqeglfs",
     "PySide6/Qt/plugins/platforms/libqminimalegl",
     "PySide6/Qt/plugins/platforms/libqvkkhrdisplay",
+    # Image formats Qt would read that no slide, icon or export uses (JPEG, TIFF and SVG stay;
+    # PNG is built into QtGui).
+    "PySide6/Qt/plugins/imageformats/libqicns",
+    "PySide6/Qt/plugins/imageformats/libqtga",
+    "PySide6/Qt/plugins/imageformats/libqwbmp",
+    "PySide6/Qt/plugins/imageformats/libqwebp",
+    "PySide6/Qt/plugins/imageformats/libqgif",
+    "PySide6/Qt/plugins/imageformats/libqico",
     # The GTK theme plugin pulls GTK, cairo and pango from the build machine (~12 MB, and
     # libraries that should come from the user's desktop); Qt's own style is used instead.
     "PySide6/Qt/plugins/platformthemes/libqgtk3",
