@@ -233,6 +233,11 @@ class WorkerThread(QObject):
         self.worker.cancel_event.set()
 
     def stop(self) -> None:
+        """Cancel and wait for the thread: a run stops at its next tile, but compiling a model
+        or timing its precisions cannot be interrupted, and a QThread destroyed while it still
+        runs aborts the process. The window is gone by then, so the wait is not seen."""
         self.worker.cancel_event.set()
         self.thread.quit()
-        self.thread.wait(10_000)
+        if not self.thread.wait(10_000):
+            log.warning("the delineation thread is still busy (compiling a model?); waiting for it")
+            self.thread.wait()
