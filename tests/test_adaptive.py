@@ -55,3 +55,29 @@ def test_adaptive_runs_fewer_full_resolution_tiles_for_the_same_outline():
     coarse_side = events[0].core_rect[2]
     assert coarse_side > 3 * events[-1].core_rect[2]
     assert [e.done for e in events] == list(range(1, len(events) + 1)) and events[-1].total == len(events)
+
+
+def test_a_coarse_model_runs_the_first_pass_at_its_own_pixel_size():
+    """A model's card names its coarse model: the first pass runs that one (at its 2 µm/px, not
+    4x the fine model's 0.5), and the fine model runs only the tiles it leaves."""
+    fine, coarse = VeryDark(), VeryDark()
+    coarse.card = card(TUMOUR, output={"activation": "none"}, mpp=2.0)
+    with Slide.open(SAMPLE_SVS) as s:
+        region = box(0, 0, *s.dimensions)
+        exhaustive = DelineationRun(s, region, VeryDark()).execute()
+        run = DelineationRun(s, region, fine, RunSettings(adaptive=True), coarse_engine=coarse)
+        adaptive = run.execute()
+    assert run.coarse_plan.level0_per_model == 4.0  # 2 µm/px on a 0.5 µm/px slide
+    assert coarse.calls == adaptive.coarse_tiles > 0
+    assert fine.calls == adaptive.tiles_done < exhaustive.tiles_done
+    w, h = 2220, 2967
+    a = rasterize(shapely.union_all(adaptive.polygons), (h // 4, w // 4), 4.0, (0.0, 0.0))
+    b = rasterize(shapely.union_all(exhaustive.polygons), (h // 4, w // 4), 4.0, (0.0, 0.0))
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.97
+
+
+def test_the_model_card_names_its_coarse_model_by_name_only():
+    named = card(TUMOUR, adaptive={"coarse_model": "ebhi-tumour-coarse-resunet"})
+    assert named.coarse_model == "ebhi-tumour-coarse-resunet"
+    assert card(TUMOUR, adaptive={"coarse_model": "../../etc"}).coarse_model is None
+    assert card(TUMOUR).coarse_model is None

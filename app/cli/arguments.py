@@ -25,6 +25,12 @@ def add_region_args(p: argparse.ArgumentParser, whole_slide: bool = False) -> No
         p.add_argument(
             "--whole-slide", action="store_true", help="every tissue region found on the slide's thumbnail"
         )
+        p.add_argument(
+            "--exhaustive",
+            action="store_true",
+            help="--whole-slide: run every tissue tile at full resolution (default: the model's coarse "
+            "model first, full resolution only where it finds or may miss tumour)",
+        )
 
 
 def add_engine_choice(p: argparse.ArgumentParser, local_only: bool = False) -> None:
@@ -90,6 +96,32 @@ def whole_slide_region(args: argparse.Namespace, slide):
 
     tissue = tissue_mask(slide)
     return tissue_regions(slide, tissue, mpp=getattr(args, "mpp", None)), tissue
+
+
+def coarse_engine_from_args(args: argparse.Namespace, engine):
+    """The engine of the coarse model an adaptive whole-slide run starts with, or None for an
+    exhaustive run: a region given by hand, or --exhaustive (see `coarse_engine_for`)."""
+    if not getattr(args, "whole_slide", False) or getattr(args, "exhaustive", False):
+        return None
+    return coarse_engine_for(args, engine)
+
+
+def coarse_engine_for(args: argparse.Namespace, engine):
+    """The coarse model's engine on the same engine kind and device, or None: a remote engine,
+    or a model whose card names no installed coarse model."""
+    from app.inference.engine_registry import create_engine, engine_spec
+    from app.inference.modelcard import ModelCard, ModelCardError
+
+    name = engine.card.coarse_model
+    if name is None or not engine_spec(args.engine).local:
+        return None
+    try:
+        card = ModelCard.load(name)
+    except ModelCardError as e:
+        print(f"note: {e}; running every tissue tile at full resolution", file=sys.stderr)
+        return None
+    threads = getattr(args, "threads", 0) or 0
+    return create_engine(args.engine, card, None, args.device.upper(), threads=threads)
 
 
 def engine_from_args(args: argparse.Namespace):

@@ -96,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
         data = data_folder(args.data)
         result = bench_accuracy(data, engine_from_args(args), split=args.split, progress=progress)
     elif args.what == "adaptive":
+        from app.cli.arguments import coarse_engine_for
         from app.core.dataset import data_folder
         from app.inference.benchmark import bench_adaptive
 
         data = data_folder(args.data)
-        result = bench_adaptive(data, engine_from_args(args), split=args.split, progress=progress)
+        engine = engine_from_args(args)
+        coarse = coarse_engine_for(args, engine)
+        result = bench_adaptive(data, engine, split=args.split, progress=progress, coarse_engine=coarse)
     elif args.what == "memory":
         from app.inference.benchmark import bench_memory
 

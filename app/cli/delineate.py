@@ -10,6 +10,7 @@ from app.cli.arguments import (
     UsageError,
     add_engine_args,
     add_region_args,
+    coarse_engine_from_args,
     engine_from_args,
     region_from_args,
     whole_slide_region,
@@ -80,14 +81,18 @@ def run(args: argparse.Namespace) -> int:
         else:
             region, tissue = region_from_args(args, slide), None
         engine = engine_from_args(args)
+        coarse = coarse_engine_from_args(args, engine)
         bar = StderrProgress()
         # Band by band: the outline is all the command keeps, so memory follows the region's width.
         settings = RunSettings(
-            threshold=args.threshold, min_area_um2=args.min_area, slide_mpp=args.mpp, keep_map=False
+            threshold=args.threshold,
+            min_area_um2=args.min_area,
+            slide_mpp=args.mpp,
+            keep_map=False,
+            adaptive=coarse is not None,
         )
-        result = DelineationRun(slide, region, engine, settings, tissue=tissue).execute(
-            on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s)
-        )
+        run = DelineationRun(slide, region, engine, settings, tissue=tissue, coarse_engine=coarse)
+        result = run.execute(on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s))
         bar.close()
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
@@ -111,8 +116,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    adaptive = (
+        f" (coarse first: {result.coarse_tiles} tiles of {coarse.card.name}; {result.refine_skipped} "
+        "tissue tiles ruled out at full resolution)"
+        if coarse is not None
+        else ""
+    )
     print(
-        f"{result.tiles_done} tiles done, {result.tiles_skipped} skipped as background, "
+        f"{result.tiles_done} tiles done, {result.tiles_skipped} skipped as background{adaptive}, "
         f"{result.tiles_failed} unreadable; {describe_outlines(result.outlines)} -> {out}; "
         f"{result.seconds:.1f} s, {result.mpix_per_s:.2f} MPix/s at model resolution",
         file=sys.stderr,

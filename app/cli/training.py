@@ -23,6 +23,15 @@ def add_to(sub) -> None:
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--base", type=int, default=16, help="channels at full resolution")
+    t.add_argument(
+        "--levels", type=int, default=4, help="resolution levels (tile side a multiple of 2^levels)"
+    )
+    t.add_argument(
+        "--downsample",
+        type=int,
+        default=1,
+        help="train at this many times EBHI-Seg's pixel size (4: a coarse model at 4 µm/px)",
+    )
     t.add_argument("--samples-per-epoch", type=int, default=0, help="0: one pass over train")
     t.add_argument(
         "--max-minutes",
@@ -95,6 +104,8 @@ def run_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         lr=args.lr,
         base=args.base,
+        levels=args.levels,
+        downsample=args.downsample,
         amp=not args.no_amp,
         target=args.target,
         init=args.init or "",

@@ -73,16 +73,19 @@ class Pair:
     cls: str
     split: str
     case: str
+    downsample: int = 1  # read at 1/downsample of the tile's size (a coarse model's pixel size)
 
     @property
     def is_tumour_class(self) -> bool:
         return self.cls == TUMOUR_CLASS
 
 
-def read_manifest(path: str | Path, split: str | None = None) -> list[Pair]:
+def read_manifest(path: str | Path, split: str | None = None, downsample: int = 1) -> list[Pair]:
     """Rows of an EBHI-Seg manifest (`image, mask, class[, case, split]`), paths relative to it.
 
-    `path` may be the CSV or the folder holding `manifest.csv`.
+    `path` may be the CSV or the folder holding `manifest.csv`. With `downsample` k, every
+    image and target is read at 1/k of its size (block means; a target pixel is set where most
+    of its block is), as a model at k times the pixel size sees it.
     """
     path = Path(path)
     if path.is_dir():
@@ -102,6 +105,7 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[Pair]:
                 cls=r["class"].strip(),
                 split=(r.get("split") or "").strip(),
                 case=(r.get("case") or "").strip(),
+                downsample=downsample,
             )
             for r in reader
         ]
@@ -113,16 +117,26 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[Pair]:
 
 
 def load_image(pair: Pair) -> np.ndarray:
-    """RGB uint8 (H, W, 3)."""
+    """RGB uint8 (H, W, 3), at the pair's downsample."""
     with Image.open(pair.image) as im:
-        return np.asarray(im.convert("RGB"))
+        rgb = np.asarray(im.convert("RGB"))
+    return _reduced(rgb, pair.downsample)
+
+
+def _reduced(a: np.ndarray, k: int) -> np.ndarray:
+    """Block means of k x k pixels (uint8; the far partial row and column dropped)."""
+    if k == 1:
+        return a
+    h, w = a.shape[0] // k, a.shape[1] // k
+    blocks = a[: h * k, : w * k].reshape(h, k, w, k, *a.shape[2:]).astype(np.float32)
+    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
 
 
 def load_target(pair: Pair, target: str = "tumour") -> np.ndarray:
     """uint8 (H, W). `tumour`: {0, 1}, the mask's white pixels, only in tumour-class images.
     `lesions`: the mask's white pixels hold the pair's `LESION_LABEL`, the rest 0."""
     with Image.open(pair.mask) as im:
-        mask = np.asarray(im.convert("L")) > 127
+        mask = _reduced(np.asarray(im.convert("L")), pair.downsample) > 127
     if target == "tumour":
         return (mask & pair.is_tumour_class).astype(np.uint8)
     if target != "lesions":

@@ -445,12 +445,13 @@ def tumour_class(card):
     return next((c for c in fg if c.name == "Tumor"), fg[0])
 
 
-def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None) -> dict:
+def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None, coarse_engine=None) -> dict:
     """Whole slide, exhaustive against adaptive (coarse to fine), on a mock section built from
     `split`'s labelled tiles (~15 % tumour in one focus among benign and pre-invasive mucosa,
     glass around): wall time of each, the share of tissue tiles run at full resolution, the
     time of each pass, and Dice of each outline against the truth and of adaptive against
-    exhaustive."""
+    exhaustive. `coarse_engine`: the coarse model's (None: the model itself at COARSE_FACTOR x
+    its pixel size)."""
     import tempfile
 
     import shapely
@@ -473,6 +474,11 @@ def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None
     tile = engine.card.tile
     engine.predict(np.zeros((1, tile, tile, 3), np.uint8))  # compile/warm-up outside the timings
     out: dict = {"engine": engine.name, "coarse_factor": COARSE_FACTOR, "refine_level": REFINE_LEVEL}
+    if coarse_engine is not None:
+        t = coarse_engine.card.tile
+        coarse_engine.predict(np.zeros((1, t, t, 3), np.uint8))
+        c = coarse_engine.card
+        out["coarse_model"] = f"{c.name} ({coarse_engine.name}, {c.mpp:g} µm/px)"
     masks = {}
     with Slide.open(section.slide) as slide:
         w, h = slide.dimensions
@@ -482,7 +488,12 @@ def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None
             settings = RunSettings(adaptive=mode == "adaptive", keep_map=False)
             t0 = time.perf_counter()
             r = DelineationRun(
-                slide, shapely.geometry.box(0, 0, w, h), engine, settings, tissue=tissue
+                slide,
+                shapely.geometry.box(0, 0, w, h),
+                engine,
+                settings,
+                tissue=tissue,
+                coarse_engine=coarse_engine if mode == "adaptive" else None,
             ).execute()
             seconds = time.perf_counter() - t0
             masks[mode] = rasterize(shapely.union_all(r.polygons), (th, tw), w / tw, (0.0, 0.0))

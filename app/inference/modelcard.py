@@ -79,6 +79,13 @@ class ModelCard:
         return int(self.input["tile"])
 
     @property
+    def coarse_model(self) -> str | None:
+        """The installed model an adaptive run's first pass uses (a name, never a path), or
+        None: the card's `adaptive.coarse_model`."""
+        name = (self.raw.get("adaptive") or {}).get("coarse_model")
+        return str(name) if name and is_model_name(str(name)) else None
+
+    @property
     def overlap(self) -> int:
         return int(self.input["overlap"])
 

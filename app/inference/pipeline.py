@@ -191,6 +191,7 @@ class DelineationRun:
         tissue: TissueMask | None = None,
         resume: Delineation | None = None,
         focus: Focus | None = None,
+        coarse_engine: Engine | None = None,
     ):
         card = engine.card
         if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
@@ -202,6 +203,7 @@ class DelineationRun:
         ):
             raise ValueError("resume needs a run that kept its map, from a model with the same classes")
         self.slide, self.engine, self.card = slide, engine, card
+        self.coarse_engine = coarse_engine  # an adaptive run's first pass (None: this model)
         self.settings = settings or RunSettings()
         self.resume = resume
         self.tissue = tissue
@@ -356,8 +358,11 @@ class DelineationRun:
         pending = any(t not in self.finished for t in self.to_run)
         self.cancelled = cancel is not None and cancel.is_set() and pending
 
-    def _stream(self, plan: TilePlan, tiles: list[Tile], blender, cancel, report, finished: set) -> None:
+    def _stream(
+        self, plan: TilePlan, tiles: list[Tile], blender, cancel, report, finished: set, engine=None
+    ) -> None:
         """`tiles` of `plan` read ahead, through the engine, into `blender`, each reported."""
+        engine = engine or self.engine
         reader = TileReader(self.slide, plan, self.settings.readers, self.settings.lookahead)
 
         def tiles_read() -> Iterator[tuple[Tile, np.ndarray | BaseException]]:
@@ -369,7 +374,7 @@ class DelineationRun:
                 except SlideError as e:
                     yield t, e
 
-        results = predict_stream(self.engine, tiles_read())
+        results = predict_stream(engine, tiles_read())
         total = self.total
         try:
             for t, prob in results:
@@ -392,7 +397,7 @@ class DelineationRun:
                 report(TileEvent(t, self.done, total, rect, prob, elapsed_s=self._elapsed()))
         except EngineError as e:  # the finished tiles stay; the caller may finish on another engine
             self.engine_error = str(e)
-            log.warning("engine %s failed after %d of %d tiles: %s", self.engine.name, self.done, total, e)
+            log.warning("engine %s failed after %d of %d tiles: %s", engine.name, self.done, total, e)
         finally:
             results.close()  # abandons tiles still in the engine
             reader.close()
@@ -405,17 +410,19 @@ class DelineationRun:
     # ------------------------------------------------------------------ adaptive refinement
 
     def _coarse_pass(self, tissue: TissueMask, cancel, report) -> list[Tile]:
-        """The region at COARSE_FACTOR x the model's pixel size (the same model: measured to
-        hold up there, README), then the fine tiles worth running: where the coarse map finds
-        a class, is unsure, has no answer (a tile it could not read), or borders them (a fine
-        tile is judged on its whole extent, overlap included). Elsewhere the coarse answer
-        stands: nothing there."""
-        card, fine = self.card, self.plan()
+        """The region through the coarse model (its own pixel size; without one, this model at
+        COARSE_FACTOR x its pixel size, which the shipped one does not hold up at: README),
+        then the fine tiles worth running: where the coarse map finds a class, is unsure, has
+        no answer (a tile it could not read), or borders them (a fine tile is judged on its
+        whole extent, overlap included). Elsewhere the coarse answer stands: nothing there."""
+        engine = self.coarse_engine or self.engine
+        card, fine = engine.card, self.plan()
+        mpp = card.mpp if self.coarse_engine is not None else card.mpp * COARSE_FACTOR
         t0 = time.perf_counter()
         coarse = plan_tiles(
             self.slide,
             self.region,
-            card.mpp * COARSE_FACTOR,
+            mpp,
             card.tile,
             card.overlap,
             card.multiple,
@@ -429,7 +436,7 @@ class DelineationRun:
             report(TileEvent(t, self.done, self.total, rect, None, skipped=True, elapsed_s=self._elapsed()))
         blender = Blender(coarse, card.channels)
         failed_before = self.failed
-        self._stream(coarse, run, blender, cancel, report, set())
+        self._stream(coarse, run, blender, cancel, report, set(), engine)
         self.coarse_s = time.perf_counter() - t0
         self.coarse_counted, self.coarse_failed = self.done, self.failed - failed_before
         if self.engine_error is not None or (cancel is not None and cancel.is_set()):

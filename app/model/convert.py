@@ -100,9 +100,9 @@ def _name_dynamic_dims(path: Path) -> None:
     onnx.save(m, str(path))
 
 
-def load_calibration_tiles(data: str | Path, n: int, seed: int = 0) -> list[np.ndarray]:
+def load_calibration_tiles(data: str | Path, n: int, seed: int = 0, downsample: int = 1) -> list[np.ndarray]:
     """`n` real train tiles, every class represented in proportion."""
-    pairs = read_manifest(data, "train")
+    pairs = read_manifest(data, "train", downsample)
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(pairs))[: min(n, len(pairs))]
     return [load_image(pairs[i]) for i in sorted(idx)]
@@ -190,6 +190,9 @@ def convert(
     name = name or out.name
     norm = ckpt["normalization"]
     multiple = 2 ** model.config["levels"]
+    # A coarse model (trained with --downsample k) sees slides at k x the tiles' pixel size.
+    downsample = int((ckpt.get("train_config") or {}).get("downsample", 1) or 1)
+    mpp *= downsample
     t0 = time.time()
 
     softmax = is_softmax(model)
@@ -200,7 +203,7 @@ def convert(
     export_onnx(model, onnx_path, multiple)
 
     progress(f"reading {calibration_tiles} calibration tiles from train…")
-    calib = load_calibration_tiles(data, calibration_tiles)
+    calib = load_calibration_tiles(data, calibration_tiles, downsample=downsample)
     progress("OpenVINO IR FP16…")
     save_openvino_fp16(onnx_path, out / "model-fp16.xml")
     progress(f"OpenVINO IR INT8 (NNCF post-training quantization on {len(calib)} tiles)…")
@@ -261,11 +264,17 @@ def convert(
     }
     if softmax:
         raw = _lesions_card(raw, model)
+    if downsample > 1:
+        raw["task"] = (
+            f"Coarse tumour triage at {mpp:g} µm/px for an adaptive run's first pass: where tumour "
+            "may be, so full resolution runs only there"
+        )
+        raw["mpp_note"] += f" Trained on EBHI-Seg tiles reduced {downsample}x (block means): {mpp:g} µm/px."
     write_card(out, raw, files)
     card = ModelCard.load(out)
 
     progress("validating every precision against FP32 on val…")
-    pairs = read_manifest(data, "val")
+    pairs = read_manifest(data, "val", downsample)
     if validation_limit:
         pairs = pairs[:validation_limit]
     engines = {

@@ -59,6 +59,9 @@ class TrainConfig:
     # The one-cycle schedule over max_minutes of wall time instead of over the epochs, so it
     # anneals fully on a machine whose speed is not known in advance (shared cores).
     anneal_by_time: bool = False
+    # Train at `downsample` x EBHI-Seg's pixel size (tiles and crops 1/downsample the side): a
+    # coarse model for the adaptive run's first pass (4: 4 µm/px).
+    downsample: int = 1
 
 
 def output_channels(target: str) -> int:
@@ -105,11 +108,12 @@ class TileBank:
             idx = [self.pick(rng, True), self.pick(rng, False), self.pick(rng), self.pick(rng)]
             rng.shuffle(idx)
             img, mask = augment.mosaic(
-                [(self.images[i], self.targets[i]) for i in idx], cfg.tile, rng, scale_range
+                [(self.images[i], self.targets[i]) for i in idx], cfg.tile // cfg.downsample, rng, scale_range
             )
         else:
             i = self.pick(rng)
-            img, mask = augment.augment_single(self.images[i], self.targets[i], cfg.tile, rng, scale_range)
+            side = cfg.tile // cfg.downsample
+            img, mask = augment.augment_single(self.images[i], self.targets[i], side, rng, scale_range)
         return augment.colour(img, rng), mask
 
     def batch(self, rng: np.random.Generator, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,8 +270,9 @@ def train(cfg: TrainConfig, progress=print) -> Path:
     if cfg.target not in TARGETS:
         raise DelineoError(f"--target {cfg.target}: not one of {', '.join(TARGETS)}")
     t_load = time.time()
-    train_bank = TileBank(read_manifest(cfg.data, "train"), cfg.class_weights, cfg.target)
-    val_bank = TileBank(read_manifest(cfg.data, "val"), target=cfg.target)
+    k = cfg.downsample
+    train_bank = TileBank(read_manifest(cfg.data, "train", k), cfg.class_weights, cfg.target)
+    val_bank = TileBank(read_manifest(cfg.data, "val", k), target=cfg.target)
     progress(f"loaded {len(train_bank)} train / {len(val_bank)} val tiles in {time.time() - t_load:.1f}s")
 
     model = ResUNet(classes=output_channels(cfg.target), base=cfg.base, levels=cfg.levels)
