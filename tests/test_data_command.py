@@ -147,3 +147,21 @@ def test_bench_accuracy_reads_the_folder_named_by_delineo_data(tmp_path):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "dice" in r.stdout.lower()
+
+
+def test_a_manifest_read_at_a_downsample_gives_block_means_and_majority_targets():
+    """What a coarse model trains on: every tile at 1/4 of its side, the target set where most
+    of a 4x4 block is tumour."""
+    from app.core.dataset import load_image
+
+    full = [p for p in read_manifest(EBHI) if p.is_tumour_class][0]
+    coarse = [p for p in read_manifest(EBHI, downsample=4) if p.image == full.image][0]
+    img, small = load_image(full), load_image(coarse)
+    h, w = img.shape[0] // 4, img.shape[1] // 4
+    assert small.shape == (h, w, 3)
+    block = img[:4, :4].reshape(-1, 3).astype(float).mean(axis=0)
+    assert np.abs(small[0, 0].astype(float) - block).max() <= 0.5
+    mask, small_mask = load_target(full), load_target(coarse)
+    share = mask[: h * 4, : w * 4].reshape(h, 4, w, 4).mean(axis=(1, 3))
+    assert small_mask.shape == (h, w) and small_mask.any()
+    assert np.array_equal(small_mask.astype(bool), share * 255 > 127)
