@@ -154,8 +154,8 @@ def test_a_manifest_read_at_a_downsample_gives_block_means_and_majority_targets(
     of a 4x4 block is tumour."""
     from app.core.dataset import load_image
 
-    full = [p for p in read_manifest(EBHI) if p.is_tumour_class][0]
-    coarse = [p for p in read_manifest(EBHI, downsample=4) if p.image == full.image][0]
+    full = next(p for p in read_manifest(EBHI) if p.is_tumour_class)
+    coarse = next(p for p in read_manifest(EBHI, downsample=4) if p.image == full.image)
     img, small = load_image(full), load_image(coarse)
     h, w = img.shape[0] // 4, img.shape[1] // 4
     assert small.shape == (h, w, 3)

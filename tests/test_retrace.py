@@ -101,6 +101,19 @@ def test_the_map_survives_a_restart_and_a_damaged_one_is_a_clear_error(run, tmp_
         ProbabilityMap.load(tmp_path / "other.tif")
 
 
+def test_a_new_minimum_area_refilters_the_kept_rings_and_gives_a_fresh_maps_answer(run, tmp_path):
+    """Dragging Minimum area re-filters the rings of the last sensitivity; the answer is the
+    same as a map traced for the first time at those settings, and a new sensitivity traces."""
+    pmap = run[0].probability_map
+    fresh = lambda: ProbabilityMap.load(pmap.save(tmp_path / "fresh.likelihood.tif"))  # noqa: E731
+    pmap.trace(0.45, 300.0)
+    kept = dict(pmap._rings)
+    assert canonical(pmap.trace(0.45, 5000.0)) == canonical(fresh().trace(0.45, 5000.0))
+    assert all(pmap._rings[k][2] is kept[k][2] for k in kept)  # not traced again
+    assert canonical(pmap.trace(0.6, 300.0)) == canonical(fresh().trace(0.6, 300.0))
+    assert all(pmap._rings[k][2] is not kept[k][2] for k in kept)
+
+
 def test_cli_threshold_and_min_area_are_recorded_and_annotations_reports_union_totals(mosaic_slide, tmp_path):
     slide = tmp_path / mosaic_slide.name
     slide.write_bytes(mosaic_slide.read_bytes())

@@ -24,9 +24,9 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from app.core.annotations import Annotation, Provenance
-from app.core.class_scores import SINGLE_TUMOUR, ClassScheme, OutputClass
+from app.core.class_scores import SINGLE_TUMOUR, ClassScheme, OutputClass, threshold_level
 from app.core.file_modes import make_ordinary
-from app.core.tracing import coarse, masked_map, region_mask, trace_factor, vectorize
+from app.core.tracing import coarse, masked_map, region_mask, rings_at, trace_factor, vectorize
 from app.errors import DelineoError
 
 FORMAT = "delineo-probability-map"
@@ -57,6 +57,8 @@ class ProbabilityMap:
     simplify_um: float = 1.0  # the run's tracing settings: a re-trace uses them unless told
     min_hole_um2: float = 1000.0
     _grids: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # Per layer, the rings of the last level traced: a new minimum area re-filters them.
+    _rings: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_blender(
@@ -125,8 +127,17 @@ class ProbabilityMap:
         out = {}
         for name, (layer, t) in self._layers(threshold).items():
             prob, masked = self._grid(factor, name, layer, threshold)
-            out[name] = vectorize(prob, t, *settings, min_hole_um2, masked=masked, factor=factor)
+            rings = self._rings_of(factor, name, masked, threshold_level(t))
+            out[name] = vectorize(prob, t, *settings, min_hole_um2, masked=masked, factor=factor, rings=rings)
         return out
+
+    def _rings_of(self, factor: int, name: str, masked: np.ndarray, level: int):
+        """The layer's rings at `level`, kept for the next re-trace (a new minimum area is
+        then a filter, not a trace)."""
+        kept = self._rings.get((factor, name))
+        if kept is None or kept[0] is not masked or kept[1] != level:
+            kept = self._rings[factor, name] = (masked, level, rings_at(masked, level))
+        return kept[2]
 
     def provenance(self, threshold: float, min_area_um2: float) -> Provenance:
         return Provenance(

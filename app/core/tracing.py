@@ -56,6 +56,13 @@ def masked_map(prob: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.bitwise_and(prob, inside)
 
 
+def rings_at(masked: np.ndarray, level: int) -> Rings:
+    """The pixel-edge rings where the masked map is at or above `level` (pixels touching at a
+    corner bridged): the part of a trace that depends on the level only, so a caller that
+    re-traces at one level with other filters (another minimum area) keeps it."""
+    return trace_rings(masked >= max(1, level), bridge=True)
+
+
 def trace_masked(
     masked: np.ndarray,
     level: int,
@@ -64,13 +71,15 @@ def trace_masked(
     simplify: float = 0.0,
     min_area: float = 0.0,
     min_hole: float = 0.0,
+    rings: Rings | None = None,
 ) -> list[Polygon]:
     """Polygons with holes along the edges of the pixels at or above `level` (see
-    `masked_map`); mask pixel (x, y) covers level-0 [x*scale + ox, (x+1)*scale + ox).
-    `simplify`, `min_area` and `min_hole` are in level-0 units (px, px²): parts smaller than
-    `min_area` are dropped and holes smaller than `min_hole` filled, judged on the rings
-    before any polygon is built (specks never reach shapely)."""
-    return trace_band(masked, level, scale, offset, simplify, min_area, min_hole)[0]
+    `masked_map`; `rings`: its `rings_at`, when the caller keeps them); mask pixel (x, y)
+    covers level-0 [x*scale + ox, (x+1)*scale + ox). `simplify`, `min_area` and `min_hole` are
+    in level-0 units (px, px²): parts smaller than `min_area` are dropped and holes smaller than
+    `min_hole` filled, judged on the rings before any polygon is built (specks never reach
+    shapely)."""
+    return trace_band(masked, level, scale, offset, simplify, min_area, min_hole, rings=rings)[0]
 
 
 def trace_band(
@@ -82,12 +91,13 @@ def trace_band(
     min_area: float = 0.0,
     min_hole: float = 0.0,
     open_rows: tuple[int, ...] = (),
+    rings: Rings | None = None,
 ) -> tuple[list[Polygon], list[Polygon]]:
     """`trace_masked` of one band of a larger map: (finished polygons, open polygons). A part
     touching a vertex row in `open_rows` (0, or the band's height, where the band meets a
     neighbour not traced with it) is open: returned whole, neither simplified nor filtered,
     for `finish_open_parts` once it is united with the neighbour's side."""
-    rings = trace_rings(masked >= max(1, level), bridge=True)
+    rings = rings if rings is not None else rings_at(masked, level)
     pinch_free = not rings.pinched
     if not len(rings):
         return [], []
@@ -264,11 +274,12 @@ def vectorize(
     min_hole_um2: float = 0.0,
     masked: np.ndarray | None = None,
     factor: int = 1,
+    rings: Rings | None = None,
 ) -> list[Polygon]:
     """Tumour polygons with holes, in level-0 pixels, where `prob` (uint8, 255 = 1.0, model
     pixels whose (0, 0) is level-0 `offset`) is at least `threshold`, inside the painted
     region only. `prob` may be the `coarse` map of `factor`; `masked` is its `masked_map`
-    when the caller keeps one. Parts
+    and `rings` their `rings_at` this threshold, when the caller keeps them. Parts
     smaller than `min_area_um2` are dropped and holes smaller than `min_hole_um2` filled: a
     pathologist outlines tumour, not single cells or lumens."""
     if prob.dtype != np.uint8:
@@ -285,6 +296,7 @@ def vectorize(
         simplify=simplify_um * px_per_um,
         min_area=min_area_um2 * px_per_um**2,
         min_hole=min_hole_um2 * px_per_um**2,
+        rings=rings,
     )
     return within_region(polys, region)
 

@@ -94,9 +94,10 @@ def bench_retrace(engine, data: Path | None = None, progress=None) -> dict:
         )
     pmap.trace(0.5, 1000.0)  # the first re-trace rasterises the region once (kept)
     clock, counts = Clock(), []
+    sensitivity, area_only = Clock(), Clock()  # a new threshold traces; a new area re-filters
     for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
-        for min_area in (250.0, 500.0, 1000.0, 2500.0, 5000.0):
-            with clock:
+        for i, min_area in enumerate((250.0, 500.0, 1000.0, 2500.0, 5000.0)):
+            with clock, (area_only if i else sensitivity):
                 outlines = pmap.trace(threshold, min_area)
             counts.append(sum(map(len, outlines.values())))
     specks = Clock()  # no minimum area at all: every speck becomes a polygon
@@ -109,6 +110,8 @@ def bench_retrace(engine, data: Path | None = None, progress=None) -> dict:
         "map_px": f"{pmap.prob.shape[2]}x{pmap.prob.shape[1]}",
         "run_s": round(run_s, 2),
         "retrace": clock.stats(),
+        "retrace_new_sensitivity": sensitivity.stats(),
+        "retrace_new_minimum_area": area_only.stats(),
         "retrace_min_area_0": {**specks.stats(), "polygons_at_0.7": n},
         "polygons_min_max": [min(counts), max(counts)],
         "retrace_floor_ms": RETRACE_FLOOR_MS,
