@@ -61,11 +61,19 @@ class _Edges:
     row y under pixel column x; `down[x, y]` (stored transposed, so a column reads as a row),
     the unit edge along vertex column x beside pixel row y."""
 
-    def __init__(self, grid: np.ndarray):
-        self.fg = np.pad(grid.astype(bool, copy=False), 1)
-        self.fg_t = np.ascontiguousarray(self.fg.T)
+    def __init__(self, grid: np.ndarray, padded: bool = False):
+        self.fg = grid if padded else np.pad(grid.astype(bool, copy=False), 1)
         self.across = self.fg[1:, 1:-1] != self.fg[:-1, 1:-1]  # (h + 1, w)
-        self.down = self.fg_t[1:, 1:-1] != self.fg_t[:-1, 1:-1]  # (w + 1, h)
+        self._columns: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def columns(self) -> tuple[np.ndarray, np.ndarray]:
+        """(fg transposed, `down`): made only where corners may start two runs (a pinch was
+        left), since otherwise the vertical runs follow from the horizontal ones."""
+        if self._columns is None:
+            fg_t = np.ascontiguousarray(self.fg.T)
+            self._columns = fg_t, fg_t[1:, 1:-1] != fg_t[:-1, 1:-1]  # (w + 1, h)
+        return self._columns
 
     def saddles(self) -> tuple[np.ndarray, np.ndarray]:
         """Vertices (x, y) where two pixels meet only at a corner: edges left and right of the
@@ -90,11 +98,13 @@ class _Edges:
     def fill(self, px: np.ndarray, py: np.ndarray) -> None:
         """Set background pixels and flip the edges around them."""
         self.fg[py + 1, px + 1] = True
-        self.fg_t[px + 1, py + 1] = True
         self.across[py, px] ^= True
         self.across[py + 1, px] ^= True
-        self.down[px, py] ^= True
-        self.down[px + 1, py] ^= True
+        if self._columns is not None:
+            fg_t, down = self._columns
+            fg_t[px + 1, py + 1] = True
+            down[px, py] ^= True
+            down[px + 1, py] ^= True
 
 
 def _bridge(edges: _Edges, passes: int = 8) -> bool:
@@ -120,11 +130,22 @@ def _bridge(edges: _Edges, passes: int = 8) -> bool:
     return not len(x)
 
 
+def _vertical_runs(h_line, h_start, h_end, fg: np.ndarray, h1: int) -> tuple[np.ndarray, ...]:
+    """The vertical runs from the horizontal ones' corners, as `_runs` gives them, where no
+    vertex starts two runs: every corner ends one horizontal and one vertical run, so a
+    column's corners, sorted, pair up into its vertical runs."""
+    key = np.concatenate([h_start * h1 + h_line, h_end * h1 + h_line])
+    key.sort()
+    x, a, b = key[0::2] // h1, key[0::2] % h1, key[1::2] % h1
+    down = fg[a + 1, x]  # the pixel left of the run's top edge (padded): foreground heads down
+    return x, np.where(down, a, b), np.where(down, b, a), down
+
+
 def _runs(edges: _Edges, transposed: bool) -> tuple[np.ndarray, ...]:
     """Maximal straight runs of one orientation: (line, start, end, foreground side) where a
     horizontal run lies on vertex row `line` from x = start to x = end (a vertical one on
     vertex column `line`), sorted by line then start."""
-    step, fg = (edges.down, edges.fg_t) if transposed else (edges.across, edges.fg)
+    step, fg = edges.columns[::-1] if transposed else (edges.across, edges.fg)
     width = step.shape[1]
     flat = np.flatnonzero(step)
     if not len(flat):
@@ -157,6 +178,27 @@ def _vertex_table(size: int) -> np.ndarray:
     return table[:size]
 
 
+def _ring_heads(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per element of the successor permutation `nxt`: the smallest index in its cycle and the
+    steps forward to it, by doubling (each round doubles the window every element has seen;
+    int32 values updated in place: a third less time than int64 copies). Dropping rings that
+    are already whole after a few rounds was measured slower: most runs are in long rings."""
+    n = len(nxt)
+    best, dist, jump = np.arange(n, dtype=np.int32), np.zeros(n, np.int32), nxt.copy()
+    span = 1
+    while True:
+        b2 = best[jump]
+        better = b2 < best
+        np.copyto(best, b2, where=better)
+        d2 = dist[jump]
+        d2 += span
+        np.copyto(dist, d2, where=better)
+        if np.array_equal(best, best[nxt]):
+            break
+        jump, span = jump[jump], span * 2
+    return best.astype(np.int64), dist.astype(np.int64)
+
+
 def _successors_at_corners(h_runs: tuple, v_runs: tuple, h1: int, w1: int) -> tuple[np.ndarray, np.ndarray]:
     """(vertical run after each horizontal one, horizontal run after that) where vertices may
     start two runs: two pixels meeting at a corner, whose runs are chosen so both stay in one
@@ -175,21 +217,35 @@ def _successors_at_corners(h_runs: tuple, v_runs: tuple, h1: int, w1: int) -> tu
     return v_next, h_next[v_next]
 
 
-def trace_rings(grid: np.ndarray, bridge: bool = False) -> Rings:
+def padded_at_or_above(values: np.ndarray, level) -> np.ndarray:
+    """`values >= level` inside a border of one unset pixel: `trace_rings(..., padded=True)`
+    takes it without copying the grid again."""
+    out = np.zeros((values.shape[0] + 2, values.shape[1] + 2), bool)
+    np.greater_equal(values, level, out=out[1:-1, 1:-1])
+    return out
+
+
+def trace_rings(grid: np.ndarray, bridge: bool = False, padded: bool = False) -> Rings:
     """All rings of the foreground of a bool (h, w) grid. Pixel (x, y) spans [x, x+1) x
     [y, y+1). Where two pixels touch only at a corner the outline passes the corner twice
-    (8-connected) unless `bridge` joins them first (see `_bridge`)."""
-    edges = _Edges(grid)
+    (8-connected) unless `bridge` joins them first (see `_bridge`). `padded`: `grid` already
+    has a border of one unset pixel (and is changed in place by `bridge`)."""
+    edges = _Edges(grid, padded)
+    if padded:
+        grid = grid[1:-1, 1:-1]
     pinched = not _bridge(edges) if bridge else bool(len(edges.saddles()[0]))
     h_line, h_start, h_end, h_fwd = _runs(edges, False)
-    v_line, v_start, v_end, v_fwd = _runs(edges, True)
+    h1, w1 = grid.shape[0] + 1, grid.shape[1] + 1
+    if pinched:
+        v_line, v_start, v_end, v_fwd = _runs(edges, True)
+    else:
+        v_line, v_start, v_end, v_fwd = _vertical_runs(h_line, h_start, h_end, edges.fg, h1)
     n = len(h_line)
     if n == 0:
         empty = np.zeros(0, np.int64)
         return Rings(
             np.zeros((0, 2), np.int64), np.zeros(1, np.int64), np.zeros(0), np.zeros((0, 2)), empty, empty
         )
-    h1, w1 = grid.shape[0] + 1, grid.shape[1] + 1
     # Runs alternate horizontal, vertical: after horizontal run i comes the vertical run that
     # starts at its end vertex, then the horizontal run starting at that one's end. Where two
     # vertical runs start at a vertex (two pixels meeting at a corner) the one keeping both
@@ -207,19 +263,7 @@ def trace_rings(grid: np.ndarray, bridge: bool = False) -> Rings:
 
     # Per horizontal run: the smallest index in its ring and the steps forward to it, by
     # doubling (window of 2^k runs per round).
-    best, dist, jump = np.arange(n, dtype=np.int32), np.zeros(n, np.int32), nxt.copy()
-    span = 1
-    while True:  # int32 values, updated in place: a third less time than int64 copies
-        b2 = best[jump]
-        better = b2 < best
-        np.copyto(best, b2, where=better)
-        d2 = dist[jump]
-        d2 += span
-        np.copyto(dist, d2, where=better)
-        if np.array_equal(best, best[nxt]):
-            break
-        jump, span = jump[jump], span * 2
-    best, dist = best.astype(np.int64), dist.astype(np.int64)
+    best, dist = _ring_heads(nxt)
     head = best == np.arange(n)
     ring_id = (np.cumsum(head) - 1)[best]
     size = np.bincount(ring_id)  # horizontal runs per ring

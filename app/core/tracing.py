@@ -15,7 +15,7 @@ from shapely.geometry.base import BaseGeometry
 
 from app.core.class_scores import threshold_level
 from app.core.geometry import polygonal, rasterize
-from app.core.pixel_rings import Rings, trace_rings
+from app.core.pixel_rings import Rings, padded_at_or_above, trace_rings
 
 MAX_TOLERANCE_PX = 0.49  # Douglas-Peucker tolerance in traced pixels: under half of one
 
@@ -60,7 +60,7 @@ def rings_at(masked: np.ndarray, level: int) -> Rings:
     """The pixel-edge rings where the masked map is at or above `level` (pixels touching at a
     corner bridged): the part of a trace that depends on the level only, so a caller that
     re-traces at one level with other filters (another minimum area) keeps it."""
-    return trace_rings(masked >= max(1, level), bridge=True)
+    return trace_rings(padded_at_or_above(masked, max(1, level)), bridge=True, padded=True)
 
 
 def trace_masked(
