@@ -97,7 +97,7 @@ def bench_retrace(engine, data: Path | None = None, progress=None) -> dict:
     sensitivity, area_only = Clock(), Clock()  # a new threshold traces; a new area re-filters
     for threshold in (0.3, 0.4, 0.5, 0.6, 0.7):
         for i, min_area in enumerate((250.0, 500.0, 1000.0, 2500.0, 5000.0)):
-            with clock, (area_only if i else sensitivity):
+            with clock, area_only if i else sensitivity:
                 outlines = pmap.trace(threshold, min_area)
             counts.append(sum(map(len, outlines.values())))
     specks = Clock()  # no minimum area at all: every speck becomes a polygon
