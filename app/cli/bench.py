@@ -98,14 +98,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.what == "adaptive":
         from app.cli.arguments import coarse_engine_for
         from app.core.dataset import data_folder
-        from app.inference.benchmark import bench_adaptive
+        from app.inference.whole_slide_benchmark import bench_adaptive
 
         data = data_folder(args.data)
         engine = engine_from_args(args)
         coarse = coarse_engine_for(args, engine)
         result = bench_adaptive(data, engine, split=args.split, progress=progress, coarse_engine=coarse)
     elif args.what == "memory":
-        from app.inference.benchmark import bench_memory
+        from app.inference.whole_slide_benchmark import bench_memory
 
         result = bench_memory(progress=progress)
     elif args.what == "remote":
