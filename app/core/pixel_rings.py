@@ -17,11 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-# Edge directions: 0 right (+x), 1 down (+y), 2 left, 3 up.
-# The centre of the pixel on an edge's left (background) side, from its start vertex.
-_LEFT_X = np.array([0.5, 0.5, -0.5, -0.5])
-_LEFT_Y = np.array([-0.5, 0.5, 0.5, -0.5])
-
 
 @dataclass(frozen=True)
 class Rings:
@@ -41,9 +36,6 @@ class Rings:
 
     def __len__(self) -> int:
         return len(self.area)
-
-    def ring(self, i: int) -> np.ndarray:
-        return self.xy[self.start[i] : self.start[i + 1]]
 
     def linear_rings(
         self, which: np.ndarray, scale: float = 1.0, offset: tuple[float, float] = (0.0, 0.0)
@@ -276,8 +268,10 @@ def trace_rings(grid: np.ndarray, bridge: bool = False, padded: bool = False) ->
     # Shoelace on a rectilinear ring: the horizontal runs' (start - end) * y.
     area = np.bincount(ring_id, weights=((h_start - h_end) * h_line).astype(np.float64))
     first = np.flatnonzero(head)
-    d = np.where(h_fwd[first], 0, 2)  # a ring's first run: heading right (0) or left (2)
-    inner = np.stack([h_start[first] + _LEFT_X[d], h_line[first] + _LEFT_Y[d]], axis=1)
+    # The pixel on the background side of a ring's first run: above a run heading right (the
+    # foreground is below it), below one heading left, next to the run's start.
+    side = np.where(h_fwd[first], 0.5, -0.5)
+    inner = np.stack([h_start[first] + side, h_line[first] - side], axis=1)
     y = xy[:, 1]
     return Rings(
         xy,
