@@ -97,17 +97,18 @@ def test_shipped_graph_ends_in_logits_not_an_activation(card):
     assert produced_by[graph.output[0].name] not in {"Softmax", "Sigmoid"}
 
 
-def test_card_validation_meets_the_precision_floor_and_reports_the_confusion(card):
+def test_card_validation_meets_the_floors_and_reports_the_confusion(card):
+    """Issue 11's floors, as the card records them on the 233 val tiles: Tumor Dice no more than
+    0.01 below the binary model's, every precision within 0.005 of FP32 on every class."""
     v = card.validation
     rows = v["rows"]
     fp32 = rows["onnxruntime-fp32"]["dice"]
     assert set(fp32) == {"Tumor", "High-grade dysplasia", "Other epithelium"}
-    # Issue 11's floor is 0.005 per class for every precision. OpenVINO INT8 misses it (0.0054
-    # Tumor, 0.008 High-grade dysplasia; README "Multi-class model"), so it is held to 0.01 here.
-    for key, floor in (("openvino-fp16", 0.005), ("onnxruntime-int8", 0.005), ("openvino-int8", 0.01)):
+    assert fp32["Tumor"] >= v["binary_model"]["dice"]["Tumor"] - 0.01
+    for key in ("openvino-fp32", "openvino-fp16", "openvino-int8", "onnxruntime-int8"):
         for cls, d in fp32.items():
-            assert abs(rows[key]["dice"][cls] - d) <= floor, (key, cls)
-    assert v["max_class_dice_diff_vs_fp32"]["openvino-fp16"] <= 0.005
+            assert abs(rows[key]["dice"][cls] - d) <= 0.005, (key, cls)
+        assert v["max_class_dice_diff_vs_fp32"][key] <= 0.005
     assert 0 <= rows["onnxruntime-fp32"]["hgin_tile_pixels_called_tumour"] <= 1
     assert "hgin_tile_pixels_called_tumour" in v["binary_model"]
 
@@ -196,10 +197,64 @@ def test_the_timed_schedule_warms_up_anneals_and_ends_with_the_budget():
 
 
 def test_auto_precision_leaves_out_a_precision_that_loses_dice_on_any_class():
-    """The lesions card's OpenVINO INT8 loses 0.008 on one class (over the 0.005 tolerance):
-    Auto must not pick it, and must not fail on per-class validation rows."""
+    """The shipped lesions INT8 is within tolerance on every class, so Auto may pick it; the
+    same card with one class 0.008 worse in OpenVINO INT8 (the first lesions model's loss)
+    must not, and per-class rows must not make Auto fail."""
     from app.inference.autoselect import eligible
 
     card = ModelCard.load("ebhi-lesions-resunet")
+    assert eligible(card, "openvino") == ["fp32", "fp16", "int8"]
+    row = card.validation["rows"]["openvino-int8"]["dice"]
+    row["High-grade dysplasia"] = (
+        card.validation["rows"]["openvino-fp32"]["dice"]["High-grade dysplasia"] - 0.008
+    )
     assert eligible(card, "openvino") == ["fp32", "fp16"]
     assert "int8" in eligible(ModelCard.load("ebhi-tumour-resunet"), "openvino")
+
+
+def test_the_int8_accuracy_control_metric_is_the_worst_class_loss_against_fp32(card):
+    """NNCF keeps layers in float until this metric's drop is within budget, so it must be the
+    issue's per-class criterion: FP32 scores 1, and INT8 scores 1 minus its worst class loss,
+    also on a subset of the tiles (NNCF ranks layers on one)."""
+    import openvino as ov
+
+    from app.model.accuracy_control import WorstClassDrop, class_dice
+
+    pairs = read_manifest(EBHI)
+    images = [load_image(p) for p in pairs]
+    targets = [load_target(p, "lesions") for p in pairs]
+    metric = WorstClassDrop(images, targets, card.normalization)
+    core = ov.Core()
+    fp32 = core.compile_model(str(card.file("onnx-fp32")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    int8 = core.compile_model(str(card.file("openvino-int8")), "CPU")
+    metric.set_reference(fp32)
+    score, per_tile = metric(fp32, range(len(pairs)))
+    assert score == 1.0 and len(per_tile) == len(pairs) and all(0 <= a <= 1 for a in per_tile)
+
+    subset = [0, 3, 5, 8, 13]
+    got, _ = metric(int8, subset)
+    _, ref_confs = metric.confusions(fp32, subset)
+    _, int8_confs = metric.confusions(int8, subset)
+    loss = class_dice(sum(ref_confs)) - class_dice(sum(int8_confs))
+    assert got == pytest.approx(1.0 - loss.max())
+    # INT8 really labels some pixels differently here, so the check above has teeth.
+    assert any(not np.array_equal(a, b) for a, b in zip(ref_confs, int8_confs, strict=True))
+
+
+def test_the_layers_int8_keeps_in_float_are_named_as_in_the_onnx_graph(card):
+    """ONNX Runtime INT8 leaves out of quantization the convolutions that OpenVINO's accuracy
+    control kept in float, found by their ONNX names; a fully quantized IR has none."""
+    import onnx
+    import openvino as ov
+
+    from app.model.accuracy_control import float_convolutions
+
+    core = ov.Core()
+    kept = float_convolutions(core.read_model(str(card.file("openvino-int8"))))
+    onnx_convs = {n.name for n in onnx.load(str(card.file("onnx-fp32"))).graph.node if n.op_type == "Conv"}
+    assert kept and set(kept) <= onnx_convs
+    assert (
+        float_convolutions(core.read_model(str(ModelCard.load("ebhi-tumour-resunet").file("openvino-int8"))))
+        == []
+    )
+    assert len(float_convolutions(core.read_model(str(card.file("onnx-fp32"))))) == len(onnx_convs)

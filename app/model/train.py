@@ -62,6 +62,10 @@ class TrainConfig:
     # Train at `downsample` x EBHI-Seg's pixel size (tiles and crops 1/downsample the side): a
     # coarse model for the adaptive run's first pass (4: 4 µm/px).
     downsample: int = 1
+    # Lesions from --init: the kept checkpoint is the best mean foreground Dice among epochs whose
+    # Tumor Dice is at most this far below the --init model's (measured before training), since
+    # the new classes must not cost the tumour outline more than that.
+    tumour_tolerance: float = 0.01
 
 
 def output_channels(target: str) -> int:
@@ -294,10 +298,20 @@ def train(cfg: TrainConfig, progress=print) -> Path:
     timed = TimedOneCycle(opt, cfg.lr, cfg.max_minutes * 60) if cfg.anneal_by_time else None
     rng = np.random.default_rng(cfg.seed)
     history = []
-    best = -1.0
-    t0 = time.time()
+    best = (False, -1.0)
     log_path = out / "train.jsonl"
     log_path.write_text("")
+    tumour_floor = None
+    if cfg.target == "lesions" and cfg.init:
+        start = evaluate_bank(model, val_bank, device)
+        tumour_floor = start["dice"]["Tumor"] - cfg.tumour_tolerance
+        with log_path.open("a") as f:
+            f.write(json.dumps({"epoch": 0, **{f"val_{k}": v for k, v in start.items()}}) + "\n")
+        progress(
+            f"--init model: val Tumor Dice {start['dice']['Tumor']:.4f}; "
+            f"keeping epochs at or above {tumour_floor:.4f}"
+        )
+    t0 = time.time()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         losses = []
@@ -326,7 +340,8 @@ def train(cfg: TrainConfig, progress=print) -> Path:
         history.append(row)
         with log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        improved = metrics["score"] > best
+        key = (tumour_floor is None or metrics["dice"]["Tumor"] >= tumour_floor, metrics["score"])
+        improved = key > best
         ckpt = {
             "state_dict": model.state_dict(),
             "config": model.config,
@@ -339,7 +354,7 @@ def train(cfg: TrainConfig, progress=print) -> Path:
         }
         torch.save(ckpt, out / "last.pt")
         if improved:
-            best = metrics["score"]
+            best = key
             torch.save(ckpt, out / "best.pt")
         if cfg.target == "lesions":
             said = "  ".join(f"{k} {v:.4f}" for k, v in metrics["dice"].items())
