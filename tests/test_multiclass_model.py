@@ -258,3 +258,30 @@ def test_the_layers_int8_keeps_in_float_are_named_as_in_the_onnx_graph(card):
         == []
     )
     assert len(float_convolutions(core.read_model(str(card.file("onnx-fp32"))))) == len(onnx_convs)
+
+
+def test_training_from_the_binary_model_keeps_the_best_epoch_that_holds_its_tumour_dice(tmp_path):
+    """With --init, epoch 0 (the binary model) is validated first, and the kept checkpoint is
+    the best mean foreground Dice among epochs whose Tumor Dice is within the tolerance of it."""
+    torch = pytest.importorskip("torch")
+    from conftest import ROOT
+
+    from app.model.train import TrainConfig, selection_key, train
+
+    cfg = TrainConfig(
+        data=str(EBHI), out=str(tmp_path / "run"), epochs=3, batch=4, samples_per_epoch=8, lr=5e-3,
+        target="lesions", init=str(ROOT / "resources/models/ebhi-tumour-resunet/model-fp32.pt"),
+    )  # fmt: skip
+    best = train(cfg, progress=lambda _s: None)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    floor = rows[0]["val_dice"]["Tumor"] - cfg.tumour_tolerance
+    assert rows[0]["val_dice"]["Tumor"] > 0.3  # the binary model's tumour, through the new head
+    metrics = [{"dice": r["val_dice"], "score": r["val_score"]} for r in rows[1:]]
+    expected = 1 + max(range(3), key=lambda i: selection_key(metrics[i], floor))
+    assert torch.load(best, weights_only=True)["epoch"] == expected
+    # The rule itself: an epoch below the floor loses to one above it whatever its score.
+    low = {"dice": {"Tumor": floor - 0.001}, "score": 0.9}
+    high = {"dice": {"Tumor": floor + 0.001}, "score": 0.1}
+    assert selection_key(high, floor) > selection_key(low, floor)
+    assert selection_key(low, None) > selection_key(high, None)

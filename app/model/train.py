@@ -232,6 +232,13 @@ def evaluate_bank(model: ResUNet, bank: TileBank, device: torch.device, batch: i
     return {"dice": dice, "fp_rate_non_tumour": other_fp / max(1, other_px), "score": dice}
 
 
+def selection_key(metrics: dict, tumour_floor: float | None) -> tuple[bool, float]:
+    """Checkpoints compare by this: first whether Tumor Dice holds `tumour_floor` (when there is
+    one), then the score; so a lesions model never trades tumour Dice for the new classes'."""
+    holds = tumour_floor is None or metrics["dice"]["Tumor"] >= tumour_floor
+    return holds, metrics["score"]
+
+
 def initialise_from(model: ResUNet, path: str | Path, progress=print) -> None:
     """Every layer but the output head from another checkpoint of the same shape. A one-channel
     (tumour) head seeds the Tumor channel, so a lesions model starts as the binary model."""
@@ -340,7 +347,7 @@ def train(cfg: TrainConfig, progress=print) -> Path:
         history.append(row)
         with log_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        key = (tumour_floor is None or metrics["dice"]["Tumor"] >= tumour_floor, metrics["score"])
+        key = selection_key(metrics, tumour_floor)
         improved = key > best
         ckpt = {
             "state_dict": model.state_dict(),
