@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.core.resample import area_downscale
 from app.errors import DelineoError
 
 TUMOUR_CLASS = "adenocarcinoma"
@@ -124,12 +125,11 @@ def load_image(pair: Pair) -> np.ndarray:
 
 
 def _reduced(a: np.ndarray, k: int) -> np.ndarray:
-    """Block means of k x k pixels (uint8; the far partial row and column dropped)."""
+    """Block means of k x k pixels (the far partial row and column dropped)."""
     if k == 1:
         return a
     h, w = a.shape[0] // k, a.shape[1] // k
-    blocks = a[: h * k, : w * k].reshape(h, k, w, k, *a.shape[2:]).astype(np.float32)
-    return np.round(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    return area_downscale(a[: h * k, : w * k], (w, h))
 
 
 def load_target(pair: Pair, target: str = "tumour") -> np.ndarray:

@@ -105,18 +105,20 @@ def _name_dynamic_dims(path: Path) -> None:
     onnx.save(m, str(path))
 
 
+def drawn_train_tiles(
+    data: str | Path, n: int, skip: int = 0, seed: int = 0, downsample: int = 1
+) -> list[Pair]:
+    """`n` train tiles of one shuffle, after its first `skip`, in manifest order: calibration
+    draws the first ones and a softmax model's INT8 accuracy control the next, so the two never
+    share a tile."""
+    pairs = read_manifest(data, "train", downsample)
+    idx = np.random.default_rng(seed).permutation(len(pairs))[skip : skip + n]
+    return [pairs[i] for i in sorted(idx)]
+
+
 def load_calibration_tiles(data: str | Path, n: int, seed: int = 0, downsample: int = 1) -> list[np.ndarray]:
     """`n` real train tiles, every class represented in proportion."""
-    pairs = read_manifest(data, "train", downsample)
-    idx = np.random.default_rng(seed).permutation(len(pairs))[: min(n, len(pairs))]
-    return [load_image(pairs[i]) for i in sorted(idx)]
-
-
-def held_out_train_pairs(data: str | Path, after: int, n: int, seed: int = 0) -> list[Pair]:
-    """`n` train tiles that `load_calibration_tiles(data, after, seed)` did not pick."""
-    pairs = read_manifest(data, "train")
-    idx = np.random.default_rng(seed).permutation(len(pairs))[after : after + n]
-    return [pairs[i] for i in sorted(idx)]
+    return [load_image(p) for p in drawn_train_tiles(data, n, seed=seed, downsample=downsample)]
 
 
 def quantize_openvino(onnx_path: Path, out_xml: Path, tiles: list[np.ndarray], card_norm: dict) -> None:
@@ -218,7 +220,7 @@ def convert(
     progress("OpenVINO IR FP16…")
     save_openvino_fp16(onnx_path, out / "model-fp16.xml")
     if softmax:
-        held_out = held_out_train_pairs(data, calibration_tiles, INT8_CONTROL_TILES)
+        held_out = drawn_train_tiles(data, INT8_CONTROL_TILES, calibration_tiles, downsample=downsample)
         progress(
             f"OpenVINO IR INT8 (NNCF with accuracy control: at most {INT8_MAX_CLASS_DROP} Dice lost on "
             f"any class of {len(held_out)} held-out train tiles; calibration on {len(calib)})…"
