@@ -3,7 +3,10 @@ is unsure, or borders it; the coarse tiles reach the overlay first."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
 import shapely
 from conftest import SAMPLE_SVS
 from shapely.geometry import box
@@ -13,6 +16,7 @@ from test_pipeline import dark_map
 from app.core.geometry import rasterize
 from app.core.slide import Slide
 from app.inference.engine import Engine
+from app.inference.modelcard import ModelCardError
 from app.inference.pipeline import DelineationRun, RunSettings
 
 TUMOUR = [{"name": "Tumor", "color": [200, 0, 0]}]
@@ -79,5 +83,59 @@ def test_a_coarse_model_runs_the_first_pass_at_its_own_pixel_size():
 def test_the_model_card_names_its_coarse_model_by_name_only():
     named = card(TUMOUR, adaptive={"coarse_model": "ebhi-tumour-coarse-resunet"})
     assert named.coarse_model == "ebhi-tumour-coarse-resunet"
-    assert card(TUMOUR, adaptive={"coarse_model": "../../etc"}).coarse_model is None
     assert card(TUMOUR).coarse_model is None
+
+
+@pytest.mark.parametrize(
+    "adaptive, said",
+    [
+        ({"coarse_model": "../../etc"}, "adaptive.coarse_model '../../etc' is not a model name"),
+        ({"refine_level": 0}, "adaptive.refine_level 0 is not in 0.001..1"),
+        ({"refine_min_um2": -5}, "adaptive.refine_min_um2 -5 is not an area"),
+        ({"refine_margin_px": 2.5}, "adaptive.refine_margin_px 2.5 is not a whole number"),
+        ("yes", "adaptive must be an object"),
+    ],
+)
+def test_a_card_whose_adaptive_block_cannot_be_used_is_refused_saying_which_key(adaptive, said):
+    with pytest.raises(ModelCardError, match=re.escape(said)):
+        card(TUMOUR, adaptive=adaptive)
+
+
+def _dice(a_polys, b_polys) -> float:
+    w, h = 2220, 2967
+    a = rasterize(shapely.union_all(a_polys), (h // 4, w // 4), 4.0, (0.0, 0.0))
+    b = rasterize(shapely.union_all(b_polys), (h // 4, w // 4), 4.0, (0.0, 0.0))
+    return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+@pytest.mark.parametrize("keep_map", [True, False])
+def test_where_no_fine_tile_runs_the_coarse_answer_stands(keep_map):
+    """A rule that refines only where the coarse pass finds a large area: the small foci's
+    tiles do not run, yet their foci are in the outline, at the coarse pass's resolution
+    (in the kept map and band by band alike)."""
+    fine = VeryDark()
+    fine.card = card(TUMOUR, output={"activation": "none"}, adaptive={"refine_min_um2": 1e7})
+    with Slide.open(SAMPLE_SVS) as s:
+        region = box(0, 0, *s.dimensions)
+        exhaustive = DelineationRun(s, region, VeryDark()).execute()
+        settings = RunSettings(adaptive=True, keep_map=keep_map)
+        adaptive = DelineationRun(s, region, fine, settings).execute()
+    # Only tiles the coarse pass has no answer for (at its glass tiles) run at full resolution.
+    assert fine.calls == adaptive.coarse_tiles + adaptive.tiles_done
+    assert adaptive.tiles_done < 0.1 * exhaustive.tiles_done
+    assert exhaustive.polygons and adaptive.polygons
+    assert _dice(adaptive.polygons, exhaustive.polygons) > 0.8
+
+
+def test_a_rule_with_a_minimum_area_runs_fewer_tiles_and_keeps_the_outline():
+    """Tiles whose coarse finding is a speck keep the coarse answer; the rest run: fewer fine
+    tiles than refining on any coarse pixel, and the outline stays within Dice 0.97."""
+    anywhere, sized = VeryDark(), VeryDark()
+    sized.card = card(TUMOUR, output={"activation": "none"}, adaptive={"refine_min_um2": 2000})
+    with Slide.open(SAMPLE_SVS) as s:
+        region = box(0, 0, *s.dimensions)
+        exhaustive = DelineationRun(s, region, VeryDark()).execute()
+        a = DelineationRun(s, region, anywhere, RunSettings(adaptive=True, keep_map=False)).execute()
+        b = DelineationRun(s, region, sized, RunSettings(adaptive=True, keep_map=False)).execute()
+    assert b.tiles_done < a.tiles_done
+    assert _dice(b.polygons, exhaustive.polygons) > 0.97

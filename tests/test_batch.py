@@ -314,3 +314,24 @@ def test_summary_rows_survive_a_rewrite_and_say_done_only_with_their_geojson(tmp
     (tmp_path / "a.geojson").write_text("{}")
     (tmp_path / "b.geojson").write_text("{}")
     assert again.is_done("a.geojson") and not again.is_done("b.geojson")
+
+
+def test_whole_slides_run_the_coarse_model_first_unless_exhaustive(tmp_path):
+    """The shipped model names a coarse model: a whole-slide batch runs it first and fewer
+    tiles at full resolution for nearly the same outline; --exhaustive runs them all."""
+    import shapely
+    from shapely.geometry import shape
+
+    folder = slides_folder(tmp_path, 1)
+    rows, outlines = {}, {}
+    for mode, extra in (("adaptive", []), ("exhaustive", ["--exhaustive"])):
+        out = tmp_path / mode
+        r = run_delineo("batch", str(folder), "--out", str(out), "--workers", "1", *extra)
+        assert r.returncode == 0, r.stderr
+        rows[mode] = read_summary(out)["case-1.svs"]
+        outlines[mode] = shapely.union_all(
+            [shape(f["geometry"]) for f in tumour_features(out / "case-1.geojson")]
+        )
+    assert 0 < int(rows["adaptive"]["tiles_run"]) < int(rows["exhaustive"]["tiles_run"])
+    a, e = outlines["adaptive"], outlines["exhaustive"]
+    assert e.area > 0 and 2 * a.intersection(e).area / (a.area + e.area) >= 0.95

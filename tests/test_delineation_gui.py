@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conftest import open_and_wait
-from PySide6.QtCore import QElapsedTimer, QPoint, Qt, QTimer
+from PySide6.QtCore import QElapsedTimer, QPoint, QPointF, Qt, QTimer
 
 
 def stroke(qtbot, win, points: list[tuple[int, int]]) -> None:
@@ -183,9 +183,13 @@ def test_clicking_an_annotation_selects_it_without_moving_the_view(qtbot, window
     assert len(window.annotations) == 1 and window.annotations_panel.table.rowCount() == 1
 
 
-def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(qtbot, window, large_pyramid):
-    """Ctrl+Shift+D on a slide of tissue everywhere: the first tiles are under the middle of the
-    view; after a pan, the next ones are under its new middle. Cancelled once that is seen."""
+def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(
+    qtbot, window, large_pyramid, qsettings
+):
+    """Ctrl+Shift+D on a slide of tissue everywhere, every tile at full resolution (the coarse
+    pass off in Settings): the first tiles are under the middle of the view; after a pan, the
+    next ones are under its new middle. Cancelled once that is seen."""
+    qsettings.setValue("inference/adaptive", False)
     ready: list[str] = []
     window.worker.worker.slideReady.connect(ready.append)
     open_and_wait(qtbot, window, large_pyramid)
@@ -197,7 +201,7 @@ def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(qtbot, wi
     first_at: list[float] = []
 
     def watch():
-        if not first_at and window.overlay is not None and window.overlay.tiles:
+        if not first_at and window.overlay is not None and window.overlay.shown:
             first_at.append(time.perf_counter())
 
     hb = QTimer()
@@ -234,3 +238,53 @@ def test_whole_slide_of_the_sample_outlines_its_tissue(qtbot, window, sample_cop
     assert not result.cancelled and result.tiles_done > 4
     assert len(window.annotations) == len(result.polygons) > 0
     assert window.controller.current is not None  # re-traceable like any run
+
+
+def test_whole_slide_shows_the_coarse_answer_first_under_the_view_then_sharpens_it(
+    qtbot, window, large_pyramid
+):
+    """With the shipped model's coarse companion (the default): the first tiles painted are
+    coarse ones under the middle of the view, each over 16x a fine tile's area; the fine tiles
+    that follow replace the coarse answer beneath them; tiles the coarse pass rules out are not
+    run, and the count in the progress bar covers both passes."""
+    ready: list[str] = []
+    window.worker.worker.slideReady.connect(ready.append)
+    open_and_wait(qtbot, window, large_pyramid)
+    view = window.view
+    view.set_zoom(view.fit_zoom() * 8)
+    view.centre_on(15000, 15000)
+    qtbot.waitUntil(lambda: window.engine_label.text() != "", timeout=60_000)
+    qtbot.waitUntil(lambda: str(large_pyramid) in ready, timeout=30_000)
+    first_at: list[float] = []
+
+    def watch():
+        if not first_at and window.overlay is not None and window.overlay.shown:
+            first_at.append(time.perf_counter())
+
+    hb = QTimer()
+    hb.setInterval(2)
+    hb.timeout.connect(watch)
+    hb.start()
+    with qtbot.waitSignal(window.delineationFinished, timeout=300_000) as sig:
+        t0 = time.perf_counter()
+        qtbot.keyClick(
+            window, Qt.Key.Key_D, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
+        )
+        qtbot.waitUntil(lambda: window.overlay is not None and window.overlay.shown >= 1, timeout=60_000)
+        hb.stop()
+        print(f"\nadaptive whole slide: first coarse tile {(first_at[0] - t0) * 1000:.0f} ms after the click")
+        overlay = window.overlay
+        first = overlay.coarse[0][0]
+        assert not overlay.tiles, "the coarse answer comes first"
+    result = sig.args[0]
+    assert first.contains(QPointF(15000, 15000)), "the first coarse tile is under the view"
+    assert result.coarse_tiles == len(overlay.coarse) > 0
+    assert len(overlay.tiles) == result.tiles_done < result.tiles_total
+    done, total = result.tiles_done, result.tiles_total
+    print(f"\nadaptive whole slide: {result.coarse_tiles} coarse tiles, {done} of {total} fine")
+    fine_side = overlay.tiles[0][0].width() if overlay.tiles else None
+    if fine_side:
+        assert first.width() > 3.5 * fine_side
+        # Every fine tile is cut out of the coarse tiles it lies on.
+        _, _, covered = next(c for c in overlay.coarse if c[0].intersects(overlay.tiles[0][0]))
+        assert covered.contains(overlay.tiles[0][0].center())

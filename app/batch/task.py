@@ -56,6 +56,7 @@ class SlideJob:
     threshold: float | None = None
     min_area_um2: float = 1000.0
     mpp: float | None = None
+    adaptive: bool = True  # whole slides: the model's coarse model first, where it names one
 
 
 class EnginePool:
@@ -149,17 +150,25 @@ def _run(job: SlideJob, t0: float) -> SlideResult:
                 raise NoRegion(str(e)) from None
         else:
             region = region_from_file(Path(job.region_geojson), slide)
-        settings = RunSettings(
-            threshold=job.threshold, min_area_um2=job.min_area_um2, slide_mpp=job.mpp, keep_map=False
-        )
         engine = ENGINES.acquire(job.engine)
+        coarse_spec = _coarse_spec(job, engine) if job.region_geojson is None and job.adaptive else None
+        coarse = ENGINES.acquire(coarse_spec) if coarse_spec is not None else None
+        settings = RunSettings(
+            threshold=job.threshold,
+            min_area_um2=job.min_area_um2,
+            slide_mpp=job.mpp,
+            keep_map=False,
+            adaptive=coarse is not None,
+        )
         try:
             report = ProgressReport(Path(job.slide).name)
-            result = DelineationRun(slide, region, engine, settings, tissue=tissue).execute(
-                on_tile=lambda ev: report(ev.done, ev.total)
-            )
+            result = DelineationRun(
+                slide, region, engine, settings, tissue=tissue, coarse_engine=coarse
+            ).execute(on_tile=lambda ev: report(ev.done, ev.total))
         finally:
             ENGINES.release(job.engine, engine)
+            if coarse is not None:
+                ENGINES.release(coarse_spec, coarse)
         if result.engine_error:
             raise DelineoError(
                 f"{result.engine_error} ({result.tiles_done} of {result.tiles_total} tiles were done; "
@@ -182,6 +191,27 @@ def _run(job: SlideJob, t0: float) -> SlideResult:
         seconds=time.perf_counter() - t0,
         notes="; ".join(" ".join(n.split()) for n in [*result.notes, *([] if mpp else [NO_MPP])]),
     )
+
+
+def _coarse_spec(job: SlideJob, engine) -> EngineSpec | None:
+    """The engine of the coarse model the slide's model names, on the same engine and device;
+    None for a remote engine or a model without a usable one (the slide then runs exhaustively)."""
+    from app.inference.engine_registry import engine_spec
+    from app.inference.modelcard import ModelCard, ModelCardError
+    from app.inference.refinement import coarse_mismatch
+
+    name = engine.card.coarse_model
+    if name is None or not engine_spec(job.engine.engine).local:
+        return None
+    try:
+        problem = coarse_mismatch(engine.card, ModelCard.load(name))
+    except ModelCardError as e:
+        problem = str(e)
+    if problem:
+        log.warning("batch: %s; running every tissue tile at full resolution", problem)
+        return None
+    spec = job.engine
+    return EngineSpec(spec.engine, name, None, spec.device, spec.threads)
 
 
 def region_from_file(path: Path, slide):

@@ -111,6 +111,7 @@ def coarse_engine_for(args: argparse.Namespace, engine):
     or a model whose card names no installed coarse model."""
     from app.inference.engine_registry import create_engine, engine_spec
     from app.inference.modelcard import ModelCard, ModelCardError
+    from app.inference.refinement import coarse_mismatch
 
     name = engine.card.coarse_model
     if name is None or not engine_spec(args.engine).local:
@@ -119,6 +120,10 @@ def coarse_engine_for(args: argparse.Namespace, engine):
         card = ModelCard.load(name)
     except ModelCardError as e:
         print(f"note: {e}; running every tissue tile at full resolution", file=sys.stderr)
+        return None
+    problem = coarse_mismatch(engine.card, card)
+    if problem:
+        print(f"note: {problem}; running every tissue tile at full resolution", file=sys.stderr)
         return None
     threads = getattr(args, "threads", 0) or 0
     return create_engine(args.engine, card, None, args.device.upper(), threads=threads)

@@ -32,6 +32,12 @@ def add_to(sub) -> None:
         "--whole-slide", action="store_true", help="every tissue region on each slide (the default)"
     )
     where.add_argument("--region-geojson-dir", metavar="D", help="the region of slide S is D/S.geojson")
+    b.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="whole slides: run every tissue tile at full resolution (default: the model's coarse "
+        "model first, full resolution only where it finds or may miss tumour)",
+    )
     add_engine_choice(b)
     b.add_argument("--model", default=None, help="shipped model name or folder with card.json")
     b.add_argument("--device", default="CPU", help="local engines: CPU, GPU or AUTO")
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                 threshold=args.threshold,
                 min_area_um2=args.min_area,
                 mpp=args.mpp,
+                adaptive=not args.exhaustive,
             )
         )
     where = f"Dask scheduler {args.scheduler}" if args.scheduler else f"{workers} local worker(s)"

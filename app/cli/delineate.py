@@ -116,16 +116,19 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    adaptive = (
-        f" (coarse first: {result.coarse_tiles} tiles of {coarse.card.name}; {result.refine_skipped} "
-        "tissue tiles ruled out at full resolution)"
-        if coarse is not None
-        else ""
-    )
+    glass = result.tiles_skipped - result.refine_skipped
+    if coarse is not None:
+        done = (
+            f"coarse first: {result.coarse_tiles} tiles of {coarse.card.name}; then {result.tiles_done} "
+            f"tiles at full resolution, {result.refine_skipped} keeping the coarse answer, {glass} skipped "
+            "as background"
+        )
+    else:
+        done = f"{result.tiles_done} tiles done, {glass} skipped as background"
+    rate = "" if coarse is not None else f", {result.mpix_per_s:.2f} MPix/s at model resolution"
     print(
-        f"{result.tiles_done} tiles done, {result.tiles_skipped} skipped as background{adaptive}, "
-        f"{result.tiles_failed} unreadable; {describe_outlines(result.outlines)} -> {out}; "
-        f"{result.seconds:.1f} s, {result.mpix_per_s:.2f} MPix/s at model resolution",
+        f"{done}, {result.tiles_failed} unreadable; {describe_outlines(result.outlines)} -> {out}; "
+        f"{result.seconds:.1f} s{rate}",
         file=sys.stderr,
     )
     return 0

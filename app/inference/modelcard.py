@@ -79,6 +79,12 @@ class ModelCard:
         return int(self.input["tile"])
 
     @property
+    def adaptive(self) -> dict:
+        """The card's `adaptive` block (bounds-checked at load): the coarse model and the rule
+        for where an adaptive run refines (see `RefineRule`)."""
+        return dict(self.raw.get("adaptive") or {})
+
+    @property
     def coarse_model(self) -> str | None:
         """The installed model an adaptive run's first pass uses (a name, never a path), or
         None: the card's `adaptive.coarse_model`."""
@@ -340,12 +346,33 @@ def _out_of_bounds(raw: dict) -> str | None:
     threshold = output.get("threshold", 0.5) if isinstance(output, dict) else None
     if not _finite_in(threshold, 0, 1):
         return f"output.threshold {threshold!r} is not in 0..1"
+    problem = _adaptive_problem(raw.get("adaptive"))
+    if problem:
+        return problem
     fmt = raw.get("format", 1)
     if fmt not in (1, FORMAT):
         return f"format {fmt!r} is not one this Delineo reads (1 or {FORMAT}); update Delineo"
     if fmt < 2:
         return None
     return _contract_problem(raw, inp, output, classes)
+
+
+def _adaptive_problem(adaptive) -> str | None:
+    """What in a card's `adaptive` block an adaptive run could not use, or None."""
+    if adaptive is None:
+        return None
+    if not isinstance(adaptive, dict):
+        return "adaptive must be an object"
+    name = adaptive.get("coarse_model")
+    if name is not None and not is_model_name(name):
+        return f"adaptive.coarse_model {name!r} is not a model name (letters, digits, . _ -)"
+    if "refine_level" in adaptive and not _finite_in(adaptive["refine_level"], 0.001, 1):
+        return f"adaptive.refine_level {adaptive['refine_level']!r} is not in 0.001..1"
+    if "refine_min_um2" in adaptive and not _finite_in(adaptive["refine_min_um2"], 0, 1e7):
+        return f"adaptive.refine_min_um2 {adaptive['refine_min_um2']!r} is not an area in 0..1e7 µm²"
+    if "refine_margin_px" in adaptive and not _int_in(adaptive["refine_margin_px"], 0, MAX_TILE):
+        return f"adaptive.refine_margin_px {adaptive['refine_margin_px']!r} is not a whole number of pixels"
+    return None
 
 
 def _contract_problem(raw: dict, inp: dict, output: dict, classes: list[dict]) -> str | None:

@@ -13,7 +13,6 @@ done. Classes, colours and the decision rule come from the engine's model card.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,15 +33,12 @@ from app.core.tissue import TissueMask, tissue_mask
 from app.core.tracing import trace_factor
 from app.errors import DelineoError
 from app.inference.engines import Engine, EngineError, predict_stream
+from app.inference.refinement import COARSE_FACTOR, CoarseBlender, CoarseMap, RefineRule
 from app.inference.tile_reader import Focus, TileReader
 
 log = logging.getLogger(__name__)
 
 BACKGROUND_TISSUE_FRACTION = 0.02  # tiles with less tissue than this are not sent to the model
-
-
-COARSE_FACTOR = 4  # the coarse pass reads at 4x the model's pixel size: 1/16 of the tiles
-REFINE_LEVEL = 0.15  # a fine tile runs where the coarse foreground score reaches this anywhere
 
 
 class RunTooLarge(DelineoError):
@@ -59,6 +55,7 @@ class TileEvent:
     skipped: bool = False
     error: str | None = None
     elapsed_s: float = 0.0
+    coarse: bool = False  # an adaptive run's first pass: a coarse tile, over 16x the area
 
 
 @dataclass
@@ -227,6 +224,8 @@ class DelineationRun:
         self.coarse_tiles = 0  # tiles the coarse pass ran
         self.coarse_counted = self.coarse_failed = 0  # its share of `done` and `failed`
         self.refine_skipped = 0  # tissue tiles the coarse pass ruled out
+        self.coarse_map: CoarseMap | None = None
+        self._standing: list[Tile] = []  # tiles whose coarse answer is still to be blended
         self.coarse_s = self.fine_s = 0.0
 
     # ------------------------------------------------------------------ stages
@@ -312,16 +311,29 @@ class DelineationRun:
             self.refine_skipped = len(self.to_run) - len(refine)
             if self.refine_skipped:
                 chosen = set(refine)
+                if self._stands_in():
+                    standing = (t for t in self.to_run if t not in chosen)
+                    self._standing = sorted(standing, key=lambda t: t.index)
                 self.skipped += [t for t in self.to_run if t not in chosen]
                 self.to_run = refine
+        blended = self.to_run + self._standing
         if self.settings.keep_map:
             self.blender = Blender(plan, self.card.channels)
+            self._stand()
         else:
             self.outliner = self._outliner(plan)
             self.blender = BandBlender(
-                plan, self.card.channels, self.to_run, self.outliner.add_band, self.outliner.factor
+                plan, self.card.channels, blended, self.outliner.add_band, self.outliner.factor
             )
         return self.to_run, self.skipped
+
+    def _stands_in(self) -> bool:
+        """Whether the coarse map can stand in for the fine one: the same classes in the same
+        channels (a coarse model made for this one; the model itself at a coarser size)."""
+        coarse = (self.coarse_engine or self.engine).card
+        return self.coarse_map is not None and [c.name for c in coarse.scheme.classes] == [
+            c.name for c in self.card.scheme.classes
+        ]
 
     def _outliner(self, plan: TilePlan) -> BandOutliner:
         s = self.settings
@@ -353,15 +365,25 @@ class DelineationRun:
             rect = tile_core_rect(plan, t)
             report(TileEvent(t, self.done, self.total, rect, None, skipped=True, elapsed_s=self._elapsed()))
         if self.engine_error is None:
-            self._stream(plan, self.to_run, self.blender, cancel, report, self.finished)
+            self._stream(plan, self.to_run, self.blender, cancel, report, self.finished, before=self._stand)
+        self._stand()
         self.fine_s = time.perf_counter() - t0
         pending = any(t not in self.finished for t in self.to_run)
         self.cancelled = cancel is not None and cancel.is_set() and pending
 
     def _stream(
-        self, plan: TilePlan, tiles: list[Tile], blender, cancel, report, finished: set, engine=None
+        self,
+        plan: TilePlan,
+        tiles: list[Tile],
+        blender,
+        cancel,
+        report,
+        finished: set,
+        engine=None,
+        before: Callable[[Tile], None] | None = None,
     ) -> None:
-        """`tiles` of `plan` read ahead, through the engine, into `blender`, each reported."""
+        """`tiles` of `plan` read ahead, through the engine, into `blender`, each reported;
+        `before(tile)` runs before a tile is blended."""
         engine = engine or self.engine
         reader = TileReader(self.slide, plan, self.settings.readers, self.settings.lookahead)
 
@@ -375,7 +397,7 @@ class DelineationRun:
                     yield t, e
 
         results = predict_stream(engine, tiles_read())
-        total = self.total
+        total, coarse = self.total, plan is self.coarse_plan
         try:
             for t, prob in results:
                 if cancel is not None and cancel.is_set():
@@ -388,13 +410,24 @@ class DelineationRun:
                     blender.skip(t)
                     log.warning("tile %s unreadable: %s", t, prob)
                     report(
-                        TileEvent(t, self.done, total, rect, None, error=str(prob), elapsed_s=self._elapsed())
+                        TileEvent(
+                            t,
+                            self.done,
+                            total,
+                            rect,
+                            None,
+                            error=str(prob),
+                            elapsed_s=self._elapsed(),
+                            coarse=coarse,
+                        )
                     )
                     continue
+                if before is not None:
+                    before(t)
                 blender.add(t, prob)
                 if self.first_tile_s is None:
                     self.first_tile_s = self._elapsed()
-                report(TileEvent(t, self.done, total, rect, prob, elapsed_s=self._elapsed()))
+                report(TileEvent(t, self.done, total, rect, prob, elapsed_s=self._elapsed(), coarse=coarse))
         except EngineError as e:  # the finished tiles stay; the caller may finish on another engine
             self.engine_error = str(e)
             log.warning("engine %s failed after %d of %d tiles: %s", engine.name, self.done, total, e)
@@ -411,10 +444,9 @@ class DelineationRun:
 
     def _coarse_pass(self, tissue: TissueMask, cancel, report) -> list[Tile]:
         """The region through the coarse model (its own pixel size; without one, this model at
-        COARSE_FACTOR x its pixel size, which the shipped one does not hold up at: README),
-        then the fine tiles worth running: where the coarse map finds a class, is unsure, has
-        no answer (a tile it could not read), or borders them (a fine tile is judged on its
-        whole extent, overlap included). Elsewhere the coarse answer stands: nothing there."""
+        COARSE_FACTOR x its pixel size, which the shipped one does not hold up at: README) into
+        `self.coarse_map`, then the fine tiles the card's refine rule sends to full resolution;
+        the others keep the coarse answer (`_stand`)."""
         engine = self.coarse_engine or self.engine
         card, fine = engine.card, self.plan()
         mpp = card.mpp if self.coarse_engine is not None else card.mpp * COARSE_FACTOR
@@ -433,28 +465,30 @@ class DelineationRun:
         for t in glass:
             self.done += 1
             rect = tile_core_rect(coarse, t)
-            report(TileEvent(t, self.done, self.total, rect, None, skipped=True, elapsed_s=self._elapsed()))
-        blender = Blender(coarse, card.channels)
+            report(
+                TileEvent(
+                    t, self.done, self.total, rect, None, skipped=True, elapsed_s=self._elapsed(), coarse=True
+                )
+            )
+        cmap = CoarseMap(coarse, card.channels, mpp)
+        blender = CoarseBlender(cmap, run)
         failed_before = self.failed
         self._stream(coarse, run, blender, cancel, report, set(), engine)
+        blender.close()
         self.coarse_s = time.perf_counter() - t0
         self.coarse_counted, self.coarse_failed = self.done, self.failed - failed_before
         if self.engine_error is not None or (cancel is not None and cancel.is_set()):
             return self.to_run  # not judged: whatever runs next runs them all
-        score = card.scheme.foreground_score(blender.probability_u8())
-        unknown = blender.weight == 0
-        step = coarse.level0_per_model
-        cx, cy = coarse.model_to_level0(0, 0)
-        h, w = score.shape
-        level = REFINE_LEVEL * 255
-        keep = []
-        for t in self.to_run:
-            x, y, side, _ = t.level0_rect(fine)
-            x0, y0 = max(0, int((x - cx) / step)), max(0, int((y - cy) / step))
-            x1, y1 = min(w, math.ceil((x + side - cx) / step)), min(h, math.ceil((y + side - cy) / step))
-            if x1 <= x0 or y1 <= y0 or score[y0:y1, x0:x1].max() >= level or unknown[y0:y1, x0:x1].any():
-                keep.append(t)
-        return keep
+        self.coarse_map = cmap
+        rule = RefineRule.from_card(self.card.adaptive)
+        return cmap.refine(fine, self.to_run, self.card.scheme, rule)
+
+    def _stand(self, upto: Tile | None = None) -> None:
+        """Blend the coarse answer of the tiles that do not run at full resolution, those before
+        `upto` in row-major order (None: all), so the band-by-band map finishes in order."""
+        while self._standing and (upto is None or self._standing[0].index < upto.index):
+            t = self._standing.pop(0)
+            self.blender.add(t, self.coarse_map.tile_answer(self.plan(), t))
 
     def finish(self) -> Delineation:
         """The blended map traced into outlines per class, with what the run did and noticed."""

@@ -3,6 +3,7 @@ against the exhaustive one, and peak RSS against the slide's size."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -17,8 +18,8 @@ def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None
     """Whole slide, exhaustive against adaptive (coarse to fine), on a mock section built from
     `split`'s labelled tiles (~15 % tumour in one focus among benign and pre-invasive mucosa,
     glass around): wall time of each, the share of tissue tiles run at full resolution, the
-    time of each pass, and Dice of each outline against the truth and of adaptive against
-    exhaustive. `coarse_engine`: the coarse model's (None: the model itself at COARSE_FACTOR x
+    time of each pass, and Dice of each tumour outline against the truth and of adaptive
+    against exhaustive. `coarse_engine`: the coarse model's (None: the model itself at COARSE_FACTOR x
     its pixel size)."""
     import tempfile
 
@@ -28,7 +29,8 @@ def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None
     from app.core.mosaic_slide import build_section_slide
     from app.core.slide import Slide
     from app.core.tissue import tissue_mask
-    from app.inference.pipeline import COARSE_FACTOR, REFINE_LEVEL, DelineationRun, RunSettings
+    from app.inference.pipeline import DelineationRun, RunSettings
+    from app.inference.refinement import COARSE_FACTOR, RefineRule
 
     tmp = None
     if out_dir is None:
@@ -41,7 +43,10 @@ def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None
         )
     tile = engine.card.tile
     engine.predict(np.zeros((1, tile, tile, 3), np.uint8))  # compile/warm-up outside the timings
-    out: dict = {"engine": engine.name, "coarse_factor": COARSE_FACTOR, "refine_level": REFINE_LEVEL}
+    rule = RefineRule.from_card(engine.card.adaptive)
+    out: dict = {"engine": engine.name, "refine_rule": dataclasses.asdict(rule)}
+    if coarse_engine is None:
+        out["coarse_factor"] = COARSE_FACTOR
     if coarse_engine is not None:
         t = coarse_engine.card.tile
         coarse_engine.predict(np.zeros((1, t, t, 3), np.uint8))
@@ -64,7 +69,9 @@ def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None
                 coarse_engine=coarse_engine if mode == "adaptive" else None,
             ).execute()
             seconds = time.perf_counter() - t0
-            masks[mode] = rasterize(shapely.union_all(r.polygons), (th, tw), w / tw, (0.0, 0.0))
+            masks[mode] = rasterize(
+                shapely.union_all(tumour_polygons(r.outlines)), (th, tw), w / tw, (0.0, 0.0)
+            )
             out[mode] = {
                 "seconds": round(seconds, 2),
                 "tiles_full_resolution": r.tiles_done,
@@ -81,6 +88,15 @@ def bench_adaptive(data, engine, out_dir=None, split: str = "val", progress=None
     if tmp is not None:
         tmp.cleanup()
     return out
+
+
+def tumour_polygons(outlines: dict) -> list:
+    """What the section's truth (adenocarcinoma) is scored against: the class named Tumor of a
+    model that has one (a multi-class model's other epithelium is not tumour), else every
+    class's outline."""
+    if "Tumor" in outlines:
+        return list(outlines["Tumor"])
+    return [p for polygons in outlines.values() for p in polygons]
 
 
 def bench_memory(sides=(7000, 40000), mpp: float = 0.5, out_dir=None, progress=None) -> dict:

@@ -30,7 +30,7 @@ from app.ui import icons
 from app.ui.annotation_layer import AnnotationLayer
 from app.ui.delineation_worker import RunFinished, TileUpdate, WorkerThread
 from app.ui.overlay import TileOverlay
-from app.ui.settings_dialog import load_settings
+from app.ui.settings_dialog import adaptive_enabled, load_settings
 from app.ui.shapes import geometry_path
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,7 @@ class DelineationController(QObject):
                 "threshold": self.threshold,
                 "slide_mpp": float(sum(mpp) / 2) if mpp else None,
                 "whole_slide": whole_slide,
+                "adaptive": adaptive_enabled(self.settings),
                 "focus": self._focus,
             },
         )
@@ -260,7 +261,7 @@ class DelineationController(QObject):
         if self._run_slide is not self.slide:
             return
         if self.overlay is not None and u.image is not None:
-            self.overlay.add_tile(u.rect, u.image)
+            self.overlay.add_tile(u.rect, u.image, u.coarse)
         if self._focus is not None:
             self._focus.point = self._view_centre()  # panning moves what runs next
         self.progress.setRange(0, u.total)

@@ -67,6 +67,7 @@ class TileUpdate:
     ran: int  # tiles actually inferred so far
     elapsed_s: float
     error: str | None
+    coarse: bool = False  # an adaptive run's first pass: sharpened by the fine tiles after it
 
 
 class DelineationWorker(QObject):
@@ -83,6 +84,7 @@ class DelineationWorker(QObject):
         self.cancel_event = threading.Event()
         self._engine: Engine | None = None
         self._engine_key: EngineSettings | None = None
+        self._coarse: tuple[EngineSettings, Engine | None] | None = None
         self._tissue: dict[str, TissueMask] = {}
         self._regions: dict[str, BaseGeometry] = {}  # the whole-slide region, found with the mask
         self.precision_choice: tuple[str, dict] | None = None
@@ -115,10 +117,34 @@ class DelineationWorker(QObject):
         self.engineReady.emit(f"{engine.name} on {settings.device}")
         return engine
 
+    def coarse_engine_for(self, settings: EngineSettings, engine: Engine) -> Engine | None:
+        """The coarse model a whole-slide run starts with (its card's `adaptive.coarse_model`),
+        on the same engine and device, kept warm; None for a remote engine, a model without
+        one, or one that cannot serve (logged: the run is then exhaustive)."""
+        if self._coarse is not None and self._coarse[0] == settings:
+            return self._coarse[1]
+        coarse = None
+        name = engine.card.coarse_model
+        if name is not None and not settings.remote:
+            from app.inference.refinement import coarse_mismatch
+
+            try:
+                card = ModelCard.load(name)
+                problem = coarse_mismatch(engine.card, card)
+                if problem:
+                    raise ValueError(problem)
+                coarse = create_engine(settings.engine, card, None, settings.device)
+                coarse.predict(_blank(card.tile))
+            except Exception:  # the run goes on at full resolution
+                log.warning("coarse model %s unusable; whole slides run exhaustively", name, exc_info=True)
+                coarse = None
+        self._coarse = (settings, coarse)
+        return coarse
+
     @Slot(object)
     def prepare(self, settings: EngineSettings) -> None:
         try:
-            self.engine_for(settings)
+            self.coarse_engine_for(settings, self.engine_for(settings))
         except Exception as e:  # noqa: BLE001 - reported to the user, the app goes on
             self._report(e, "could not prepare the model")
 
@@ -159,13 +185,16 @@ class DelineationWorker(QObject):
 
             def on_tile(ev: TileEvent) -> None:
                 nonlocal ran
-                ran += ev.prob is not None
-                self.tileDone.emit(self._update(ev, card, threshold, ran))
+                ran += ev.prob is not None and not ev.coarse
+                self.tileDone.emit(self._update(ev, coarse.card if ev.coarse else card, threshold, ran))
 
             tissue = self._tissue.get(str(slide.path))
+            coarse = None
             if options.get("whole_slide"):
                 region = self._regions.get(str(slide.path)) or tissue_regions(slide, tissue)
                 self.regionChosen.emit(region)
+                if options.get("resume") is None and options.get("adaptive", True):
+                    coarse = self.coarse_engine_for(settings, engine)
             result = DelineationRun(
                 slide,
                 region,
@@ -174,10 +203,12 @@ class DelineationWorker(QObject):
                     threshold=threshold,
                     min_area_um2=options["min_area_um2"],
                     slide_mpp=options.get("slide_mpp"),
+                    adaptive=coarse is not None,
                 ),
                 tissue=tissue,
                 resume=options.get("resume"),
                 focus=options.get("focus"),
+                coarse_engine=coarse,
             ).execute(self.cancel_event, on_tile)
             self.finished.emit(
                 RunFinished(
@@ -197,7 +228,9 @@ class DelineationWorker(QObject):
             trim = card.overlap // 2  # the core: what ev.core_rect covers
             n = ev.prob.shape[-1]
             image = tile_mask_image(ev.prob[:, trim : n - trim, trim : n - trim], card.scheme, threshold)
-        return TileUpdate(QRectF(*ev.core_rect), image, ev.done, ev.total, ran, ev.elapsed_s, ev.error)
+        return TileUpdate(
+            QRectF(*ev.core_rect), image, ev.done, ev.total, ran, ev.elapsed_s, ev.error, ev.coarse
+        )
 
     def _report(self, e: Exception, what: str) -> None:
         if not is_user_error(e):

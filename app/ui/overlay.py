@@ -28,25 +28,40 @@ def tile_mask_image(scores: np.ndarray, scheme: ClassScheme, threshold: float | 
 
 class TileOverlay(QGraphicsItem):
     """Finished tiles, each painted over its core as it arrives, inside the painted region only
-    (as the outline will be); the item's opacity is the user's overlay opacity."""
+    (as the outline will be); the item's opacity is the user's overlay opacity. An adaptive
+    run's coarse tiles come first and each fine tile then replaces the coarse answer under it:
+    the overlay sharpens where the model looks again."""
 
     def __init__(self, bounds: QRectF, clip: QPainterPath | None = None):
         super().__init__()
         self.bounds = QRectF(bounds)
         self.clip = clip
-        self.tiles: list[tuple[QRectF, QImage]] = []
+        self.tiles: list[tuple[QRectF, QImage]] = []  # full-resolution tiles
+        self.coarse: list[tuple[QRectF, QImage, QPainterPath]] = []  # with what fine tiles cover
         self.setZValue(20)
         self.setOpacity(0.45)
 
     def boundingRect(self) -> QRectF:
         return self.bounds
 
-    def add_tile(self, rect: QRectF, image: QImage) -> None:
-        self.tiles.append((QRectF(rect), image))
+    def add_tile(self, rect: QRectF, image: QImage, coarse: bool = False) -> None:
+        rect = QRectF(rect)
+        if coarse:
+            self.coarse.append((rect, image, QPainterPath()))
+        else:
+            for r, _, covered in self.coarse:
+                if r.intersects(rect):
+                    covered.addRect(rect)
+            self.tiles.append((rect, image))
         self.update(rect)
 
+    @property
+    def shown(self) -> int:
+        """Tiles on screen, coarse ones included."""
+        return len(self.tiles) + len(self.coarse)
+
     def clear(self) -> None:
-        self.tiles = []
+        self.tiles, self.coarse = [], []
         self.update()
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
@@ -54,6 +69,18 @@ class TileOverlay(QGraphicsItem):
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         if self.clip is not None:
             painter.setClipPath(self.clip)
+        for rect, img, covered in self.coarse:
+            if not rect.intersects(exposed):
+                continue
+            if covered.isEmpty():
+                painter.drawImage(rect, img)
+                continue
+            painter.save()
+            visible = QPainterPath()
+            visible.addRect(rect)
+            painter.setClipPath(visible.subtracted(covered), Qt.ClipOperation.IntersectClip)
+            painter.drawImage(rect, img)
+            painter.restore()
         for rect, img in self.tiles:
             if rect.intersects(exposed):
                 painter.drawImage(rect, img)

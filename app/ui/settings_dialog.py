@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -54,6 +55,11 @@ def load_settings(settings: QSettings) -> EngineSettings:
         url=url,
         token=load_token(settings, url),
     )
+
+
+def adaptive_enabled(settings: QSettings) -> bool:
+    """Whether a whole-slide run starts with its model's coarse pass (on unless turned off)."""
+    return str(settings.value("inference/adaptive", "true")).lower() not in ("false", "0")
 
 
 def save_settings(settings: QSettings, s: EngineSettings) -> str | None:
@@ -130,6 +136,14 @@ class SettingsDialog(QDialog):
         form.addRow("Engine", self.engine)
         form.addRow("Device", self.device)
         form.addRow("Precision", self.precision)
+        self.adaptive = QCheckBox("Whole slide: coarse pass first, full resolution where it finds tumour")
+        self.adaptive.setToolTip(
+            "Faster on whole slides: the model's coarse companion looks at the slide at 4 µm/px "
+            "first, and only tiles where it finds tumour or is unsure run at full resolution. "
+            "Off: every tissue tile runs at full resolution (as delineo --exhaustive)."
+        )
+        self.adaptive.setChecked(adaptive_enabled(settings))
+        form.addRow("", self.adaptive)
 
         self.url = QLineEdit(current.url)
         self.url.setPlaceholderText("http://npu-host:8080")
@@ -243,6 +257,7 @@ class SettingsDialog(QDialog):
             self.test_result.setText("✗ Give the endpoint URL, or choose a local engine")
             return
         save_settings(self.settings, value)
+        self.settings.setValue("inference/adaptive", self.adaptive.isChecked())
         super().accept()
 
 

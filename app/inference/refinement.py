@@ -1,0 +1,148 @@
+"""An adaptive run's coarse answer and its refine rule: which fine tiles run at full resolution,
+and what the others keep instead (the coarse map, resampled to the fine grid).
+
+Adaptive mesh refinement in two levels: the coarse pass's map is kept at its own resolution
+(1/16 of the fine map's pixels at 4x the pixel size), filled band by band as the coarse tiles
+finish, so a whole slide's coarse answer costs a byte per coarse pixel and class."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from app.core.class_scores import ClassScheme
+from app.core.tiling import BandBlender, Tile, TilePlan
+from app.inference.modelcard import ModelCard
+
+COARSE_FACTOR = 4  # without a coarse model, the model itself at 4x its pixel size: 1/16 of the tiles
+
+
+def coarse_mismatch(fine: ModelCard, coarse: ModelCard) -> str | None:
+    """Why `coarse` cannot run a first pass for `fine`, or None: its classes must be the fine
+    model's, in the same channels, for its answer to stand where no fine tile runs."""
+    names = [c.name for c in fine.scheme.classes]
+    theirs = [c.name for c in coarse.scheme.classes]
+    if names != theirs:
+        return (
+            f"the coarse model {coarse.name} outputs {', '.join(theirs)}, not {fine.name}'s "
+            f"{', '.join(names)}"
+        )
+    if coarse.mpp <= fine.mpp:
+        return f"the coarse model {coarse.name} is at {coarse.mpp:g} µm/px, not coarser than {fine.mpp:g}"
+    return None
+
+
+@dataclass(frozen=True)
+class RefineRule:
+    """A fine tile runs at full resolution where, inside its core widened by `margin_px` fine
+    pixels, the coarse foreground score reaches `level` over at least `min_um2` (the coarse
+    pass found something there, or is unsure of it), or where the coarse pass has no answer.
+    Elsewhere the coarse answer stands. `min_um2` 0: any coarse pixel at `level` refines."""
+
+    level: float = 0.15
+    min_um2: float = 0.0
+    margin_px: int | None = None  # None: the whole extent (half the overlap past the core)
+
+    @classmethod
+    def from_card(cls, adaptive: dict) -> RefineRule:
+        """The rule a fine model's card sets in its (bounds-checked) `adaptive` block."""
+        base = cls()
+        return cls(
+            level=float(adaptive.get("refine_level", base.level)),
+            min_um2=float(adaptive.get("refine_min_um2", base.min_um2)),
+            margin_px=(
+                int(adaptive["refine_margin_px"]) if "refine_margin_px" in adaptive else base.margin_px
+            ),
+        )
+
+
+class CoarseMap:
+    """The coarse pass's blended class map (C, H, W) uint8 over its tile plan, and which of its
+    pixels some coarse tile answered for (the rest: glass it skipped, or tiles it could not
+    read)."""
+
+    def __init__(self, plan: TilePlan, channels: int, mpp: float):
+        w, h = plan.size
+        self.plan, self.mpp = plan, mpp
+        self.scores = np.zeros((channels, h, w), np.uint8)
+        self.known = np.zeros((h, w), bool)
+
+    def add_band(self, first_row: int, band: np.ndarray) -> None:
+        """A finished band of the coarse BandBlender."""
+        self.scores[:, first_row : first_row + band.shape[1]] = band
+
+    def answered(self, t: Tile) -> None:
+        """A coarse tile that ran: its pixels have an answer."""
+        ys, xs = self.plan.canvas_slice(t)
+        self.known[ys, xs] = True
+
+    def _box(self, x: float, y: float, side_x: float, side_y: float) -> tuple[float, float, float, float]:
+        """A level-0 rectangle in coarse canvas pixels (pixel i spans [i, i + 1))."""
+        step = self.plan.level0_per_model
+        cx, cy = self.plan.model_to_level0(0, 0)
+        return (x - cx) / step, (y - cy) / step, (x + side_x - cx) / step, (y + side_y - cy) / step
+
+    def refine(self, fine: TilePlan, tiles: list[Tile], scheme: ClassScheme, rule: RefineRule) -> list[Tile]:
+        """Of `tiles` (fine tissue tiles), those to run at full resolution under `rule`."""
+        score = scheme.foreground_score(self.scores)
+        level = math.ceil(rule.level * 255 - 1e-6)
+        min_px = rule.min_um2 / (self.mpp * self.mpp)
+        h, w = score.shape
+        margin = fine.overlap / 2 if rule.margin_px is None else rule.margin_px
+        m = (fine.overlap / 2 - margin) * fine.level0_per_model
+        keep = []
+        for t in tiles:
+            x, y, side, _ = t.level0_rect(fine)
+            bx0, by0, bx1, by1 = self._box(x + m, y + m, side - 2 * m, side - 2 * m)
+            x0, y0 = max(0, int(bx0)), max(0, int(by0))
+            x1, y1 = min(w, math.ceil(bx1)), min(h, math.ceil(by1))
+            if x1 <= x0 or y1 <= y0 or not self.known[y0:y1, x0:x1].all():
+                keep.append(t)
+                continue
+            found = np.count_nonzero(score[y0:y1, x0:x1] >= level)
+            if found and found >= min_px:
+                keep.append(t)
+        return keep
+
+    def tile_answer(self, fine: TilePlan, t: Tile) -> np.ndarray:
+        """(C, tile, tile) float32: the coarse answer over a fine tile's extent, bilinear on the
+        fine grid, to blend in place of the model's where the tile does not run."""
+        x, y, side, _ = t.level0_rect(fine)
+        bx0, by0, bx1, by1 = self._box(x, y, side, side)
+        # A window one pixel wider than the box, zero (no answer) past the coarse canvas: PIL
+        # takes no box that leaves the image.
+        ix0, iy0 = math.floor(bx0) - 1, math.floor(by0) - 1
+        ix1, iy1 = math.ceil(bx1) + 1, math.ceil(by1) + 1
+        c, h, w = self.scores.shape
+        window = np.zeros((c, iy1 - iy0, ix1 - ix0), np.uint8)
+        sx0, sy0, sx1, sy1 = max(0, ix0), max(0, iy0), min(w, ix1), min(h, iy1)
+        if sx1 > sx0 and sy1 > sy0:
+            window[:, sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = self.scores[:, sy0:sy1, sx0:sx1]
+        box = (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)
+        out = np.empty((c, fine.tile, fine.tile), np.float32)
+        for k in range(c):
+            img = Image.fromarray(window[k]).resize((fine.tile, fine.tile), Image.BILINEAR, box=box)
+            out[k] = np.asarray(img, np.float32)
+        out *= 1.0 / 255.0
+        return out
+
+
+class CoarseBlender:
+    """The coarse pass's blender: band by band into a `CoarseMap`, noting the tiles that ran."""
+
+    def __init__(self, cmap: CoarseMap, tiles: list[Tile]):
+        self.cmap = cmap
+        self.bands = BandBlender(cmap.plan, cmap.scores.shape[0], tiles, cmap.add_band)
+
+    def add(self, t: Tile, prob: np.ndarray) -> None:
+        self.cmap.answered(t)
+        self.bands.add(t, prob)
+
+    def skip(self, t: Tile) -> None:
+        self.bands.skip(t)
+
+    def close(self) -> None:
+        self.bands.close()
