@@ -122,7 +122,7 @@ def test_where_no_fine_tile_runs_the_coarse_answer_stands(keep_map):
         adaptive = DelineationRun(s, region, fine, settings).execute()
     # Only tiles the coarse pass has no answer for (at its glass tiles) run at full resolution.
     assert fine.calls == adaptive.coarse_tiles + adaptive.tiles_done
-    assert adaptive.tiles_done < 0.1 * exhaustive.tiles_done
+    assert adaptive.tiles_done < 0.2 * exhaustive.tiles_done
     assert exhaustive.polygons and adaptive.polygons
     assert _dice(adaptive.polygons, exhaustive.polygons) > 0.8
 

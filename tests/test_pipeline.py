@@ -322,3 +322,24 @@ def test_bench_pipeline_reports_engine_and_pipeline_on_the_same_tiles():
     assert out["pipeline_vs_engine"] == pytest.approx(out["engine_s"] / out["pipeline_s"], rel=0.05)
     # CMU-1 stores only 0.5 µm/px: read at half size, the model's 1 µm/px without resampling.
     assert (out["read_level"], out["read_reduction"], out["resampled"]) == (0, 2, False)
+
+
+def test_bench_pipeline_adaptive_reports_the_share_run_at_full_resolution_and_each_pass():
+    r = run_delineo(
+        "bench",
+        "pipeline",
+        str(SAMPLE_SVS),
+        "--region",
+        "0,0,2220,2967",
+        "--repeats",
+        "1",
+        "--adaptive",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["adaptive"]
+    assert out["coarse_model"].startswith("ebhi-tumour-coarse-resunet")
+    assert out["coarse_tiles"] > 0 and out["tiles_full_resolution"] > 0
+    assert 0 < out["full_resolution_share"] < 1, "the coarse pass leaves some tissue tiles to itself"
+    assert out["coarse_pass_s"] > 0 and out["fine_pass_s"] > 0
+    assert out["dice_vs_exhaustive"] > 0.9

@@ -39,7 +39,7 @@ def add_to(sub) -> None:
         "more_slides", nargs="*", metavar="SLIDE", help="bench batch: the slides (repeats allowed)"
     )
     b.add_argument("--workers", type=int, default=None, help="bench batch: local workers (default: batch's)")
-    add_region_args(b)
+    add_region_args(b, whole_slide=True)
     add_engine_choice(b, local_only=True)
     b.add_argument("--device", default="CPU")
     b.add_argument("--mpp", type=float, default=None)
@@ -60,6 +60,11 @@ def add_to(sub) -> None:
     b.add_argument("--in-flight", type=int, default=4, help="bench remote: tiles in flight at once")
     b.add_argument("--requests", type=int, default=200, help="bench serve-load: requests per level")
     b.add_argument("--levels", default="1,4,16", help="bench serve-load: concurrent clients, comma-separated")
+    b.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="bench pipeline: also run the region coarse to fine (the model's coarse model first)",
+    )
     b.add_argument("--json", action="store_true")
     b.set_defaults(run=run)
 
@@ -88,7 +93,17 @@ def run(args: argparse.Namespace) -> int:
         with Slide.open(args.target) as slide:
             region = region_from_args(args, slide)
         engine = engine_from_args(args)
-        result = bench_pipeline(args.target, region, engine, repeats=args.repeats or 5, progress=progress)
+        coarse = None
+        if args.adaptive:
+            from app.cli.arguments import coarse_engine_for
+
+            coarse = coarse_engine_for(args, engine)
+            if coarse is None:
+                name = engine.card.name
+                raise UsageError(f"bench pipeline --adaptive: {name} names no usable coarse model")
+        result = bench_pipeline(
+            args.target, region, engine, repeats=args.repeats or 5, progress=progress, coarse_engine=coarse
+        )
     elif args.what == "accuracy":
         from app.core.dataset import data_folder
         from app.inference.benchmark import bench_accuracy
@@ -107,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.what == "memory":
         from app.inference.whole_slide_benchmark import bench_memory
 
-        result = bench_memory(progress=progress)
+        result = bench_memory(progress=progress, whole_slide=args.whole_slide)
     elif args.what == "remote":
         from app.inference.benchmark import bench_remote
 

@@ -195,10 +195,12 @@ if __name__ == "__main__":
     main()
 
 
-def bench_pipeline(path, region, engine, repeats: int = 5, progress=None) -> dict:
+def bench_pipeline(path, region, engine, repeats: int = 5, progress=None, coarse_engine=None) -> dict:
     """The engine alone against the whole pipeline, on the same tiles of the same region,
     `repeats` times each (medians, and every run's ratio). The slide is opened afresh for each
-    pipeline run, as a pathologist opens it, so no run reads from the last one's caches."""
+    pipeline run, as a pathologist opens it, so no run reads from the last one's caches. With
+    `coarse_engine`, the region also runs coarse to fine (`adaptive`: the share of tissue tiles
+    run at full resolution, each pass's time, Dice against the exhaustive outline)."""
     from app.core.slide import Slide
     from app.core.tissue import tissue_mask
     from app.inference.engine import predict_stream
@@ -264,7 +266,50 @@ def bench_pipeline(path, region, engine, repeats: int = 5, progress=None) -> dic
     }
     if progress:
         progress(f"engine {out['engine_mpix_per_s']} MPix/s, pipeline {out['pipeline_mpix_per_s']} MPix/s")
+    if coarse_engine is not None:
+        out["adaptive"] = _adaptive_runs(path, region, engine, coarse_engine, repeats, result, pipeline_s)
+        if progress:
+            progress(f"adaptive: {out['adaptive']}")
     return out
+
+
+def _adaptive_runs(
+    path, region, engine, coarse_engine, repeats: int, exhaustive, exhaustive_s: float
+) -> dict:
+    """The same region coarse to fine, `repeats` times (medians)."""
+    import shapely
+
+    from app.core.slide import Slide
+    from app.core.tissue import tissue_mask
+    from app.inference.pipeline import DelineationRun, RunSettings
+
+    t = coarse_engine.card.tile
+    coarse_engine.predict(np.zeros((1, t, t, 3), np.uint8))
+    runs, coarse_s, fine_s, result = [], [], [], None
+    for _ in range(max(1, repeats)):
+        with Slide.open(path) as slide:
+            tissue = tissue_mask(slide)
+            t0 = time.perf_counter()
+            result = DelineationRun(
+                slide, region, engine, RunSettings(adaptive=True), tissue=tissue, coarse_engine=coarse_engine
+            ).execute()
+            runs.append(time.perf_counter() - t0)
+            coarse_s.append(result.coarse_s)
+            fine_s.append(result.fine_s)
+    a, e = shapely.union_all(result.polygons), shapely.union_all(exhaustive.polygons)
+    both = a.area + e.area
+    seconds = statistics.median(runs)
+    return {
+        "coarse_model": f"{coarse_engine.card.name} ({coarse_engine.name})",
+        "seconds": round(seconds, 3),
+        "speedup": round(exhaustive_s / seconds, 2),
+        "coarse_tiles": result.coarse_tiles,
+        "tiles_full_resolution": result.tiles_done,
+        "full_resolution_share": round(result.full_resolution_share, 3),
+        "coarse_pass_s": round(statistics.median(coarse_s), 3),
+        "fine_pass_s": round(statistics.median(fine_s), 3),
+        "dice_vs_exhaustive": round(2 * a.intersection(e).area / both, 4) if both else 1.0,
+    }
 
 
 def bench_accuracy(

@@ -61,23 +61,33 @@ class RefineRule:
 
 class CoarseMap:
     """The coarse pass's blended class map (C, H, W) uint8 over its tile plan, and which of its
-    pixels some coarse tile answered for (the rest: glass it skipped, or tiles it could not
-    read)."""
+    tiles answered (the rest: glass it skipped, or tiles it could not read)."""
 
     def __init__(self, plan: TilePlan, channels: int, mpp: float):
         w, h = plan.size
         self.plan, self.mpp = plan, mpp
         self.scores = np.zeros((channels, h, w), np.uint8)
-        self.known = np.zeros((h, w), bool)
+        # Per coarse tile, whether it ran: a canvas pixel has an answer when the tile whose core
+        # holds it ran (cores tile the canvas). A byte per tile, not per pixel.
+        cols = max((t.col for t in plan.tiles), default=-1) + 1
+        rows = max((t.row for t in plan.tiles), default=-1) + 1
+        self.ran = np.zeros((rows, cols), bool)
 
     def add_band(self, first_row: int, band: np.ndarray) -> None:
         """A finished band of the coarse BandBlender."""
         self.scores[:, first_row : first_row + band.shape[1]] = band
 
     def answered(self, t: Tile) -> None:
-        """A coarse tile that ran: its pixels have an answer."""
-        ys, xs = self.plan.canvas_slice(t)
-        self.known[ys, xs] = True
+        """A coarse tile that ran: its core has an answer."""
+        self.ran[t.row, t.col] = True
+
+    def _known(self, x0: int, y0: int, x1: int, y1: int) -> bool:
+        """Whether every coarse tile whose core meets canvas pixels [x0, x1) x [y0, y1) ran."""
+        stride, half = self.plan.stride, self.plan.overlap // 2
+        rows, cols = self.ran.shape
+        c0, c1 = max(0, (x0 - half) // stride), min(cols - 1, (x1 - 1 - half) // stride)
+        r0, r1 = max(0, (y0 - half) // stride), min(rows - 1, (y1 - 1 - half) // stride)
+        return bool(self.ran[r0 : r1 + 1, c0 : c1 + 1].all())
 
     def _box(self, x: float, y: float, side_x: float, side_y: float) -> tuple[float, float, float, float]:
         """A level-0 rectangle in coarse canvas pixels (pixel i spans [i, i + 1))."""
@@ -87,10 +97,9 @@ class CoarseMap:
 
     def refine(self, fine: TilePlan, tiles: list[Tile], scheme: ClassScheme, rule: RefineRule) -> list[Tile]:
         """Of `tiles` (fine tissue tiles), those to run at full resolution under `rule`."""
-        score = scheme.foreground_score(self.scores)
         level = math.ceil(rule.level * 255 - 1e-6)
         min_px = rule.min_um2 / (self.mpp * self.mpp)
-        h, w = score.shape
+        h, w = self.scores.shape[1:]
         margin = fine.overlap / 2 if rule.margin_px is None else rule.margin_px
         m = (fine.overlap / 2 - margin) * fine.level0_per_model
         keep = []
@@ -99,10 +108,10 @@ class CoarseMap:
             bx0, by0, bx1, by1 = self._box(x + m, y + m, side - 2 * m, side - 2 * m)
             x0, y0 = max(0, int(bx0)), max(0, int(by0))
             x1, y1 = min(w, math.ceil(bx1)), min(h, math.ceil(by1))
-            if x1 <= x0 or y1 <= y0 or not self.known[y0:y1, x0:x1].all():
+            if x1 <= x0 or y1 <= y0 or not self._known(x0, y0, x1, y1):
                 keep.append(t)
                 continue
-            found = np.count_nonzero(score[y0:y1, x0:x1] >= level)
+            found = np.count_nonzero(scheme.foreground_score(self.scores[:, y0:y1, x0:x1]) >= level)
             if found and found >= min_px:
                 keep.append(t)
         return keep

@@ -99,11 +99,15 @@ def tumour_polygons(outlines: dict) -> list:
     return [p for polygons in outlines.values() for p in polygons]
 
 
-def bench_memory(sides=(7000, 40000), mpp: float = 0.5, out_dir=None, progress=None) -> dict:
+def bench_memory(
+    sides=(7000, 40000), mpp: float = 0.5, out_dir=None, progress=None, whole_slide: bool = False
+) -> dict:
     """Peak RSS of `delineo delineate` over a whole slide of each side (level-0 px at `mpp`):
     generated slides of glass with islands of real H&E (the bundled sample) in the corners and
     the middle, so the map spans the whole slide while the model runs on the islands only.
-    Each run is its own process, sampled every 20 ms; the peak is the largest RSS seen."""
+    Each run is its own process, sampled every 20 ms; the peak is the largest RSS seen.
+    `whole_slide`: `delineate --whole-slide` (the tissue found, coarse model first) instead of
+    a region of the whole slide."""
     import tempfile
 
     import psutil
@@ -130,8 +134,7 @@ def bench_memory(sides=(7000, 40000), mpp: float = 0.5, out_dir=None, progress=N
             "app",
             "delineate",
             str(path),
-            "--region",
-            f"0,0,{side},{side}",
+            *(["--whole-slide"] if whole_slide else ["--region", f"0,0,{side},{side}"]),
             "--out",
             str(out),
         ]
@@ -153,7 +156,8 @@ def bench_memory(sides=(7000, 40000), mpp: float = 0.5, out_dir=None, progress=N
     if tmp is not None:
         tmp.cleanup()
     small, large = rows[min(sides)], rows[max(sides)]
-    return {"mpp": mpp, "runs": rows, "ratio": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)}
+    ratio = round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)
+    return {"mpp": mpp, "whole_slide": whole_slide, "runs": rows, "ratio": ratio}
 
 
 def _islands_source(tissue: np.ndarray, sizes: list[tuple[int, int]]):

@@ -323,10 +323,15 @@ class DelineationController(QObject):
             self.overlay.setVisible(False)  # the annotations now show the same outline
         replaced = before + len(run.annotations) - len(merged)
         what = "Cancelled; kept" if result.cancelled else "Kept" if result.pending else "Delineated"
-        msg = (
-            f"{what} {result.tiles_done} tiles ({result.tiles_skipped} background skipped) in "
-            f"{result.seconds:.1f} s: {len(run.annotations)} outline(s)"
-            + (f", replacing {replaced} earlier one(s) in the region" if replaced > 0 else "")
+        glass = result.tiles_skipped - result.refine_skipped
+        tiles = f"{result.tiles_done} tiles ({glass} background skipped)"
+        if result.coarse_tiles:
+            tiles = (
+                f"{result.tiles_done} tiles at full resolution after a coarse look "
+                f"({result.refine_skipped} kept its answer, {glass} background skipped)"
+            )
+        msg = f"{what} {tiles} in {result.seconds:.1f} s: {len(run.annotations)} outline(s)" + (
+            f", replacing {replaced} earlier one(s) in the region" if replaced > 0 else ""
         )
         self.message.emit(msg, 20_000)
         for i, note in enumerate(result.notes):
