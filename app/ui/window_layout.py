@@ -21,6 +21,8 @@ from app.ui.info_panel import SlideInfoPanel
 from app.ui.review_panel import ReviewPanel
 
 PREFERRED_SIZE = (1280, 820)
+DOCK_SHARE = 3  # the docks' column takes at most a third of the window by default
+DOCK_FRAME = 8  # px a dock and its scroll area add around the panel
 
 
 def _dock(w: QMainWindow, title: str, name: str, widget: QWidget) -> QDockWidget:
@@ -75,7 +77,8 @@ def restore_or_fit(w) -> None:
 
 def fit_to(w, available: QRect | None) -> None:
     """Size and place the window for this screen; on a short one (a laptop) the docks share
-    one column as tabs, Annotations in front, so its totals and controls are not cut off."""
+    one column as tabs, Annotations in front, so its totals and controls are not cut off. The
+    column is as wide as a typical list of outlines needs, up to a third of the window."""
     if available is not None and available.height() < 900:
         w.tabifyDockWidget(w.info_dock, w.annotations_dock)
         w.annotations_dock.raise_()
@@ -89,6 +92,8 @@ def fit_to(w, available: QRect | None) -> None:
         )
     else:
         w.resize(width, height)
+    column = min(w.annotations_panel.preferred_width() + DOCK_FRAME, width // DOCK_SHARE)
+    w.resizeDocks([w.annotations_dock], [column], Qt.Orientation.Horizontal)
 
 
 def save_layout(w) -> None:
