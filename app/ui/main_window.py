@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import QEvent, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
@@ -30,7 +30,7 @@ from app.ui.settings_dialog import SettingsDialog, load_settings
 from app.ui.slide_lifecycle import SlideLifecycle
 from app.ui.slide_session import SlideSession
 from app.ui.slide_view import SlideView
-from app.ui.status_line import StatusLine
+from app.ui.status_line import StatusBar, StatusLine
 from app.ui.tool_bar import ToolBar
 from app.ui.tools import SelectTool, SplitLineTool
 from app.ui.window_layout import build_docks, fit_to, restore_or_fit, save_layout
@@ -73,6 +73,7 @@ class MainWindow(QMainWindow):
         self.session = SlideSession(self.settings, self)
         self.controller = DelineationController(self, self.view, self.layer, self.settings)
         build_docks(self)
+        self.setStatusBar(StatusBar())
         self.status = StatusLine(self.statusBar(), self.controller.progress, self.controller.cancel_button)
         self.engine_label = self.status.engine_label
         self.level_label = self.status.level_label
@@ -372,6 +373,12 @@ class MainWindow(QMainWindow):
 
     def fit_to(self, available) -> None:
         fit_to(self, available)
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.StatusTip:  # e.g. Open Recent's paths: elided like any message
+            self.statusBar().showMessage(event.tip())
+            return True
+        return super().event(event)
 
     def closeEvent(self, event) -> None:
         save_layout(self)
