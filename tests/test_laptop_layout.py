@@ -91,3 +91,13 @@ def test_a_long_status_message_stops_short_of_the_cursor_position(qtbot, window,
     qtbot.wait(50)
     assert bar.currentMessage() == long_path
     assert is_blank(bar.grab().toImage(), start - 8, start), "the status tip runs into the coordinates"
+
+
+def test_columns_give_way_widest_first_and_never_below_their_header():
+    from app.ui.annotations_panel import fit_widths
+
+    assert fit_widths([60, 75, 64, 140], [50, 50, 55, 65], 400) == [60, 75, 64, 201]  # the rest to Source
+    squeezed = fit_widths([60, 75, 110, 180], [50, 50, 55, 65], 300)
+    assert sum(squeezed) == 300 and squeezed[:2] == [60, 75]  # the narrow ones keep their text
+    assert squeezed[2] < 110 and squeezed[3] < 180 and abs(squeezed[3] - squeezed[2]) <= 1
+    assert fit_widths([60, 75, 110, 180], [50, 50, 55, 65], 200) == [50, 50, 55, 65]  # headers, at least

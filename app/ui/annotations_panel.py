@@ -159,12 +159,14 @@ class AnnotationsPanel(QWidget):
     def _text_widths(self, texts) -> list[int]:
         """Per column, the widest of these texts as a cell lays it out: a margin each side, the
         grid line, and the text's fractional width rounded up (Qt elides it at the half pixel).
-        Distinct texts only: thousands of rows share a few classes and states."""
+        Distinct texts only, the longest 64 of them: thousands of rows share a few classes and
+        states, and areas differ in digits, which are all one width."""
         fm = QFontMetricsF(self.table.font())
         style = self.table.style()
         margin = 2 * (style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self.table) + 1)
         grid = 1 if self.table.showGrid() else 0
-        widest = [max((fm.horizontalAdvance(t) for t in column), default=0) for column in texts]
+        longest = [sorted(column, key=len)[-64:] for column in texts]
+        widest = [max((fm.horizontalAdvance(t) for t in column), default=0) for column in longest]
         return [math.ceil(w) + margin + grid + 1 for w in widest]
 
     def _table_width(self, columns: list[int]) -> int:
