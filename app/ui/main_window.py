@@ -369,7 +369,7 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.lifecycle.open_slide(files[0])
 
-    # ------------------------------------------------------------------ geometry
+    # ------------------------------------------------------------------ geometry and events
 
     def fit_to(self, available) -> None:
         fit_to(self, available)
