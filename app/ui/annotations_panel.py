@@ -4,12 +4,15 @@ the CSV and `delineo annotations` say too), never a sum of overlapping outlines.
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPoint, Qt, Signal
-from PySide6.QtGui import QColor
+import math
+
+from PySide6.QtCore import QEvent, QObject, QPoint, Qt, Signal
+from PySide6.QtGui import QColor, QFontMetricsF
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
     QLabel,
+    QStyle,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -18,8 +21,11 @@ from PySide6.QtWidgets import (
 
 from app.core.annotation_edits import class_totals
 from app.core.annotations import Annotation
+from app.inference.modelcard import DEFAULT_MODEL
 
 ID_ROLE = Qt.ItemDataRole.UserRole + 1
+HEADERS = ("Class", "Area", "State", "Source")
+TYPICAL_ROW = ("Tumor", "0.036 mm²", "proposed", DEFAULT_MODEL)  # what the default width is for
 
 
 def format_area(area_px: float, mpp: float | None) -> str:
@@ -51,6 +57,24 @@ def state_text(a: Annotation) -> str:
     return ("locked, " if a.locked else "") + state
 
 
+def fit_widths(natural: list[int], floors: list[int], room: int) -> list[int]:
+    """Column widths within `room`: each its natural width when all fit (the last takes what is
+    left over); otherwise the widest give way first, never below their floor (the header)."""
+    if sum(natural) <= room:
+        return [*natural[:-1], natural[-1] + room - sum(natural)]
+
+    def capped(cap: int) -> list[int]:
+        return [max(f, min(n, cap)) for n, f in zip(natural, floors, strict=True)]
+
+    low, high = 0, max(natural)
+    while low < high:  # the largest cap that fits
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if sum(capped(mid)) <= room else (low, mid - 1)
+    widths = capped(low)
+    spare = max(0, room - sum(widths))
+    return [*widths[:-1], widths[-1] + spare]
+
+
 class AnnotationsPanel(QWidget):
     selectionChanged = Signal(list)  # ids chosen in the list
     activated = Signal(str)  # double-clicked: centre on it
@@ -58,8 +82,8 @@ class AnnotationsPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["Class", "Area", "State", "Source"])
+        self.table = QTableWidget(0, len(HEADERS))
+        self.table.setHorizontalHeaderLabels(list(HEADERS))
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -75,11 +99,13 @@ class AnnotationsPanel(QWidget):
         self.table.customContextMenuRequested.connect(
             lambda pos: self.contextMenuRequested.emit(self.table.viewport().mapToGlobal(pos))
         )
+        # Columns fitted to the list's width by `_fit_columns` (Qt's ResizeToContents columns
+        # pushed State and Source past the right edge of a laptop's dock).
         header = self.table.horizontalHeader()
-        header.setResizeContentsPrecision(64)
-        for col in range(3):
-            header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        header.setStretchLastSection(False)
+        self._natural = self._text_widths([[h] for h in HEADERS])
+        self.table.viewport().installEventFilter(self)
         self.summary = QLabel("No annotations")
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
@@ -90,6 +116,7 @@ class AnnotationsPanel(QWidget):
         layout.addWidget(self.summary)
         layout.addWidget(self.table, 1)
         self.table.setMinimumHeight(3 * rows.defaultSectionSize())
+        self.table.setMinimumWidth(self._table_width(self._floors()))  # every header reads
         self.table.itemSelectionChanged.connect(self._on_selection)
         self.table.itemDoubleClicked.connect(lambda item: self.activated.emit(item.data(ID_ROLE)))
 
@@ -102,6 +129,7 @@ class AnnotationsPanel(QWidget):
         self.table.blockSignals(True)
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(annotations))
+        texts: list[set[str]] = [set() for _ in HEADERS]
         for row, a in enumerate(annotations):
             cls = QTableWidgetItem(a.cls)
             cls.setForeground(QColor(*a.color))
@@ -114,10 +142,54 @@ class AnnotationsPanel(QWidget):
                 item.setData(ID_ROLE, a.id)
                 item.setToolTip(f"{a.cls}, {state_text(a)}\n{a.source}")
                 self.table.setItem(row, col, item)
+                texts[col].add(item.text())
         self.table.setSortingEnabled(True)
         self._select_rows(selected)
         self.table.blockSignals(False)
         self.summary.setText(self._totals(annotations, mpp))
+        self._natural = [max(f, w) for f, w in zip(self._floors(), self._text_widths(texts), strict=True)]
+        self._fit_columns()
+
+    # ------------------------------------------------------------------ column widths
+
+    def _floors(self) -> list[int]:
+        header = self.table.horizontalHeader()
+        return [header.sectionSizeHint(c) for c in range(len(HEADERS))]
+
+    def _text_widths(self, texts) -> list[int]:
+        """Per column, the widest of these texts as a cell lays it out: a margin each side, the
+        grid line, and the text's fractional width rounded up (Qt elides it at the half pixel).
+        Distinct texts only, the longest 64 of them: thousands of rows share a few classes and
+        states, and areas differ in digits, which are all one width."""
+        fm = QFontMetricsF(self.table.font())
+        style = self.table.style()
+        margin = 2 * (style.pixelMetric(QStyle.PixelMetric.PM_FocusFrameHMargin, None, self.table) + 1)
+        grid = 1 if self.table.showGrid() else 0
+        longest = [sorted(column, key=len)[-64:] for column in texts]
+        widest = [max((fm.horizontalAdvance(t) for t in column), default=0) for column in longest]
+        return [math.ceil(w) + margin + grid + 1 for w in widest]
+
+    def _table_width(self, columns: list[int]) -> int:
+        """The list's outer width for these columns, room for its vertical scroll bar included."""
+        bar = self.table.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent, None, self.table)
+        return sum(columns) + 2 * self.table.frameWidth() + bar
+
+    def preferred_width(self) -> int:
+        """The panel's width for a typical run of the shipped model, every column whole."""
+        typical = self._text_widths([[t] for t in TYPICAL_ROW])
+        columns = [max(f, w) for f, w in zip(self._floors(), typical, strict=True)]
+        margins = self.layout().contentsMargins()
+        return self._table_width(columns) + margins.left() + margins.right()
+
+    def _fit_columns(self) -> None:
+        widths = fit_widths(self._natural, self._floors(), self.table.viewport().width())
+        for c, w in enumerate(widths):
+            self.table.setColumnWidth(c, w)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if watched is self.table.viewport() and event.type() == QEvent.Type.Resize:
+            self._fit_columns()
+        return False
 
     @staticmethod
     def _totals(annotations: list[Annotation], mpp: float | None) -> str:

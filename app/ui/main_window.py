@@ -5,50 +5,36 @@
 - `AnnotationCommands` are what can be done to the selection (menu, keys, context menu);
 - `DelineationController` runs the model and re-traces runs;
 - `SlideSession` opens the slide and keeps its annotations on disk;
-- docks: slide info, annotations (list, totals, review), classes.
+- `SlideLifecycle` shows an opened slide in every part, and forgets it on close;
+- `AnnotationFileDialogs` are File > Import annotations and File > Export;
+- docks (`window_layout`): slide info, annotations (list, totals, review), classes.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from PySide6.QtCore import QRectF, QSettings, Qt, Signal
+from PySide6.QtCore import QEvent, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QKeySequence
-from PySide6.QtWidgets import (
-    QApplication,
-    QDockWidget,
-    QFileDialog,
-    QFrame,
-    QInputDialog,
-    QLabel,
-    QMainWindow,
-    QMessageBox,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QMainWindow, QMessageBox, QVBoxLayout, QWidget
 
 from app.ui.annotation_commands import AnnotationCommands
+from app.ui.annotation_file_dialogs import AnnotationFileDialogs
 from app.ui.annotation_layer import AnnotationLayer
-from app.ui.annotations_panel import AnnotationsPanel
 from app.ui.banner import BannerArea
-from app.ui.classes_panel import ClassesPanel, ClassList
+from app.ui.classes_panel import ClassList
 from app.ui.delineation_controller import DelineationController
 from app.ui.garbage_collection import collect_garbage_on_gui_thread
 from app.ui.help_dialogs import INTENDED_USE, ShortcutsDialog
-from app.ui.info_panel import SlideInfoPanel
-from app.ui.review_panel import ReviewPanel
 from app.ui.settings_dialog import SettingsDialog, load_settings
-from app.ui.slide_session import OpenedSlide, SlideSession
+from app.ui.slide_lifecycle import SlideLifecycle
+from app.ui.slide_session import SlideSession
 from app.ui.slide_view import SlideView
-from app.ui.status_line import StatusLine
+from app.ui.status_line import StatusBar, StatusLine
 from app.ui.tool_bar import ToolBar
 from app.ui.tools import SelectTool, SplitLineTool
-from app.ui.window_menus import EXPORTS, build_menus
-
-log = logging.getLogger(__name__)
-PREFERRED_SIZE = (1280, 820)
+from app.ui.window_layout import build_docks, fit_to, restore_or_fit, save_layout
+from app.ui.window_menus import build_menus
 
 
 class MainWindow(QMainWindow):
@@ -86,55 +72,25 @@ class MainWindow(QMainWindow):
         self.commands = AnnotationCommands(self.layer, self.classes, self)
         self.session = SlideSession(self.settings, self)
         self.controller = DelineationController(self, self.view, self.layer, self.settings)
-        self._build_docks()
+        build_docks(self)
+        self.setStatusBar(StatusBar())
         self.status = StatusLine(self.statusBar(), self.controller.progress, self.controller.cancel_button)
         self.engine_label = self.status.engine_label
         self.level_label = self.status.level_label
+        self.lifecycle = SlideLifecycle(self)
+        self.annotation_files = AnnotationFileDialogs(self)
         self._connect()
         build_menus(self)
         self._build_toolbar()
         self.statusBar().showMessage("Open a slide: File > Open (Ctrl+O) or drop a file here")
         self.controller.worker.prepareRequested.emit(load_settings(self.settings))
-        self._fit_to_screen()
+        restore_or_fit(self)
 
-    # ------------------------------------------------------------------ parts
-
-    def _dock(self, title: str, name: str, widget: QWidget) -> QDockWidget:
-        """A dock whose content scrolls rather than forcing the window taller than a laptop."""
-        dock = QDockWidget(title, self)
-        dock.setObjectName(name)
-        if not isinstance(widget, QScrollArea):
-            scroll = QScrollArea()
-            scroll.setWidgetResizable(True)
-            scroll.setFrameShape(QFrame.Shape.NoFrame)
-            scroll.setWidget(widget)
-            widget = scroll
-        dock.setWidget(widget)
-        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
-        return dock
-
-    def _build_docks(self) -> None:
-        self.info_panel = SlideInfoPanel()
-        self.info_dock = self._dock("Slide info", "slide-info", self.info_panel)
-        self.annotations_panel = AnnotationsPanel()
-        self.review_panel = ReviewPanel()
-        self.save_label = QLabel()
-        self.save_label.setWordWrap(True)
-        box = QWidget()
-        column = QVBoxLayout(box)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(self.review_panel)
-        column.addWidget(self.annotations_panel, 1)
-        column.addWidget(self.save_label)
-        self.annotations_dock = self._dock("Annotations", "annotations", box)
-        self.classes_panel = ClassesPanel(self.classes)
-        self.classes_dock = self._dock("Classes", "classes", self.classes_panel)
-        self.tabifyDockWidget(self.info_dock, self.classes_dock)
-        self.info_dock.raise_()
+    # ------------------------------------------------------------------ wiring
 
     def _connect(self) -> None:
         layer, panel, c, s = self.layer, self.annotations_panel, self.controller, self.session
-        layer.changed.connect(self._annotations_changed)
+        layer.changed.connect(self.annotations_changed)
         layer.selectionChanged.connect(self._selection_changed)
         panel.selectionChanged.connect(self._panel_selected)
         panel.activated.connect(self._centre_on_annotation)
@@ -160,16 +116,10 @@ class MainWindow(QMainWindow):
         self.editor.model.changed.connect(s.autosaver.changed)
         self.editor.model.changed.connect(lambda: self.banners.dismiss("region"))
         layer.changed.connect(s.autosaver.changed)
-        s.opened.connect(self._on_opened)
-        s.openFailed.connect(self._on_open_failed)
-        s.restored.connect(self._restored)
-        s.restoreFailed.connect(lambda msg: self.show_error("Saved annotations not restored", msg))
-        s.saved.connect(self._on_saved)
-        s.saveFailed.connect(self._on_save_failed)
-        s.imported.connect(self._imported)
-        s.importFailed.connect(self._import_failed)
-        s.exported.connect(self._exported)
-        s.exportFailed.connect(self._export_failed)
+        self.lifecycle.opened.connect(self.slideOpened)
+        self.lifecycle.openFailed.connect(self.openFailed)
+        self.annotation_files.imported.connect(self.annotationsImported)
+        self.annotation_files.exported.connect(self.exported)
         self.view.cursorMoved.connect(lambda x, y: self.status.show_cursor(self.slide, x, y))
         self.view.viewChanged.connect(lambda: self.status.show_level(self.view))
         self.view.tileFailed.connect(lambda msg: self.show_status(msg, 8000))
@@ -235,7 +185,7 @@ class MainWindow(QMainWindow):
         self.addToolBar(Qt.ToolBarArea.TopToolBarArea, self.tool_bar)
         self.brush_size, self.opacity = self.tool_bar.brush_size, self.tool_bar.opacity
         self.tool_bar.opacityChanged.connect(self._set_opacity)
-        self.editor.brushChanged.connect(self._brush_changed)
+        self.editor.brushChanged.connect(self.show_brush)
         self._set_opacity(self.opacity.value())
 
     def show_self_test(self) -> None:
@@ -270,7 +220,7 @@ class MainWindow(QMainWindow):
             self.overlay.setOpacity(value / 100)
         self.layer.set_opacity(min(1.0, 0.3 + value / 100))
 
-    def _brush_changed(self, um: float) -> None:
+    def show_brush(self, um: float) -> None:
         unit = "µm" if self.slide is not None and self.slide.mpp else "px"
         self.tool_bar.show_brush(um, unit)
         self.statusBar().showMessage(f"Brush {um:.0f} {unit}", 2000)
@@ -322,7 +272,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ annotations
 
-    def _annotations_changed(self) -> None:
+    def annotations_changed(self) -> None:
         self.controller.sync_with_layer()
         self.annotations_panel.set_annotations(
             self.layer.annotations, self.session.mpp(), self.layer.selected
@@ -372,182 +322,22 @@ class MainWindow(QMainWindow):
         self.commands.context_menu().popup(global_pos)
         return True
 
-    # ------------------------------------------------------------------ opening and closing
-
-    def open_dialog(self) -> None:
-        from app.core.slide import FORMAT_FILTER
-
-        start = self.settings.value("last_dir", str(Path.home()))
-        path, _ = QFileDialog.getOpenFileName(self, "Open slide", start, FORMAT_FILTER)
-        if path:
-            self.open_slide(path)
+    # ------------------------------------------------------------------ what tests and scripts call
 
     def open_slide(self, path: str | Path) -> None:
-        """Open in the background; the window stays responsive and shows an error dialog on failure."""
-        path = str(path)
-        self.statusBar().showMessage(f"Opening {Path(path).name}…")
-        QApplication.setOverrideCursor(Qt.CursorShape.BusyCursor)
-        self.session.open(path)
-
-    def _on_opened(self, path: str, opened: OpenedSlide) -> None:
-        QApplication.restoreOverrideCursor()
-        self._reset_slide_state()
-        slide = opened.slide
-        self.view.set_slide(slide, opened.base)
-        self._brush_changed(self.editor.brush_um)
-        self.controller.set_slide(slide, self.session.store)
-        self.controller.worker.slideRequested.emit(slide, opened.thumbnail)
-        self.session.restore(
-            lambda: self.session.store.document(
-                self.layer.annotations, self.editor.model.geometry, mpp=self.session.user_mpp
-            )
-        )
-        self.view.overview.setVisible(self.overview_action.isChecked())
-        self._associated = opened.associated
-        self.info_panel.show_slide(slide.info(), opened.associated)
-        self.setWindowTitle(f"{slide.name} — Delineo")
-        self.recent.add(str(slide.path))
-        self.settings.setValue("last_dir", str(Path(slide.path).parent))
-        for i, note in enumerate(slide.notes):  # e.g. a DICOM series with a level file missing
-            self.banners.show_message(f"slide-note:{i}", f"{slide.name}: {note}")
-        self.statusBar().showMessage(f"Opened {slide.name}", 6000)
-        log.info("opened %s", slide.path)
-        self.slideOpened.emit(path)
-
-    def _restored(self, state) -> None:
-        slide = self.slide
-        if state.annotations:
-            self.layer.reset(state.annotations)
-        if not state.region.is_empty:
-            current = self.editor.model.geometry
-            self.editor.model.reset(state.region.union(current) if not current.is_empty else state.region)
-        self.controller.restore_runs(getattr(state, "maps", {}) or {}, state.annotations)
-        self.save_label.setText(self.session.where_saved())
-        self.save_label.setToolTip(str(self.session.store.path))
-        if state.annotations or not state.region.is_empty:
-            self.show_status(
-                f"Restored {len(state.annotations)} annotation(s) from {self.session.store.existing()}"
-            )
-        if slide is not None and not slide.mpp:
-            self._warn_no_pixel_size()
-        elif self.session.user_mpp:
-            self.view._view_changed()
-            self._annotations_changed()
-
-    def _warn_no_pixel_size(self) -> None:
-        self.banners.show_message(
-            "mpp",
-            f"{self.slide.name} records no pixel size: the model assumes 1 µm/px and areas are in "
-            "pixels. Set the pixel size if you know it.",
-            ("Set pixel size…", self.pixel_size_dialog),
-        )
-
-    def pixel_size_dialog(self) -> None:
-        if self.slide is None:
-            return
-        current = self.session.mpp() or 1.0  # what runs assume until it is set
-        value, ok = QInputDialog.getDouble(
-            self,
-            "Set pixel size",
-            f"Pixel size of {self.slide.name} (µm per pixel):",
-            current,
-            0.01,
-            100.0,
-            4,
-        )
-        if ok:
-            self.set_pixel_size(value)
-
-    def set_pixel_size(self, mpp: float) -> None:
-        self.session.set_pixel_size(mpp)
-        self.banners.dismiss("mpp")
-        self.info_panel.show_slide(self.slide.info(), self._associated)
-        self.view._view_changed()
-        self._brush_changed(self.editor.brush_um)
-        self._annotations_changed()
-        self.show_status(f"Pixel size of {self.slide.name} set to {mpp:g} µm/px; saved with its annotations")
-
-    def _on_open_failed(self, path: str, msg: str) -> None:
-        QApplication.restoreOverrideCursor()
-        self.statusBar().showMessage(f"Could not open {Path(path).name}", 6000)
-        self.show_error("Cannot open slide", msg)
-        self.openFailed.emit(msg)
-
-    def _reset_slide_state(self) -> None:
-        """Forget the previous slide: its outlines, region, history, banners and panels."""
-        self.session.autosaver.attach(None, None)
-        self.controller.set_slide(None, None)
-        self.layer.reset([])
-        self.editor.model.reset()
-        self.banners.clear()
-        self.status.clear_position()
-        self.save_label.setText("")
-        self.view.close_slide()
+        self.lifecycle.open_slide(path)
 
     def close_slide(self) -> None:
-        self._reset_slide_state()
-        self.session.close()
-        self.info_panel.clear()
-        self.setWindowTitle("Delineo")
+        self.lifecycle.close_slide()
 
-    # ------------------------------------------------------------------ import / export
-
-    def import_dialog(self) -> None:
-        if self.slide is None:
-            return
-        folder = self.settings.value("export_dir", "") or str(self.slide.path.parent)
-        path, _ = QFileDialog.getOpenFileName(
-            self, "Import annotations", folder, "GeoJSON (*.geojson *.json);;All files (*)"
-        )
-        if path:
-            self.import_annotations(path)
+    def set_pixel_size(self, mpp: float) -> None:
+        self.lifecycle.set_pixel_size(mpp)
 
     def import_annotations(self, path: str) -> None:
-        self.session.import_file(path)
-
-    def _imported(self, annotations, notes, path: str) -> None:
-        self.layer.add(annotations, f"Import {Path(path).name}")
-        msg = f"Imported {len(annotations)} annotation(s) from {Path(path).name}"
-        self.show_status(msg)
-        if notes:
-            self.show_info("Import notes", msg + ":\n\n" + "\n".join(notes[:20]))
-        self.annotationsImported.emit(len(annotations))
-
-    def _import_failed(self, message: str) -> None:
-        self.show_error("Import failed", f"{message}\n\nThe open annotations are unchanged.")
-        self.annotationsImported.emit(-1)
-
-    def export_dialog(self, fmt: str) -> None:
-        if self.slide is None:
-            return
-        ext = next(e for f, _, e in EXPORTS if f == fmt)
-        path, _ = QFileDialog.getSaveFileName(self, "Export", self.session.default_export_path(fmt), ext)
-        if path:
-            self.export_to(fmt, path)
+        self.annotation_files.import_annotations(path)
 
     def export_to(self, fmt: str, path: str) -> None:
-        r = self.view.visible_rect().intersected(QRectF(0, 0, *self.slide.dimensions))
-        mpp = self.session.mpp()
-        view_mpp = (mpp / self.view.zoom) if mpp else 1 / self.view.zoom
-        self.session.export(
-            fmt, path, self.layer.annotations, (r.x(), r.y(), r.width(), r.height()), view_mpp
-        )
-
-    def _exported(self, fmt: str, path: str) -> None:
-        self.show_status(f"Exported {fmt} to {path}", 10_000)
-        self.exported.emit(path)
-
-    def _export_failed(self, message: str) -> None:
-        self.show_error("Export failed", message)
-        self.exported.emit("")
-
-    def _on_saved(self, path: str) -> None:
-        self.save_label.setText(self.session.saved_text(path))
-        self.save_label.setToolTip(path)
-
-    def _on_save_failed(self, message: str) -> None:
-        self.save_label.setText(f"<b>Not saved:</b> {message}")
-        self.banners.show_message("save", f"Not saved: {message}")
+        self.annotation_files.export_to(fmt, path)
 
     # ------------------------------------------------------------------ dialogs
 
@@ -577,44 +367,23 @@ class MainWindow(QMainWindow):
         files = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
         if files:
             event.acceptProposedAction()
-            self.open_slide(files[0])
+            self.lifecycle.open_slide(files[0])
 
-    # ------------------------------------------------------------------ geometry
-
-    def _fit_to_screen(self) -> None:
-        """Open to fit the screen (a 1366x768 laptop at 150 % is 911x512 device-independent
-        pixels), or where the user left it."""
-        geometry = self.settings.value("window/geometry")
-        state = self.settings.value("window/state")
-        if geometry is not None and self.restoreGeometry(geometry):
-            if state is not None:
-                self.restoreState(state)
-            return
-        screen = self.screen() or QApplication.primaryScreen()
-        self.fit_to(screen.availableGeometry() if screen is not None else None)
+    # ------------------------------------------------------------------ geometry and events
 
     def fit_to(self, available) -> None:
-        """Size and place the window for this screen; on a short one (a laptop) the docks share
-        one column as tabs, Annotations in front, so its totals and controls are not cut off."""
-        if available is not None and available.height() < 900:
-            self.tabifyDockWidget(self.info_dock, self.annotations_dock)
-            self.annotations_dock.raise_()
-        w, h = PREFERRED_SIZE
-        if available is not None:
-            w, h = min(w, available.width()), min(h, available.height() - 30)  # room for the title bar
-            self.resize(w, h)
-            self.move(
-                available.x() + (available.width() - w) // 2,
-                available.y() + max(0, (available.height() - h) // 2),
-            )
-        else:
-            self.resize(w, h)
+        fit_to(self, available)
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.StatusTip:  # e.g. Open Recent's paths: elided like any message
+            self.statusBar().showMessage(event.tip())
+            return True
+        return super().event(event)
 
     def closeEvent(self, event) -> None:
-        self.settings.setValue("window/geometry", self.saveGeometry())
-        self.settings.setValue("window/state", self.saveState())
+        save_layout(self)
         self.session.autosaver.shutdown()
         self.controller.stop()  # cancels a run and waits for the worker thread to finish
-        self._reset_slide_state()
+        self.lifecycle.reset()
         self.session.close()
         super().closeEvent(event)

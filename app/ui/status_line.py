@@ -1,11 +1,49 @@
 """The status bar: the run's progress and Cancel first, then the cursor position, the level
-and zoom, and the engine; the labels elide so the run's controls stay on a small screen."""
+and zoom, and the engine; the labels elide so the run's controls stay on a small screen, and
+messages elide a gap short of them."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QSize, Qt
-from PySide6.QtWidgets import QStatusBar
+from PySide6.QtCore import QSize, QTimer
+from PySide6.QtWidgets import QSizePolicy, QStatusBar
 from superqt import QElidingLabel
+
+MESSAGE_GAP = 16  # px of nothing between a message's end and the labels at the right
+MESSAGE_INDENT = 4  # px before a message, as Qt's own status messages have
+
+
+class StatusBar(QStatusBar):
+    """Messages in an eliding label that takes the room the permanent labels leave. Qt draws a
+    temporary message up to 2 px before the first permanent widget and cuts it mid-letter there,
+    so a long one ran straight into the cursor position."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.message_label = QElidingLabel()
+        # It elides to its whole width: the indent at the left is taken off with the gap.
+        self.message_label.setContentsMargins(MESSAGE_INDENT, 0, 0, 0)
+        self.message_label.setEllipsesWidth(MESSAGE_INDENT + MESSAGE_GAP)
+        self.message_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.addWidget(self.message_label, 1)
+        self._expiry = QTimer(self)
+        self._expiry.setSingleShot(True)
+        self._expiry.timeout.connect(self.clearMessage)
+
+    def showMessage(self, message: str, timeout: int = 0) -> None:
+        """The whole text is the tooltip, for when it is elided; `timeout` ms, 0 until replaced."""
+        self.message_label.setText(message)
+        self.message_label.setToolTip(message)
+        if timeout > 0:
+            self._expiry.start(timeout)
+        else:
+            self._expiry.stop()
+        self.messageChanged.emit(message)
+
+    def clearMessage(self) -> None:
+        self.showMessage("")
+
+    def currentMessage(self) -> str:
+        return self.message_label.text()
 
 
 class StatusLabel(QElidingLabel):
@@ -39,11 +77,7 @@ class StatusLine:
             bar.addPermanentWidget(label)
 
     def show(self, message: str, timeout_ms: int = 8000) -> None:
-        """A message elided to the room the bar has; the whole text is its tooltip."""
-        room = max(self.bar.width() // 2, 120)
-        elided = self.bar.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, room)
-        self.bar.setToolTip(message if elided != message else "")
-        self.bar.showMessage(elided, timeout_ms)
+        self.bar.showMessage(message, timeout_ms)
 
     def clear_position(self) -> None:
         self.pos_label.setText("")
