@@ -45,7 +45,9 @@ def add_to(sub) -> None:
     b.add_argument("--mpp", type=float, default=None)
     b.add_argument("--model", default=None)
     b.add_argument("--tile", type=int, default=512)
-    b.add_argument("--repeats", type=int, default=None, help="model: 20 timings; pipeline: 5 runs")
+    b.add_argument(
+        "--repeats", type=int, default=None, help="model: 20 timings; pipeline: 5 runs; adaptive: 3"
+    )
     b.add_argument("--threads", type=int, default=0, help="0: all cores")
     b.add_argument("--configs", default=None, help="comma-separated subset of configurations")
     b.add_argument(
@@ -118,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
         data = data_folder(args.data)
         engine = engine_from_args(args)
         coarse = coarse_engine_for(args, engine)
-        result = bench_adaptive(data, engine, split=args.split, progress=progress, coarse_engine=coarse)
+        result = bench_adaptive(
+            data, engine, split=args.split, progress=progress, coarse_engine=coarse, repeats=args.repeats or 3
+        )
     elif args.what == "memory":
         from app.inference.whole_slide_benchmark import bench_memory
 
