@@ -327,8 +327,8 @@ class DelineationController(QObject):
         tiles = f"{result.tiles_done} tiles ({glass} background skipped)"
         if result.coarse_tiles:
             tiles = (
-                f"{result.tiles_done} tiles at full resolution after a coarse look "
-                f"({result.refine_skipped} kept its answer, {glass} background skipped)"
+                f"{result.tiles_done} full-resolution + {result.refine_skipped} coarse tiles "
+                f"({glass} background skipped)"
             )
         msg = f"{what} {tiles} in {result.seconds:.1f} s: {len(run.annotations)} outline(s)" + (
             f", replacing {replaced} earlier one(s) in the region" if replaced > 0 else ""
