@@ -205,6 +205,40 @@ def test_a_batch_killed_midway_resumes_with_only_the_slides_not_finished(tmp_pat
     assert not list(out.glob(".*.tmp"))  # no half-written file left by the kill is taken for a result
 
 
+def test_ctrl_c_stops_a_batch_at_once_keeping_what_finished(tmp_path):
+    """Ctrl+C (SIGINT) in the terminal: one line, exit 130 within seconds, no worker left
+    running, the finished slides' rows kept; the same command then runs only the rest."""
+    import psutil
+
+    folder = slides_folder(tmp_path, 4)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "batch", str(folder), "--out", str(out), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = workers or psutil.Process(proc.pid).children(recursive=True)
+        if (out / "summary.csv").exists() and any(r["status"] == "ok" for r in read_summary(out).values()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    _gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, alive
+    finished = {n for n, r in read_summary(out).items() if r["status"] == "ok"}
+    assert 1 <= len(finished) < 4
+    r = run_delineo("batch", str(folder), "--out", str(out), "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert f"{len(finished)} done in an earlier run (skipped), {4 - len(finished)} to run" in r.stderr
+
+
 @pytest.mark.slow
 def test_batch_with_the_remote_engine_shares_one_server(tmp_path, server):
     folder = slides_folder(tmp_path, 2)
