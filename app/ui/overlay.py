@@ -37,7 +37,9 @@ class TileOverlay(QGraphicsItem):
         self.bounds = QRectF(bounds)
         self.clip = clip
         self.tiles: list[tuple[QRectF, QImage]] = []  # full-resolution tiles
-        self.coarse: list[tuple[QRectF, QImage, QPainterPath]] = []  # with what fine tiles cover
+        # Coarse tiles with what fine tiles cover of them, and the part still shown (None: all).
+        self.coarse: list[tuple[QRectF, QImage, QPainterPath]] = []
+        self._visible: list[QPainterPath | None] = []
         self.setZValue(20)
         self.setOpacity(0.45)
 
@@ -48,10 +50,14 @@ class TileOverlay(QGraphicsItem):
         rect = QRectF(rect)
         if coarse:
             self.coarse.append((rect, image, QPainterPath()))
+            self._visible.append(None)
         else:
-            for r, _, covered in self.coarse:
+            for i, (r, _, covered) in enumerate(self.coarse):
                 if r.intersects(rect):
                     covered.addRect(rect)
+                    whole = QPainterPath()
+                    whole.addRect(r)
+                    self._visible[i] = whole.subtracted(covered)  # once here, not on every paint
             self.tiles.append((rect, image))
         self.update(rect)
 
@@ -61,7 +67,7 @@ class TileOverlay(QGraphicsItem):
         return len(self.tiles) + len(self.coarse)
 
     def clear(self) -> None:
-        self.tiles, self.coarse = [], []
+        self.tiles, self.coarse, self._visible = [], [], []
         self.update()
 
     def paint(self, painter: QPainter, option, widget=None) -> None:
@@ -69,16 +75,14 @@ class TileOverlay(QGraphicsItem):
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, False)
         if self.clip is not None:
             painter.setClipPath(self.clip)
-        for rect, img, covered in self.coarse:
+        for (rect, img, _), visible in zip(self.coarse, self._visible, strict=True):
             if not rect.intersects(exposed):
                 continue
-            if covered.isEmpty():
+            if visible is None:
                 painter.drawImage(rect, img)
                 continue
             painter.save()
-            visible = QPainterPath()
-            visible.addRect(rect)
-            painter.setClipPath(visible.subtracted(covered), Qt.ClipOperation.IntersectClip)
+            painter.setClipPath(visible, Qt.ClipOperation.IntersectClip)
             painter.drawImage(rect, img)
             painter.restore()
         for rect, img in self.tiles:
