@@ -1,5 +1,6 @@
-"""Adaptive coarse-to-fine: a coarse pass first, full resolution only where it finds something,
-is unsure, or borders it; the coarse tiles reach the overlay first."""
+"""Adaptive coarse-to-fine: a coarse pass first, full resolution where the card's refine rule
+finds something or the coarse pass has no answer, the coarse answer elsewhere; the coarse tiles
+reach the overlay first."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import shapely
-from conftest import SAMPLE_SVS
+from conftest import SAMPLE_SVS, TCGA_SVS
 from shapely.geometry import box
 from test_class_contract import card
 from test_pipeline import dark_map
@@ -139,3 +140,56 @@ def test_a_rule_with_a_minimum_area_runs_fewer_tiles_and_keeps_the_outline():
         b = DelineationRun(s, region, sized, RunSettings(adaptive=True, keep_map=False)).execute()
     assert b.tiles_done < a.tiles_done
     assert _dice(b.polygons, exhaustive.polygons) > 0.97
+
+
+def test_on_a_slide_without_a_pixel_size_the_coarse_pass_reads_it_at_the_coarse_scale():
+    """The TCGA slide records no mpp: both passes take the slide at the fine model's size, so
+    the coarse pass still reads 4x coarser (and 1/16 the tiles), not the fine grid again."""
+    fine, coarse = VeryDark(), VeryDark()
+    coarse.card = card(TUMOUR, output={"activation": "none"}, mpp=2.0)
+    with Slide.open(TCGA_SVS) as s:
+        assert s.mpp is None
+        region = box(0, 0, *s.dimensions)
+        run = DelineationRun(s, region, fine, RunSettings(adaptive=True), coarse_engine=coarse)
+        run.execute()
+    assert run.coarse_plan.level0_per_model == pytest.approx(4 * run.plan().level0_per_model)
+    assert len(run.coarse_plan.tiles) < len(run.plan().tiles) / 8
+
+
+def test_a_coarse_model_that_cannot_be_built_leaves_the_run_exhaustive(tmp_path, monkeypatch):
+    """A damaged coarse model file: `delineate --whole-slide` says so in a note and runs every
+    tissue tile, instead of failing the slide."""
+    import shutil
+
+    from conftest import run_delineo
+
+    from app.paths import MODELS_DIR
+
+    # A user-installed model of the same name comes first (XDG_DATA_HOME/Delineo/models).
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    coarse = tmp_path / "data" / "Delineo" / "models" / "ebhi-tumour-coarse-resunet"
+    shutil.copytree(MODELS_DIR / "ebhi-tumour-coarse-resunet", coarse)
+    (coarse / "model-int8.bin").write_bytes(b"damaged")
+    r = run_delineo("delineate", str(SAMPLE_SVS), "--whole-slide", "--out", str(tmp_path / "out.geojson"))
+    assert r.returncode == 0, r.stderr
+    assert "coarse model ebhi-tumour-coarse-resunet" in r.stderr and "full resolution" in r.stderr
+    assert "tiles done" in r.stderr and (tmp_path / "out.geojson").exists()
+
+
+def test_a_coarse_engine_failing_mid_pass_runs_every_tile_at_full_resolution():
+    from app.inference.engine import EngineError
+
+    class Failing(VeryDark):
+        def predict(self, batch):
+            raise EngineError("the coarse device went away")
+
+    fine, coarse = VeryDark(), Failing()
+    coarse.card = card(TUMOUR, output={"activation": "none"}, mpp=2.0)
+    with Slide.open(SAMPLE_SVS) as s:
+        region = box(0, 0, *s.dimensions)
+        exhaustive = DelineationRun(s, region, VeryDark()).execute()
+        adaptive = DelineationRun(s, region, fine, RunSettings(adaptive=True), coarse_engine=coarse).execute()
+    assert adaptive.engine_error is None and not adaptive.pending
+    assert adaptive.tiles_done == exhaustive.tiles_done
+    assert any("coarse pass stopped" in n and "went away" in n for n in adaptive.notes)
+    assert _dice(adaptive.polygons, exhaustive.polygons) > 0.99

@@ -151,8 +151,13 @@ def _run(job: SlideJob, t0: float) -> SlideResult:
         else:
             region = region_from_file(Path(job.region_geojson), slide)
         engine = ENGINES.acquire(job.engine)
-        coarse_spec = _coarse_spec(job, engine) if job.region_geojson is None and job.adaptive else None
-        coarse = ENGINES.acquire(coarse_spec) if coarse_spec is not None else None
+        coarse_spec = coarse = None
+        try:
+            coarse_spec = _coarse_spec(job, engine) if job.region_geojson is None and job.adaptive else None
+            coarse = _acquire_coarse(coarse_spec)
+        except BaseException:
+            ENGINES.release(job.engine, engine)
+            raise
         settings = RunSettings(
             threshold=job.threshold,
             min_area_um2=job.min_area_um2,
@@ -212,6 +217,18 @@ def _coarse_spec(job: SlideJob, engine) -> EngineSpec | None:
         return None
     spec = job.engine
     return EngineSpec(spec.engine, name, None, spec.device, spec.threads)
+
+
+def _acquire_coarse(spec: EngineSpec | None):
+    """The coarse engine, or None when it cannot be built (a damaged file, a device gone): the
+    slide then runs every tissue tile at full resolution, which is slower, not wrong."""
+    if spec is None:
+        return None
+    try:
+        return ENGINES.acquire(spec)
+    except Exception as e:  # noqa: BLE001 - logged; the slide goes on exhaustively
+        log.warning("batch: coarse model %s unusable (%s); all tiles at full resolution", spec.model, e)
+        return None
 
 
 def region_from_file(path: Path, slide):

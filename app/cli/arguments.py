@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from app.errors import DelineoError
+
 
 class UsageError(Exception):
     """Bad arguments or input: reported as one line on stderr, exit status 2."""
@@ -126,7 +128,11 @@ def coarse_engine_for(args: argparse.Namespace, engine):
         print(f"note: {problem}; running every tissue tile at full resolution", file=sys.stderr)
         return None
     threads = getattr(args, "threads", 0) or 0
-    return create_engine(args.engine, card, None, args.device.upper(), threads=threads)
+    try:
+        return create_engine(args.engine, card, None, args.device.upper(), threads=threads)
+    except DelineoError as e:  # a damaged coarse model slows the run down, it does not stop it
+        print(f"note: coarse model {name}: {e}; every tissue tile runs at full resolution", file=sys.stderr)
+        return None
 
 
 def engine_from_args(args: argparse.Namespace):

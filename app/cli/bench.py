@@ -39,7 +39,12 @@ def add_to(sub) -> None:
         "more_slides", nargs="*", metavar="SLIDE", help="bench batch: the slides (repeats allowed)"
     )
     b.add_argument("--workers", type=int, default=None, help="bench batch: local workers (default: batch's)")
-    add_region_args(b, whole_slide=True)
+    add_region_args(b)
+    b.add_argument(
+        "--whole-slide",
+        action="store_true",
+        help="bench memory: delineate --whole-slide (the tissue, the coarse model first) instead of a region",
+    )
     add_engine_choice(b, local_only=True)
     b.add_argument("--device", default="CPU")
     b.add_argument("--mpp", type=float, default=None)

@@ -357,12 +357,18 @@ def _out_of_bounds(raw: dict) -> str | None:
     return _contract_problem(raw, inp, output, classes)
 
 
+ADAPTIVE_KEYS = frozenset({"coarse_model", "refine_level", "refine_min_um2", "refine_margin_px", "note"})
+
+
 def _adaptive_problem(adaptive) -> str | None:
     """What in a card's `adaptive` block an adaptive run could not use, or None."""
     if adaptive is None:
         return None
     if not isinstance(adaptive, dict):
         return "adaptive must be an object"
+    unknown = sorted(set(adaptive) - ADAPTIVE_KEYS)
+    if unknown:
+        return f"adaptive.{unknown[0]} is not a key Delineo reads ({', '.join(sorted(ADAPTIVE_KEYS))})"
     name = adaptive.get("coarse_model")
     if name is not None and not is_model_name(name):
         return f"adaptive.coarse_model {name!r} is not a model name (letters, digits, . _ -)"
@@ -371,7 +377,8 @@ def _adaptive_problem(adaptive) -> str | None:
     if "refine_min_um2" in adaptive and not _finite_in(adaptive["refine_min_um2"], 0, 1e7):
         return f"adaptive.refine_min_um2 {adaptive['refine_min_um2']!r} is not an area in 0..1e7 µm²"
     if "refine_margin_px" in adaptive and not _int_in(adaptive["refine_margin_px"], 0, MAX_TILE):
-        return f"adaptive.refine_margin_px {adaptive['refine_margin_px']!r} is not a whole number of pixels"
+        margin = adaptive["refine_margin_px"]
+        return f"adaptive.refine_margin_px {margin!r} is not a whole number in 0..{MAX_TILE}"
     return None
 
 

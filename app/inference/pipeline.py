@@ -39,6 +39,7 @@ from app.inference.tile_reader import Focus, TileReader
 log = logging.getLogger(__name__)
 
 BACKGROUND_TISSUE_FRACTION = 0.02  # tiles with less tissue than this are not sent to the model
+STANDS_PER_TILE = 4  # into a kept map, coarse answers blended per fine tile (a few ms each)
 
 
 class RunTooLarge(DelineoError):
@@ -167,8 +168,9 @@ class RunSettings:
     # Keep the whole class map (to re-trace, resume, export likelihood); False finishes the
     # outline band by band, in memory that follows the region's width, not its area.
     keep_map: bool = True
-    # Coarse to fine: the region first at COARSE_FACTOR x the model's pixel size, then full
-    # resolution only where that finds something, is unsure, or borders it.
+    # Coarse to fine: the region first through the coarse model (or this one at COARSE_FACTOR x
+    # its pixel size), then full resolution where the card's refine rule says; elsewhere the
+    # coarse answer stands.
     adaptive: bool = False
 
 
@@ -319,7 +321,6 @@ class DelineationRun:
         blended = self.to_run + self._standing
         if self.settings.keep_map:
             self.blender = Blender(plan, self.card.channels)
-            self._stand()
         else:
             self.outliner = self._outliner(plan)
             self.blender = BandBlender(
@@ -365,8 +366,9 @@ class DelineationRun:
             rect = tile_core_rect(plan, t)
             report(TileEvent(t, self.done, self.total, rect, None, skipped=True, elapsed_s=self._elapsed()))
         if self.engine_error is None:
-            self._stream(plan, self.to_run, self.blender, cancel, report, self.finished, before=self._stand)
-        self._stand()
+            stand = lambda t: self._stand(t, cancel)  # noqa: E731 - the coarse answers, interleaved
+            self._stream(plan, self.to_run, self.blender, cancel, report, self.finished, before=stand)
+        self._stand(None, cancel)
         self.fine_s = time.perf_counter() - t0
         pending = any(t not in self.finished for t in self.to_run)
         self.cancelled = cancel is not None and cancel.is_set() and pending
@@ -458,7 +460,9 @@ class DelineationRun:
             card.tile,
             card.overlap,
             card.multiple,
-            self.settings.slide_mpp,
+            # The fine plan's slide pixel size, assumed or not: a slide without one is read at
+            # the same scale by both passes.
+            self.settings.slide_mpp or fine.choice.slide_mpp,
         )
         run, glass = split_background(coarse, tissue)
         self.coarse_plan, self.coarse_tiles = coarse, len(run)
@@ -477,18 +481,34 @@ class DelineationRun:
         blender.close()
         self.coarse_s = time.perf_counter() - t0
         self.coarse_counted, self.coarse_failed = self.done, self.failed - failed_before
-        if self.engine_error is not None or (cancel is not None and cancel.is_set()):
-            return self.to_run  # not judged: whatever runs next runs them all
+        if self.engine_error is not None:
+            # The coarse engine failed: the run goes on as if exhaustive, saying so.
+            self.notes.append(
+                f"the coarse pass stopped ({self.engine_error}); every tissue tile ran at full resolution"
+            )
+            self.engine_error = None
+            return self.to_run
+        if cancel is not None and cancel.is_set():
+            return self.to_run  # not judged: the fine pass stops at once too
         self.coarse_map = cmap
         rule = RefineRule.from_card(self.card.adaptive)
         return cmap.refine(fine, self.to_run, self.card.scheme, rule)
 
-    def _stand(self, upto: Tile | None = None) -> None:
-        """Blend the coarse answer of the tiles that do not run at full resolution, those before
-        `upto` in row-major order (None: all), so the band-by-band map finishes in order."""
-        while self._standing and (upto is None or self._standing[0].index < upto.index):
-            t = self._standing.pop(0)
+    def _stand(self, upto: Tile | None = None, cancel: threading.Event | None = None) -> None:
+        """Blend the coarse answer of tiles that do not run at full resolution: before fine tile
+        `upto` is blended, those before it in row-major order (band by band, so bands finish in
+        order) or, into a kept map, a few at a time (spread over the fine pass); None: all.
+        Cancelling stops it; what is left stays pending."""
+        n = 0
+        while self._standing and not (cancel is not None and cancel.is_set()):
+            t = self._standing[0]
+            if upto is not None and (
+                n >= STANDS_PER_TILE if self.settings.keep_map else t.index >= upto.index
+            ):
+                return
+            self._standing.pop(0)
             self.blender.add(t, self.coarse_map.tile_answer(self.plan(), t))
+            n += 1
 
     def finish(self) -> Delineation:
         """The blended map traced into outlines per class, with what the run did and noticed."""
@@ -538,7 +558,7 @@ class DelineationRun:
             source=f"{card.name} {card.version} {self.engine.name}",
             notes=[*(resume.notes if resume else []), *self.notes],
             engine_error=self.engine_error,
-            pending=[t for t in self.to_run if t not in self.finished],
+            pending=[t for t in self.to_run if t not in self.finished] + self._standing,
             probability_map=pmap,
             threshold=float(card.default_threshold if self.threshold is None else self.threshold),
             min_area_um2=float(settings.min_area_um2),

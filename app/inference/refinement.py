@@ -30,6 +30,9 @@ def coarse_mismatch(fine: ModelCard, coarse: ModelCard) -> str | None:
             f"the coarse model {coarse.name} outputs {', '.join(theirs)}, not {fine.name}'s "
             f"{', '.join(names)}"
         )
+    ours, other = fine.scheme, coarse.scheme
+    if (ours.exclusive, ours.background) != (other.exclusive, other.background):
+        return f"the coarse model {coarse.name} decides its classes differently from {fine.name}"
     if coarse.mpp <= fine.mpp:
         return f"the coarse model {coarse.name} is at {coarse.mpp:g} µm/px, not coarser than {fine.mpp:g}"
     return None

@@ -341,8 +341,8 @@ class DelineationController(QObject):
             found = " or ".join(c.name for c in run.map.scheme.foreground) or "tumour"
             self.notice.emit(
                 "nothing-found",
-                f"The model found no {found} in the region ({result.tiles_done} tiles run, "
-                f"{result.tiles_skipped} background). Raise the Sensitivity to see weaker findings.",
+                f"The model found no {found} in the region: {tiles}. Raise the Sensitivity to see "
+                "weaker findings.",
             )
         self.finished.emit(result)
 
