@@ -27,7 +27,7 @@ def test_geojson_round_trip_keeps_provenance_review_lock_and_class(tmp_path):
         Annotation(box(400, 0, 500, 100), provenance=MODEL).edited(box(400, 0, 520, 100)),
     ]
     path = write_geojson(tmp_path / "a.geojson", anns, 0.5)
-    props = json.loads(path.read_text())["features"][1]["properties"]
+    props = json.loads(path.read_text(encoding="utf-8"))["features"][1]["properties"]
     assert props["isLocked"] is True and props["classification"] == {
         "name": "Necrosis",
         "color": [50, 50, 50],

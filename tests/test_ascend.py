@@ -58,7 +58,7 @@ def test_convert_for_ascend_is_lossless_and_writes_the_atc_command(tmp_path):
     assert fp16.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
     assert not any(n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT for n in fp16.graph.node)
     assert all(i.data_type != TensorProto.FLOAT for i in fp16.graph.initializer)
-    atc = (out / "atc.sh").read_text()
+    atc = (out / "atc.sh").read_text(encoding="utf-8")
     assert "atc --framework=5 --model=model-fp16.onnx" in atc
     assert "--soc_version=Ascend910B" in atc and "--input_shape=image:-1,3,512,512" in atc
     card = ModelCard.load(out)
@@ -86,7 +86,7 @@ def test_cli_convert_target_ascend(tmp_path):
         "--data", str(EBHI), "--soc-version", "Ascend310P3",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "cosine" in r.stderr and "Ascend310P3" in (tmp_path / "a" / "atc.sh").read_text()
-    assert json.loads((tmp_path / "a" / "card.json").read_text())["files"]["onnx-fp16"]
+    assert "cosine" in r.stderr and "Ascend310P3" in (tmp_path / "a" / "atc.sh").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "a" / "card.json").read_text(encoding="utf-8"))["files"]["onnx-fp16"]
     r = run_delineo("convert", "--target", "ascend", "no-such-model", "--out", str(tmp_path / "b"))
     assert r.returncode == 2 and "no-such-model" in r.stderr

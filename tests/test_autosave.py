@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def saved_features(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["features"]
+    return json.loads(path.read_text(encoding="utf-8"))["features"]
 
 
 def role_of(feature: dict) -> str:
@@ -117,7 +117,7 @@ def test_gui_export_writes_files(qtbot, window, sample_copy, tmp_path):
         with qtbot.waitSignal(window.exported, timeout=30_000) as sig:
             window.export_to(fmt, str(tmp_path / name))
         assert sig.args == [str(tmp_path / name)]
-    feats = json.loads((tmp_path / "a.geojson").read_text())["features"]
+    feats = json.loads((tmp_path / "a.geojson").read_text(encoding="utf-8"))["features"]
     assert shape(feats[0]["geometry"]).equals(box(500, 500, 900, 800))
 
 

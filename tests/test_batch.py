@@ -30,7 +30,7 @@ def read_summary(out: Path) -> dict[str, dict]:
 
 
 def tumour_features(path: Path) -> list[dict]:
-    doc = json.loads(path.read_text())
+    doc = json.loads(path.read_text(encoding="utf-8"))
     return [f for f in doc["features"] if f["properties"]["classification"]["name"] == "Tumor"]
 
 

@@ -213,7 +213,7 @@ def test_classes_flow_to_every_export(multi_class_run, tmp_path):
     assert all(counts.values()), counts
     # QuPath GeoJSON: one classification per class, with its colour.
     export.export_geojson(tmp_path / "a.geojson", annotations, 0.5)
-    features = json.loads((tmp_path / "a.geojson").read_text())["features"]
+    features = json.loads((tmp_path / "a.geojson").read_text(encoding="utf-8"))["features"]
     by_class = {}
     for f in features:
         klass = f["properties"]["classification"]
@@ -279,7 +279,7 @@ def test_the_server_metadata_carries_the_classes(multi_class_run):
 
 
 def test_format_1_cards_still_load_as_one_tumour_class():
-    shipped = json.loads((Path(ModelCard.load().path) / "card.json").read_text())
+    shipped = json.loads((Path(ModelCard.load().path) / "card.json").read_text(encoding="utf-8"))
     old = {k: v for k, v in shipped.items() if k != "format"}
     old["classes"] = [{"name": "Tumor", "index": 1, "color": [200, 0, 0]}]
     old["output"] = {"name": "probability", "activation": "sigmoid", "threshold": 0.5}

@@ -75,7 +75,7 @@ def test_a_result_that_cannot_be_written_at_the_end_is_kept_in_a_recovery_file(t
     assert "could not be written" in message and "kept in" in message
     recovery = Path(message.split("kept in ")[-1].strip())
     assert recovery.is_file() and str(recovery).startswith(os.environ["XDG_DATA_HOME"])
-    assert json.loads(recovery.read_text())["features"], "the tumour outline is in it"
+    assert json.loads(recovery.read_text(encoding="utf-8"))["features"], "the tumour outline is in it"
 
 
 def test_a_tiff_mask_too_large_is_refused_with_its_size_and_a_sane_mpp(tmp_path):

@@ -110,7 +110,11 @@ def test_a_non_empty_out_folder_is_refused(tmp_path, release):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     r = run_delineo("data", "ebhi-seg", str(release[0]), "--out", str(out))
-    assert r.returncode == 2 and "not empty" in r.stderr and (out / "keep.txt").read_text() == "mine"
+    assert (
+        r.returncode == 2
+        and "not empty" in r.stderr
+        and (out / "keep.txt").read_text(encoding="utf-8") == "mine"
+    )
 
 
 def run_without_data(*args):

@@ -127,7 +127,7 @@ def test_an_unknown_engine_names_the_registered_ones():
 def _imports_of(path: Path) -> set[str]:
     """The app.inference modules a module imports, at the top or inside a function."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("app.inference."):
             found.add(node.module.removeprefix("app.inference."))
         elif isinstance(node, ast.ImportFrom) and node.module == "app.inference":

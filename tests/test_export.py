@@ -57,7 +57,7 @@ def check_qupath_feature_collection(fc: dict) -> None:
 
 def test_geojson_follows_qupath_and_keeps_holes(tmp_path, annotations):
     out = export.export_geojson(tmp_path / "a.geojson", annotations, MPP)
-    fc = json.loads(out.read_text())
+    fc = json.loads(out.read_text(encoding="utf-8"))
     check_qupath_feature_collection(fc)
     f0 = fc["features"][0]
     assert len(f0["geometry"]["coordinates"]) == 2  # exterior + hole
@@ -69,7 +69,7 @@ def test_geojson_follows_qupath_and_keeps_holes(tmp_path, annotations):
 
 def test_geojson_bounds_offset_is_applied_both_ways(tmp_path, annotations):
     out = export.export_geojson(tmp_path / "a.geojson", annotations, MPP, offset=(1000, 2000))
-    fc = json.loads(out.read_text())
+    fc = json.loads(out.read_text(encoding="utf-8"))
     assert shape(fc["features"][0]["geometry"]).bounds[0] == pytest.approx(600 - 1000)
     back, _ = read_geojson(out, offset=(1000, 2000))
     assert back[0].geometry.symmetric_difference(annotations[0].geometry).area < 1
@@ -83,7 +83,7 @@ def test_roundtrip_export_import_export_is_identical(tmp_path, annotations):
     assert [x.cls for x in imported] == [x.cls for x in annotations]
     assert [x.color for x in imported] == [x.color for x in annotations]
     b = export.export_geojson(tmp_path / "b.geojson", imported, MPP)
-    assert json.loads(a.read_text()) == json.loads(b.read_text())
+    assert json.loads(a.read_text(encoding="utf-8")) == json.loads(b.read_text(encoding="utf-8"))
 
 
 def test_imports_qupath_variants(tmp_path):

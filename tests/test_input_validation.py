@@ -88,7 +88,10 @@ def test_cli_region_larger_than_the_slide_gives_the_whole_slide_polygons(tmp_pat
         out = tmp_path / f"{region}.geojson"
         r = run_delineo("delineate", str(SAMPLE_SVS), "--region", region, "--out", str(out))
         assert r.returncode == 0, r.stderr
-        outs[region] = (r.stderr, [shape(f["geometry"]) for f in json.loads(out.read_text())["features"]])
+        outs[region] = (
+            r.stderr,
+            [shape(f["geometry"]) for f in json.loads(out.read_text(encoding="utf-8"))["features"]],
+        )
     huge, whole = outs["1100,1500,1e9,1e9"], outs["1100,1500,1120,1467"]
     assert "clipped" in huge[0] and "clipped" not in whole[0]
     assert whole[1], "the sample has tumour polygons"

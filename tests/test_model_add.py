@@ -146,11 +146,13 @@ def test_a_graph_ending_in_softmax_given_softmax_again_is_installed_with_a_note(
 
 def test_cards_written_by_model_add_follow_the_published_schema(foreign, models_folder, capsys):
     jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads((Path(__file__).parents[1] / "docs" / "model-card.schema.json").read_text())
+    schema = json.loads(
+        (Path(__file__).parents[1] / "docs" / "model-card.schema.json").read_text(encoding="utf-8")
+    )
     for args in (onnx_args(foreign["onnx"]), ir_args(foreign["ir"])):
         assert add(args, capsys)[0] == 0
     for card_json in installed_cards(models_folder):
-        jsonschema.validate(json.loads(card_json.read_text()), schema)
+        jsonschema.validate(json.loads(card_json.read_text(encoding="utf-8")), schema)
 
 
 def test_list_shows_installed_and_shipped_models_and_remove_takes_only_installed_ones(
@@ -205,7 +207,7 @@ def test_a_second_add_of_a_name_is_refused_unless_forced(foreign, models_folder,
 def outlines(geojson: Path) -> dict[str, float]:
     """Area in µm² of the outlines per class of a `delineo delineate` result (0.5 µm/px)."""
     areas: dict[str, float] = {}
-    for f in json.loads(geojson.read_text())["features"]:
+    for f in json.loads(geojson.read_text(encoding="utf-8"))["features"]:
         name = f["properties"]["classification"]["name"]
         areas[name] = areas.get(name, 0.0) + shapely.geometry.shape(f["geometry"]).area * 0.25
     return areas

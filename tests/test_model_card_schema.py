@@ -12,7 +12,7 @@ import pytest
 jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "docs" / "model-card.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "docs" / "model-card.schema.json").read_text(encoding="utf-8"))
 SHIPPED = sorted((ROOT / "resources" / "models").glob("*/card.json"))
 
 
@@ -29,11 +29,11 @@ def test_the_schema_is_valid_draft_2020_12():
 @pytest.mark.parametrize("card_json", SHIPPED, ids=lambda p: p.parent.name)
 def test_every_shipped_card_validates(card_json):
     assert SHIPPED, "no shipped model cards found"
-    assert errors(json.loads(card_json.read_text())) == []
+    assert errors(json.loads(card_json.read_text(encoding="utf-8"))) == []
 
 
 def _example() -> dict:
-    return json.loads(SHIPPED[0].read_text())
+    return json.loads(SHIPPED[0].read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_a_tampered_model_is_refused_by_delineate_and_the_intact_copy_works(mode
     args = ("delineate", str(SAMPLE_SVS), "--region", "0,0,2220,2967", "--out", str(out))
     r = run_delineo(*args, "--model", str(model_copy))
     assert r.returncode == 0, r.stderr
-    assert json.loads(out.read_text())["features"]
+    assert json.loads(out.read_text(encoding="utf-8"))["features"]
     out.unlink()
 
     _flip_bytes(model_copy / "model-int8.bin")

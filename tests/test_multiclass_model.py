@@ -273,7 +273,10 @@ def test_training_from_the_binary_model_keeps_the_best_epoch_that_holds_its_tumo
         target="lesions", init=str(ROOT / "resources/models/ebhi-tumour-resunet/model-fp32.pt"),
     )  # fmt: skip
     best = train(cfg, progress=lambda _s: None)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     floor = rows[0]["val_dice"]["Tumor"] - cfg.tumour_tolerance
     assert rows[0]["val_dice"]["Tumor"] > 0.3  # the binary model's tumour, through the new head

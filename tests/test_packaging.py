@@ -146,10 +146,10 @@ def test_install_user_puts_the_app_menu_entry_and_file_types_in_home_without_roo
     assert subprocess.run(
         [str(home / ".local/bin/delineo")], capture_output=True, text=True
     ).stdout.strip() == ("delineo 0.1.0")
-    desktop = (share / "applications" / "delineo.desktop").read_text()
+    desktop = (share / "applications" / "delineo.desktop").read_text(encoding="utf-8")
     assert f'Exec="{installed}" %f' in desktop and "Icon=delineo" in desktop
     assert (share / "icons/hicolor/256x256/apps/delineo.png").is_file()
-    assert "*.svs" in (share / "mime/packages/delineo.xml").read_text()
+    assert "*.svs" in (share / "mime/packages/delineo.xml").read_text(encoding="utf-8")
     r = subprocess.run(
         ["bash", str(share / "Delineo" / "install-user.sh"), "--uninstall"], env=env, text=True
     )
@@ -161,7 +161,7 @@ def test_install_user_puts_the_app_menu_entry_and_file_types_in_home_without_roo
 def test_desktop_file_declares_what_a_menu_needs():
     entries = dict(
         line.split("=", 1)
-        for line in (ROOT / "packaging/linux/delineo.desktop").read_text().splitlines()
+        for line in (ROOT / "packaging/linux/delineo.desktop").read_text(encoding="utf-8").splitlines()
         if "=" in line
     )
     assert entries["Type"] == "Application" and entries["Exec"].startswith("delineo")
@@ -169,7 +169,7 @@ def test_desktop_file_declares_what_a_menu_needs():
 
 
 def test_inno_setup_installs_per_user_and_associates_slides():
-    iss = (ROOT / "packaging/windows/delineo.iss").read_text()
+    iss = (ROOT / "packaging/windows/delineo.iss").read_text(encoding="utf-8")
     assert "PrivilegesRequired=lowest" in iss
     for ext in (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".bif", ".dcm"):
         assert f"Software\\Classes\\{ext}" in iss

@@ -223,7 +223,7 @@ def test_cli_delineate_writes_qupath_geojson(tmp_path):
     assert r.returncode == 0, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert "tiles done" in last and "skipped as background" in last and "MPix/s" in last
-    fc = json.loads(out.read_text())
+    fc = json.loads(out.read_text(encoding="utf-8"))
     assert fc["type"] == "FeatureCollection"
     region = parse_rect("600,900,1200,1400")
     for f in fc["features"]:

@@ -212,7 +212,7 @@ def test_cli_delineate_remote(server, tmp_path):
         "--engine", "remote", "--url", server.url, "--token", server.token,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    features = json.loads(out.read_text())["features"]
+    features = json.loads(out.read_text(encoding="utf-8"))["features"]
     assert features and all(f["properties"]["classification"]["name"] == "Tumor" for f in features)
     r = run_delineo(
         "delineate", str(SAMPLE_SVS), "--region", "0,0,10,10", "--out", str(out), "--engine", "remote"
@@ -244,7 +244,9 @@ def test_kserve_manifest_runs_a_valid_delineo_serve():
     from app.cli import parse_args
     from app.serve.server import OPEN_PATHS
 
-    doc = yaml.safe_load((ROOT / "packaging" / "kserve" / "inferenceservice.yaml").read_text())
+    doc = yaml.safe_load(
+        (ROOT / "packaging" / "kserve" / "inferenceservice.yaml").read_text(encoding="utf-8")
+    )
     assert doc["kind"] == "InferenceService" and doc["apiVersion"] == "serving.kserve.io/v1beta1"
     container = doc["spec"]["predictor"]["containers"][0]
     args = parse_args(container["args"])

@@ -123,7 +123,7 @@ def test_cli_threshold_and_min_area_are_recorded_and_annotations_reports_union_t
         "--threshold", "0.4", "--min-area", "300",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    feats = json.loads(out.read_text())["features"]
+    feats = json.loads(out.read_text(encoding="utf-8"))["features"]
     prov = feats[0]["properties"]["delineo"]["provenance"]
     assert (prov["threshold"], prov["min_area_um2"], prov["origin"]) == (0.4, 300.0, "model")
     r = run_delineo("annotations", str(slide), "--json")

@@ -33,7 +33,7 @@ def test_auto_precision_is_measured_once_and_cached(tmp_path, monkeypatch):
     best, timings = choose_precision(card, "openvino", "CPU", cache=cache, repeats=2)
     assert set(timings) == set(eligible(card, "openvino")) and best == min(timings, key=timings.get)
     assert all(ms > 0 for ms in timings.values())
-    entry = next(iter(json.loads(cache.read_text()).values()))
+    entry = next(iter(json.loads(cache.read_text(encoding="utf-8")).values()))
     assert entry["precision"] == best
     # The second time nothing is measured: no engine is even created.
     monkeypatch.setattr(

@@ -73,6 +73,6 @@ def test_delineate_goes_on_past_unreadable_tiles(
     r = run_delineo("delineate", str(slide), "--region", "0,0,2220,2967", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "treated as tissue" in r.stderr
-    assert json.loads(out.read_text())["features"], "the readable tumour is still outlined"
+    assert json.loads(out.read_text(encoding="utf-8"))["features"], "the readable tumour is still outlined"
     if which == "svs":
         assert "2 unreadable" in r.stderr.splitlines()[-1]

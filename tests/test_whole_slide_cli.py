@@ -110,7 +110,7 @@ def test_delineate_whole_slide_outlines_the_tumour_of_the_sample(tmp_path):
     out = tmp_path / "whole.geojson"
     r = run_delineo("delineate", str(SAMPLE_SVS), "--whole-slide", "--out", str(out))
     assert r.returncode == 0, r.stderr
-    features = json.loads(out.read_text())["features"]
+    features = json.loads(out.read_text(encoding="utf-8"))["features"]
     assert features and all(f["properties"]["classification"]["name"] == "Tumor" for f in features)
     with Slide.open(SAMPLE_SVS) as slide:
         region = tissue_regions(slide)

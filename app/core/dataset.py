@@ -94,7 +94,7 @@ def read_manifest(path: str | Path, split: str | None = None, downsample: int = 
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest; pass a CSV with columns image, mask, class")
     root = path.parent
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"image", "mask", "class"} - set(reader.fieldnames or [])
         if missing:

@@ -129,7 +129,7 @@ def convert_release(
     if not rows:
         raise ReleaseError(f"{src}: no image/label pairs with the same name found; {DOWNLOAD_HINT}")
     result.cases.update(cases.values())
-    with (out / "manifest.csv").open("w", newline="") as f:
+    with (out / "manifest.csv").open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["image", "mask", "class", "case", "split", "malignant"])
         w.writerows(rows)

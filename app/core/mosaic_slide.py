@@ -90,7 +90,8 @@ def _write(img, truth, pairs, cols, side, out_dir, stem, tile_mpp, upscale, pyra
                 "slide_mpp": slide_mpp,
             },
             indent=1,
-        )
+        ),
+        encoding="utf-8",
     )
     tumour = sum(p.is_tumour_class for p in pairs if p is not None)
     return MosaicSlide(slide_path, truth, tile_mpp, slide_mpp, sum(p is not None for p in pairs), tumour)

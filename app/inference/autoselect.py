@@ -72,7 +72,7 @@ def choose_precision(
     cache = cache or cache_path()
     key = _key(card, engine, device)
     try:
-        known = json.loads(cache.read_text())
+        known = json.loads(cache.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         known = {}
     if not refresh and key in known:
@@ -99,7 +99,7 @@ def choose_precision(
     best = min(timings, key=timings.get)
     known[key] = {"precision": best, "ms": timings, "measured": time.strftime("%Y-%m-%d %H:%M")}
     try:
-        cache.write_text(json.dumps(known, indent=2))
+        cache.write_text(json.dumps(known, indent=2), encoding="utf-8")
     except OSError:
         log.warning("could not cache the auto precision choice in %s", cache)
     log.info("auto precision for %s: %s (%s)", key, best, timings)

@@ -47,7 +47,7 @@ def _read(path: Path | None) -> dict:
     if path is None:
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -60,7 +60,7 @@ def _write(path: Path | None, data: dict) -> None:
         data = dict(list(data.items())[-_MAX_ENTRIES:])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(json.dumps(data), encoding="utf-8")
         tmp.replace(path)
     except OSError as e:
         log.info("model checksum cache %s not writable (%s); files will be hashed each time", path, e)

@@ -202,8 +202,8 @@ class ModelCard:
                 f" ({', '.join(installed_names()) or 'none installed'}; delineo model list)"
             )
         try:
-            raw = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelCardError(f"{p}: not a valid model card ({e})") from None
         return cls.from_dict(raw, p.parent, where=p)
 
@@ -427,5 +427,5 @@ def write_card(out: Path, raw: dict, files: dict[str, str]) -> None:
         entries[key] = entry
     raw["files"] = entries
     tmp = out / ".card.json.tmp"
-    tmp.write_text(json.dumps(raw, indent=2) + "\n")
+    tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out / "card.json")

@@ -178,7 +178,7 @@ def convert_for_ascend(
     shutil.copyfile(src, out / "model-fp32.onnx")
     if external:
         onnx.checker.check_model(str(fp16_path))  # the path form follows external data
-    raw = json.loads((card.path / "card.json").read_text())
+    raw = json.loads((card.path / "card.json").read_text(encoding="utf-8"))
     raw.pop("validation", None)
     write_card(out, raw, {"onnx-fp16": fp16_path.name, "onnx-fp32": "model-fp32.onnx"})
     new = ModelCard.load(out)
@@ -197,7 +197,8 @@ def convert_for_ascend(
     (out / "atc.sh").write_text(
         "#!/bin/sh\n# Compile the FP16 ONNX into an Ascend offline model (run on the Ascend host, CANN "
         "toolkit sourced).\n# Or serve the ONNX directly: delineo serve --model . --provider cann\n"
-        f'cd "$(dirname "$0")" && {atc}\n'
+        f'cd "$(dirname "$0")" && {atc}\n',
+        encoding="utf-8",
     )
     (out / "atc.sh").chmod(0o755)
     result = {
@@ -213,7 +214,7 @@ def convert_for_ascend(
         "dice_fp16": rows["fp16"].get("dice"),
         "atc": atc,
     }
-    raw = json.loads((out / "card.json").read_text())
+    raw = json.loads((out / "card.json").read_text(encoding="utf-8"))
     raw["validation"] = {"ascend": result}
     write_card(out, raw, {"onnx-fp16": fp16_path.name, "onnx-fp32": "model-fp32.onnx"})
     if cosine < MIN_COSINE:

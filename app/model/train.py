@@ -157,7 +157,7 @@ def autocast_dtype(device: torch.device):
     if device.type == "cuda":
         return torch.float16
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         flags = ""
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else None
@@ -307,7 +307,7 @@ def train(cfg: TrainConfig, progress=print) -> Path:
     history = []
     best = (False, -1.0)
     log_path = out / "train.jsonl"
-    log_path.write_text("")
+    log_path.write_text("", encoding="utf-8")
     tumour_floor = None
     if cfg.target == "lesions" and cfg.init:
         start = evaluate_bank(model, val_bank, device)

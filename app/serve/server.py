@@ -104,7 +104,7 @@ def read_token(token: str | None, token_file: str | None) -> str | None:
     if token_file:
         p = Path(token_file)
         try:
-            token = p.read_text().strip()
+            token = p.read_text(encoding="utf-8").strip()
         except OSError as e:
             raise ServeError(f"--token-file {p}: cannot read it ({e.strerror})") from None
         if not token:
