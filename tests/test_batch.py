@@ -164,12 +164,11 @@ def test_batch_sends_the_slides_to_an_existing_scheduler_and_its_worker(tmp_path
                 assert 300 <= x <= 1836 and 600 <= y <= 2136
 
 
-@pytest.mark.slow
-def test_a_batch_killed_midway_resumes_with_only_the_slides_not_finished(tmp_path):
+def batch_until_one_slide_is_done(folder: Path, out: Path):
+    """`delineo batch` (one worker) in a child process, returned once summary.csv has its first
+    ok row, with the worker processes it started (to check they leave with it)."""
     import psutil
 
-    folder = slides_folder(tmp_path, 3)
-    out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "batch", str(folder), "--out", str(out), "--workers", "1"],
         stdout=subprocess.DEVNULL,
@@ -184,6 +183,16 @@ def test_a_batch_killed_midway_resumes_with_only_the_slides_not_finished(tmp_pat
             break
         time.sleep(0.05)
     assert proc.poll() is None, proc.stderr.read()
+    return proc, workers
+
+
+@pytest.mark.slow
+def test_a_batch_killed_midway_resumes_with_only_the_slides_not_finished(tmp_path):
+    import psutil
+
+    folder = slides_folder(tmp_path, 3)
+    out = tmp_path / "out"
+    proc, workers = batch_until_one_slide_is_done(folder, out)
     proc.send_signal(signal.SIGKILL)  # no clean-up of any kind: as the OOM killer or a power cut
     proc.wait(10)
     proc.stderr.close()
@@ -212,20 +221,7 @@ def test_ctrl_c_stops_a_batch_at_once_keeping_what_finished(tmp_path):
 
     folder = slides_folder(tmp_path, 4)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "batch", str(folder), "--out", str(out), "--workers", "1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    workers: list[psutil.Process] = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        workers = workers or psutil.Process(proc.pid).children(recursive=True)
-        if (out / "summary.csv").exists() and any(r["status"] == "ok" for r in read_summary(out).values()):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read()
+    proc, workers = batch_until_one_slide_is_done(folder, out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -183,21 +183,23 @@ def test_clicking_an_annotation_selects_it_without_moving_the_view(qtbot, window
     assert len(window.annotations) == 1 and window.annotations_panel.table.rowCount() == 1
 
 
-def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(
-    qtbot, window, large_pyramid, qsettings
-):
-    """Ctrl+Shift+D on a slide of tissue everywhere, every tile at full resolution (the coarse
-    pass off in Settings): the first tiles are under the middle of the view; after a pan, the
-    next ones are under its new middle. Cancelled once that is seen."""
-    qsettings.setValue("inference/adaptive", False)
+def ready_at_15000(qtbot, window, slide):
+    """The slide open at 8x fit zoom around (15000, 15000), its engine warm and its tissue mask
+    computed, as a user sees it a few seconds after opening: the view."""
     ready: list[str] = []
     window.worker.worker.slideReady.connect(ready.append)
-    open_and_wait(qtbot, window, large_pyramid)
+    open_and_wait(qtbot, window, slide)
     view = window.view
     view.set_zoom(view.fit_zoom() * 8)
     view.centre_on(15000, 15000)
     qtbot.waitUntil(lambda: window.engine_label.text() != "", timeout=60_000)
-    qtbot.waitUntil(lambda: str(large_pyramid) in ready, timeout=30_000)
+    qtbot.waitUntil(lambda: str(slide) in ready, timeout=30_000)
+    return view
+
+
+def watch_first_paint(window) -> tuple[list[float], QTimer]:
+    """A 2 ms heartbeat that notes when the overlay first shows a tile, coarse or fine
+    ([perf_counter time], the timer to stop)."""
     first_at: list[float] = []
 
     def watch():
@@ -208,6 +210,18 @@ def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(
     hb.setInterval(2)
     hb.timeout.connect(watch)
     hb.start()
+    return first_at, hb
+
+
+def test_whole_slide_runs_what_is_on_screen_first_and_follows_the_view(
+    qtbot, window, large_pyramid, qsettings
+):
+    """Ctrl+Shift+D on a slide of tissue everywhere, every tile at full resolution (the coarse
+    pass off in Settings): the first tiles are under the middle of the view; after a pan, the
+    next ones are under its new middle. Cancelled once that is seen."""
+    qsettings.setValue("inference/adaptive", False)
+    view = ready_at_15000(qtbot, window, large_pyramid)
+    first_at, hb = watch_first_paint(window)
     with qtbot.waitSignal(window.delineationFinished, timeout=180_000) as sig:
         t0 = time.perf_counter()
         qtbot.keyClick(
@@ -251,24 +265,8 @@ def test_whole_slide_shows_the_coarse_answer_first_under_the_view_then_sharpens_
 
     slide = tmp_path / "large.tif"  # its own folder: the outlines it saves stay out of other tests
     os.link(large_pyramid, slide)
-    ready: list[str] = []
-    window.worker.worker.slideReady.connect(ready.append)
-    open_and_wait(qtbot, window, slide)
-    view = window.view
-    view.set_zoom(view.fit_zoom() * 8)
-    view.centre_on(15000, 15000)
-    qtbot.waitUntil(lambda: window.engine_label.text() != "", timeout=60_000)
-    qtbot.waitUntil(lambda: str(slide) in ready, timeout=30_000)
-    first_at: list[float] = []
-
-    def watch():
-        if not first_at and window.overlay is not None and window.overlay.shown:
-            first_at.append(time.perf_counter())
-
-    hb = QTimer()
-    hb.setInterval(2)
-    hb.timeout.connect(watch)
-    hb.start()
+    ready_at_15000(qtbot, window, slide)
+    first_at, hb = watch_first_paint(window)
     with qtbot.waitSignal(window.delineationFinished, timeout=300_000) as sig:
         t0 = time.perf_counter()
         qtbot.keyClick(

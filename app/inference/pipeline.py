@@ -33,7 +33,7 @@ from app.core.tissue import TissueMask, tissue_mask
 from app.core.tracing import trace_factor
 from app.errors import DelineoError
 from app.inference.engines import Engine, EngineError, predict_stream
-from app.inference.refinement import COARSE_FACTOR, CoarseBlender, CoarseMap, RefineRule
+from app.inference.refinement import COARSE_FACTOR, CoarseBlender, CoarseMap, RefineRule, answer_mismatch
 from app.inference.tile_reader import Focus, TileReader
 
 log = logging.getLogger(__name__)
@@ -329,12 +329,10 @@ class DelineationRun:
         return self.to_run, self.skipped
 
     def _stands_in(self) -> bool:
-        """Whether the coarse map can stand in for the fine one: the same classes in the same
-        channels (a coarse model made for this one; the model itself at a coarser size)."""
+        """Whether the coarse map can stand in for the fine one (a coarse model made for this
+        one; the model itself at a coarser size)."""
         coarse = (self.coarse_engine or self.engine).card
-        return self.coarse_map is not None and [c.name for c in coarse.scheme.classes] == [
-            c.name for c in self.card.scheme.classes
-        ]
+        return self.coarse_map is not None and answer_mismatch(self.card, coarse) is None
 
     def _outliner(self, plan: TilePlan) -> BandOutliner:
         s = self.settings

@@ -20,9 +20,9 @@ from app.inference.modelcard import ModelCard
 COARSE_FACTOR = 4  # without a coarse model, the model itself at 4x its pixel size: 1/16 of the tiles
 
 
-def coarse_mismatch(fine: ModelCard, coarse: ModelCard) -> str | None:
-    """Why `coarse` cannot run a first pass for `fine`, or None: its classes must be the fine
-    model's, in the same channels, for its answer to stand where no fine tile runs."""
+def answer_mismatch(fine: ModelCard, coarse: ModelCard) -> str | None:
+    """Why `coarse`'s answer cannot stand in `fine`'s map, or None: the same classes in the same
+    channels, decided the same way."""
     names = [c.name for c in fine.scheme.classes]
     theirs = [c.name for c in coarse.scheme.classes]
     if names != theirs:
@@ -33,9 +33,16 @@ def coarse_mismatch(fine: ModelCard, coarse: ModelCard) -> str | None:
     ours, other = fine.scheme, coarse.scheme
     if (ours.exclusive, ours.background) != (other.exclusive, other.background):
         return f"the coarse model {coarse.name} decides its classes differently from {fine.name}"
-    if coarse.mpp <= fine.mpp:
-        return f"the coarse model {coarse.name} is at {coarse.mpp:g} µm/px, not coarser than {fine.mpp:g}"
     return None
+
+
+def coarse_mismatch(fine: ModelCard, coarse: ModelCard) -> str | None:
+    """Why `coarse` cannot run a first pass for `fine`, or None: its answer must be able to
+    stand where no fine tile runs, at a coarser pixel size."""
+    problem = answer_mismatch(fine, coarse)
+    if problem is None and coarse.mpp <= fine.mpp:
+        problem = f"the coarse model {coarse.name} is at {coarse.mpp:g} µm/px, not coarser than {fine.mpp:g}"
+    return problem
 
 
 @dataclass(frozen=True)

@@ -141,10 +141,14 @@ class DelineationWorker(QObject):
         self._coarse = (settings, coarse)
         return coarse
 
-    @Slot(object)
-    def prepare(self, settings: EngineSettings) -> None:
+    @Slot(object, bool)
+    def prepare(self, settings: EngineSettings, adaptive: bool = True) -> None:
+        """Compile and warm the model now, and its coarse companion when whole slides use it
+        (otherwise the first whole-slide run with it turned on builds it)."""
         try:
-            self.coarse_engine_for(settings, self.engine_for(settings))
+            engine = self.engine_for(settings)
+            if adaptive:
+                self.coarse_engine_for(settings, engine)
         except Exception as e:  # noqa: BLE001 - reported to the user, the app goes on
             self._report(e, "could not prepare the model")
 
@@ -248,7 +252,7 @@ class WorkerThread(QObject):
     """Owns the QThread and the worker on it; the requests are queued signals."""
 
     runRequested = Signal(object, object, object, object)  # slide, region, settings, options
-    prepareRequested = Signal(object)
+    prepareRequested = Signal(object, bool)  # settings, whether whole slides start coarse
     slideRequested = Signal(object, object)  # slide, its thumbnail (RGB array)
 
     def __init__(self, parent: QObject | None = None):

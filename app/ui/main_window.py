@@ -26,7 +26,7 @@ from app.ui.classes_panel import ClassList
 from app.ui.delineation_controller import DelineationController
 from app.ui.garbage_collection import collect_garbage_on_gui_thread
 from app.ui.help_dialogs import INTENDED_USE, ShortcutsDialog
-from app.ui.settings_dialog import SettingsDialog, load_settings
+from app.ui.settings_dialog import SettingsDialog, adaptive_enabled, load_settings
 from app.ui.slide_lifecycle import SlideLifecycle
 from app.ui.slide_session import SlideSession
 from app.ui.slide_view import SlideView
@@ -83,7 +83,8 @@ class MainWindow(QMainWindow):
         build_menus(self)
         self._build_toolbar()
         self.statusBar().showMessage("Open a slide: File > Open (Ctrl+O) or drop a file here")
-        self.controller.worker.prepareRequested.emit(load_settings(self.settings))
+        worker = self.controller.worker
+        worker.prepareRequested.emit(load_settings(self.settings), adaptive_enabled(self.settings))
         restore_or_fit(self)
 
     # ------------------------------------------------------------------ wiring
@@ -268,7 +269,7 @@ class MainWindow(QMainWindow):
             note = f"Auto chose {choice[0].upper()} on this computer ({ms} per tile)."
         dlg = SettingsDialog(self.settings, note, self)
         if dlg.exec():
-            self.controller.worker.prepareRequested.emit(dlg.value())
+            self.controller.worker.prepareRequested.emit(dlg.value(), dlg.adaptive.isChecked())
 
     # ------------------------------------------------------------------ annotations
 
