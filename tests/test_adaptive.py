@@ -16,9 +16,11 @@ from test_pipeline import dark_map
 
 from app.core.geometry import rasterize
 from app.core.slide import Slide
+from app.core.tiling import BandBlender, Blender, plan_tiles
 from app.inference.engine import Engine
 from app.inference.modelcard import ModelCardError
 from app.inference.pipeline import DelineationRun, RunSettings
+from app.inference.refinement import CoarseMap
 
 TUMOUR = [{"name": "Tumor", "color": [200, 0, 0]}]
 
@@ -126,6 +128,31 @@ def test_where_no_fine_tile_runs_the_coarse_answer_stands(keep_map):
     assert adaptive.tiles_done < 0.2 * exhaustive.tiles_done
     assert exhaustive.polygons and adaptive.polygons
     assert _dice(adaptive.polygons, exhaustive.polygons) > 0.8
+
+
+def test_the_coarse_map_keeps_blocks_only_where_the_coarse_pass_answered():
+    """The coarse answer is kept in blocks where it holds a score: the same map as blending the
+    whole canvas at once, read at any window, while glass (tiles that never ran) costs nothing,
+    so a sparse whole slide's coarse map follows its tissue, not its area."""
+    with Slide.open(SAMPLE_SVS) as s:
+        plan = plan_tiles(s, box(0, 0, *s.dimensions), 0.5, 256, 32)
+    rng = np.random.default_rng(0)
+    left = [t for t in plan.tiles if t.col < 3]  # the rest: glass, skipped
+    dense, cmap = Blender(plan, 2), CoarseMap(plan, 2, 0.5)
+    bands = BandBlender(plan, 2, left, cmap.add_band)
+    for t in left:
+        prob = rng.random((2, 256, 256), dtype=np.float32)
+        dense.add(t, prob)
+        bands.add(t, prob)
+    expected = dense.probability_u8()
+    w, h = plan.size
+    assert np.array_equal(cmap.window(0, 0, w, h), expected)
+    assert np.array_equal(cmap.window(300, 500, 900, 700), expected[:, 500:700, 300:900])
+    # Past the canvas there is no score; the kept blocks are the three block columns the left
+    # tiles reach (3 x 224 + 32 px), not the canvas's ten.
+    assert not cmap.window(-10, -10, 5, 5)[:, :10].any()
+    b = CoarseMap.BLOCK
+    assert 0 < cmap.nbytes <= 2 * b * b * 3 * -(-h // b) < expected.nbytes / 3
 
 
 def test_a_rule_with_a_minimum_area_runs_fewer_tiles_and_keeps_the_outline():

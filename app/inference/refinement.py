@@ -3,7 +3,8 @@ and what the others keep instead (the coarse map, resampled to the fine grid).
 
 Adaptive mesh refinement in two levels: the coarse pass's map is kept at its own resolution
 (1/16 of the fine map's pixels at 4x the pixel size), filled band by band as the coarse tiles
-finish, so a whole slide's coarse answer costs a byte per coarse pixel and class."""
+finish, in blocks kept only where it holds an answer, so a whole slide's coarse answer costs a
+byte per coarse pixel and class of tissue, not of glass."""
 
 from __future__ import annotations
 
@@ -70,22 +71,64 @@ class RefineRule:
 
 
 class CoarseMap:
-    """The coarse pass's blended class map (C, H, W) uint8 over its tile plan, and which of its
-    tiles answered (the rest: glass it skipped, or tiles it could not read)."""
+    """The coarse pass's blended class map, uint8 per class over its tile plan's canvas, and
+    which of its tiles answered (the rest: glass it skipped, or tiles it could not read)."""
+
+    BLOCK = 256  # canvas pixels a side: a block is kept once a band writes a non-zero score into it
 
     def __init__(self, plan: TilePlan, channels: int, mpp: float):
-        w, h = plan.size
-        self.plan, self.mpp = plan, mpp
-        self.scores = np.zeros((channels, h, w), np.uint8)
+        self.plan, self.mpp, self.channels = plan, mpp, channels
+        self.size = plan.size  # (width, height) of the coarse canvas
+        # Blocks of the map by (block row, block column); a block never written is all zero
+        # (no score): glass around the tissue, the most of a sparse slide, costs nothing.
+        self.blocks: dict[tuple[int, int], np.ndarray] = {}
         # Per coarse tile, whether it ran: a canvas pixel has an answer when the tile whose core
         # holds it ran (cores tile the canvas). A byte per tile, not per pixel.
         cols = max((t.col for t in plan.tiles), default=-1) + 1
         rows = max((t.row for t in plan.tiles), default=-1) + 1
         self.ran = np.zeros((rows, cols), bool)
 
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blocks.values())
+
     def add_band(self, first_row: int, band: np.ndarray) -> None:
-        """A finished band of the coarse BandBlender."""
-        self.scores[:, first_row : first_row + band.shape[1]] = band
+        """A finished band of the coarse BandBlender (C, rows, width)."""
+        b, (n, width) = self.BLOCK, band.shape[1:]
+        y, end = first_row, first_row + n
+        while y < end:
+            by = y // b
+            y1 = min(end, (by + 1) * b)
+            for bx in range(math.ceil(width / b)):
+                part = band[:, y - first_row : y1 - first_row, bx * b : (bx + 1) * b]
+                if not part.any():
+                    continue
+                block = self.blocks.get((by, bx))
+                if block is None:
+                    block = self.blocks[by, bx] = np.zeros((self.channels, b, b), np.uint8)
+                block[:, y - by * b : y1 - by * b, : part.shape[2]] = part
+            y = y1
+
+    def window(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """(C, y1 - y0, x1 - x0) uint8: the map over canvas pixels [x0, x1) x [y0, y1), zero
+        (no score) where no block is kept or past the canvas."""
+        out = np.zeros((self.channels, max(0, y1 - y0), max(0, x1 - x0)), np.uint8)
+        w, h = self.size
+        sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if sx1 <= sx0 or sy1 <= sy0:
+            return out
+        b = self.BLOCK
+        for by in range(sy0 // b, (sy1 - 1) // b + 1):
+            for bx in range(sx0 // b, (sx1 - 1) // b + 1):
+                block = self.blocks.get((by, bx))
+                if block is None:
+                    continue
+                ya, yb = max(sy0, by * b), min(sy1, (by + 1) * b)
+                xa, xb = max(sx0, bx * b), min(sx1, (bx + 1) * b)
+                out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = block[
+                    :, ya - by * b : yb - by * b, xa - bx * b : xb - bx * b
+                ]
+        return out
 
     def answered(self, t: Tile) -> None:
         """A coarse tile that ran: its core has an answer."""
@@ -109,7 +152,7 @@ class CoarseMap:
         """Of `tiles` (fine tissue tiles), those to run at full resolution under `rule`."""
         level = math.ceil(rule.level * 255 - 1e-6)
         min_px = rule.min_um2 / (self.mpp * self.mpp)
-        h, w = self.scores.shape[1:]
+        w, h = self.size
         margin = fine.overlap / 2 if rule.margin_px is None else rule.margin_px
         m = (fine.overlap / 2 - margin) * fine.level0_per_model
         keep = []
@@ -121,7 +164,7 @@ class CoarseMap:
             if x1 <= x0 or y1 <= y0 or not self._known(x0, y0, x1, y1):
                 keep.append(t)
                 continue
-            found = np.count_nonzero(scheme.foreground_score(self.scores[:, y0:y1, x0:x1]) >= level)
+            found = np.count_nonzero(scheme.foreground_score(self.window(x0, y0, x1, y1)) >= level)
             if found and found >= min_px:
                 keep.append(t)
         return keep
@@ -135,14 +178,10 @@ class CoarseMap:
         # takes no box that leaves the image.
         ix0, iy0 = math.floor(bx0) - 1, math.floor(by0) - 1
         ix1, iy1 = math.ceil(bx1) + 1, math.ceil(by1) + 1
-        c, h, w = self.scores.shape
-        window = np.zeros((c, iy1 - iy0, ix1 - ix0), np.uint8)
-        sx0, sy0, sx1, sy1 = max(0, ix0), max(0, iy0), min(w, ix1), min(h, iy1)
-        if sx1 > sx0 and sy1 > sy0:
-            window[:, sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0] = self.scores[:, sy0:sy1, sx0:sx1]
+        window = self.window(ix0, iy0, ix1, iy1)
         box = (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)
-        out = np.empty((c, fine.tile, fine.tile), np.float32)
-        for k in range(c):
+        out = np.empty((self.channels, fine.tile, fine.tile), np.float32)
+        for k in range(self.channels):
             img = Image.fromarray(window[k]).resize((fine.tile, fine.tile), Image.BILINEAR, box=box)
             out[k] = np.asarray(img, np.float32)
         out *= 1.0 / 255.0
@@ -154,7 +193,7 @@ class CoarseBlender:
 
     def __init__(self, cmap: CoarseMap, tiles: list[Tile]):
         self.cmap = cmap
-        self.bands = BandBlender(cmap.plan, cmap.scores.shape[0], tiles, cmap.add_band)
+        self.bands = BandBlender(cmap.plan, cmap.channels, tiles, cmap.add_band)
 
     def add(self, t: Tile, prob: np.ndarray) -> None:
         self.cmap.answered(t)
