@@ -76,12 +76,25 @@ PEAK = textwrap.dedent(
     def peak_kib():  # VmHWM: this process's own peak (ru_maxrss inherits the parent's on Linux)
         return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 
-    side, keep = int(sys.argv[1]), sys.argv[2] == "kept"
+    side, mode = int(sys.argv[1]), sys.argv[2]
     card = make_card(mpp=0.5, tile=256, overlap=32)
     with Slide.open(sys.argv[3]) as s:
         before = peak_kib()
-        result = DelineationRun(s, box(500, 500, 500 + side, 500 + side), ConstantEngine(0.7, card),
-                                RunSettings(keep_map=keep)).execute()
+        region, engine = box(500, 500, 500 + side, 500 + side), ConstantEngine(0.7, card)
+        if mode == "streamed":  # band by band, the map streamed to an ASAP likelihood TIFF
+            from pathlib import Path
+            from app.core.likelihood_map import LikelihoodSpool
+            spool = []
+            run = DelineationRun(s, region, engine, RunSettings(keep_map=False),
+                                 map_sink=lambda row, band: spool[0].add_band(row, band))
+            plan = run.plan()
+            spool.append(LikelihoodSpool(Path(sys.argv[4]), s.dimensions, plan.level0_per_model,
+                                         plan.model_to_level0(0, 0), [0]))
+            result = run.execute()
+            spool[0].write({{0: Path(sys.argv[4]) / f"map-{{side}}.tif"}}, 0.25)
+            spool[0].close()
+        else:
+            result = DelineationRun(s, region, engine, RunSettings(keep_map=mode == "kept")).execute()
         after = peak_kib()
     print(json.dumps({{"growth_mb": (after - before) / 1024, "tiles": result.tiles_done}}))
     """
@@ -89,14 +102,15 @@ PEAK = textwrap.dedent(
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status")
-def test_memory_stays_flat_as_the_region_grows(large_pyramid):
+def test_memory_stays_flat_as_the_region_grows(large_pyramid, tmp_path):
     """Peak RSS growth of a whole run in a fresh process, at two region sizes (16x the area):
-    band by band it stays within a few MB; keeping the map, it grows with the area."""
+    band by band it stays within a few MB, also when the map is streamed to a likelihood TIFF
+    of the whole slide; keeping the map, it grows with the area."""
     script = PEAK.format(tests=str(REPO / "tests"), repo=str(REPO))
 
     def growth(side: int, mode: str) -> float:
         out = subprocess.run(
-            [sys.executable, "-c", script, str(side), mode, str(large_pyramid)],
+            [sys.executable, "-c", script, str(side), mode, str(large_pyramid), str(tmp_path)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -107,8 +121,14 @@ def test_memory_stays_flat_as_the_region_grows(large_pyramid):
         return answer["growth_mb"]
 
     small, large = growth(3000, "banded"), growth(12000, "banded")
+    streamed_small, streamed_large = growth(3000, "streamed"), growth(12000, "streamed")
     kept_small, kept_large = growth(3000, "kept"), growth(12000, "kept")
     assert large - small < 40, (small, large)
+    assert streamed_large - streamed_small < 40, (streamed_small, streamed_large)
+    with Slide.open(tmp_path / "map-12000.tif") as m:  # the map the large run streamed
+        assert m.dimensions == (10000, 10000) and m.level_count >= 5
+        middle = m.read_region(3000, 3000, 0, 200, 200)[..., 0]
+        assert abs(int(middle.mean()) - round(0.7 * 255)) <= 1
     assert kept_large - kept_small > 120, (kept_small, kept_large)  # what band-wise avoids
 
 

@@ -45,6 +45,11 @@ def add_to(sub) -> None:
         action="store_true",
         help="bench memory: delineate --whole-slide (the tissue, the coarse model first) instead of a region",
     )
+    b.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="bench memory: also stream the likelihood map to a TIFF (delineate --likelihood)",
+    )
     add_engine_choice(b, local_only=True)
     b.add_argument("--device", default="CPU")
     b.add_argument("--mpp", type=float, default=None)
@@ -131,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.what == "memory":
         from app.inference.whole_slide_benchmark import bench_memory
 
-        result = bench_memory(progress=progress, whole_slide=args.whole_slide)
+        result = bench_memory(progress=progress, whole_slide=args.whole_slide, likelihood=args.likelihood)
     elif args.what == "remote":
         from app.inference.benchmark import bench_remote
 

@@ -15,6 +15,7 @@ from app.cli.arguments import (
     region_from_args,
     whole_slide_region,
 )
+from app.cli.likelihood import LikelihoodOutput
 from app.cli.progress import StderrProgress
 
 
@@ -33,6 +34,11 @@ def add_to(sub) -> None:
     )
     d.add_argument(
         "--min-area", type=float, default=1000.0, metavar="UM2", help="drop parts smaller than this (µm²)"
+    )
+    d.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="also write <slide>_likelihood_map.tif beside --out (ASAP's overlay; streamed to disk)",
     )
     d.set_defaults(run=run)
 
@@ -91,12 +97,29 @@ def run(args: argparse.Namespace) -> int:
             keep_map=False,
             adaptive=coarse is not None,
         )
-        run = DelineationRun(slide, region, engine, settings, tissue=tissue, coarse_engine=coarse)
-        result = run.execute(on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s))
-        bar.close()
+        likelihood = LikelihoodOutput(slide, engine.card, out.parent) if args.likelihood else None
+        run = DelineationRun(
+            slide,
+            region,
+            engine,
+            settings,
+            tissue=tissue,
+            coarse_engine=coarse,
+            map_sink=likelihood.sink if likelihood else None,
+        )
+        mpp = args.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
+        try:
+            if likelihood:
+                likelihood.prepare(run.plan())  # a map the disk cannot take: refused before the run
+            result = run.execute(on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s))
+            bar.close()
+            if likelihood:
+                likelihood.write(result.tiles_done, mpp)
+        finally:
+            if likelihood:
+                likelihood.close()
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
-        mpp = args.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
         annotations = result.annotations()
         offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
         try:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from app.cli.arguments import UsageError, add_engine_args, engine_from_args
+from app.cli.likelihood import LikelihoodOutput
 
 EXPORT_FORMATS = ("geojson", "asap-xml", "png", "tiff-mask", "csv")
 
@@ -77,25 +78,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export_likelihood(args: argparse.Namespace, slide, region, annotations) -> None:
-    """Run the model over the region (or the annotations' extent) for its probability map."""
+    """Run the model over the region (or the annotations' extent) for its probability map,
+    streamed to disk band by band."""
     import shapely
 
-    from app.core import export
-    from app.inference.pipeline import DelineationRun
+    from app.inference.pipeline import DelineationRun, RunSettings
 
     if region is None:
         if not annotations:
             raise UsageError("--likelihood needs a region: pass --region or save a painted region")
         region = shapely.union_all([a.geometry for a in annotations]).envelope
     engine = engine_from_args(args)
-    result = DelineationRun(slide, region, engine).execute()
-    plan = result.plan
-    classes = engine.card.scheme.foreground
-    for c in classes:
-        path = export.likelihood_map_path(
-            slide.path, Path(args.out).parent, c.name if len(classes) > 1 else None
-        )
-        export.export_likelihood(
-            path, slide, result.probability[c.channel], plan.level0_per_model, plan.model_to_level0(0, 0)
-        )
-        print(f"likelihood map of {c.name} ({result.tiles_done} tiles) -> {path}", file=sys.stderr)
+    likelihood = LikelihoodOutput(slide, engine.card, Path(args.out).parent)
+    run = DelineationRun(slide, region, engine, RunSettings(keep_map=False), map_sink=likelihood.sink)
+    try:
+        likelihood.prepare(run.plan())
+        result = run.execute()
+        likelihood.write(result.tiles_done, float(sum(slide.mpp) / 2) if slide.mpp else None)
+    finally:
+        likelihood.close()

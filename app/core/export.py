@@ -1,5 +1,5 @@
-"""Exports other tools read: QuPath GeoJSON, ASAP XML, a report PNG, a pyramidal TIFF mask, the
-ASAP likelihood map, and a CSV of measurements.
+"""Exports other tools read: QuPath GeoJSON, ASAP XML, a report PNG, a pyramidal TIFF mask and a
+CSV of measurements (the ASAP likelihood map, written as a run goes: `likelihood_map`).
 
 Every writer is atomic: output goes to a temporary file in the target folder and is renamed into
 place only when complete, so an export that fails (full disk, unwritable folder) leaves no
@@ -14,7 +14,6 @@ import dataclasses
 import io
 import math
 import os
-import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -26,7 +25,6 @@ from shapely.geometry import Polygon, box
 from shapely.geometry.base import BaseGeometry
 from shapely.strtree import STRtree
 
-from app.core import resample
 from app.core.annotation_edits import class_totals
 from app.core.annotations import Annotation, to_feature_collection, write_json_atomic
 from app.core.file_modes import make_ordinary
@@ -388,57 +386,6 @@ def _fill(out: np.ndarray, geom: BaseGeometry, value: int, scale: float, origin)
 
     m = rasterize(geom, out.shape, scale, origin)
     out[m] = value
-
-
-def likelihood_map_path(slide_path: Path, folder: Path | None = None, cls: str | None = None) -> Path:
-    """`<slide>_likelihood_map.tif`, the name ASAP loads beside a slide as an overlay; one per
-    class of a multi-class model, `<slide>_<class>_likelihood_map.tif`."""
-    part = f"_{re.sub(r'[^A-Za-z0-9]+', '-', cls).strip('-')}" if cls else ""
-    return (folder or slide_path.parent) / f"{slide_path.stem}{part}_likelihood_map.tif"
-
-
-def export_likelihood(
-    path, slide: Slide, probability: np.ndarray, level0_per_px: float, origin: tuple[float, float]
-) -> Path:
-    """A whole-slide pyramidal TIFF of one class's probability (uint8, 255 = 1.0) at the model's
-    resolution; `probability` covers the level-0 rectangle starting at `origin`."""
-    W, H = slide.dimensions
-    sizes = level_sizes(max(1, math.ceil(W / level0_per_px)), max(1, math.ceil(H / level0_per_px)), 2, 256)
-    prob8 = np.clip(np.asarray(probability, np.float32) * 255 + 0.5, 0, 255).astype(np.uint8)
-    ox, oy = round(origin[0] / level0_per_px), round(origin[1] / level0_per_px)
-    ph, pw = prob8.shape
-
-    def source(level: int, tx: int, ty: int, tw: int, th: int) -> np.ndarray:
-        f = sizes[0][0] / sizes[level][0]  # level-0-mask px per px at this level
-        out = np.zeros((th, tw), np.uint8)
-        # The part of the probability canvas under this tile, in level-0-mask pixels.
-        x0, y0 = tx * f - ox, ty * f - oy
-        x1, y1 = x0 + tw * f, y0 + th * f
-        cx0, cy0 = max(0, math.floor(x0)), max(0, math.floor(y0))
-        cx1, cy1 = min(pw, math.ceil(x1)), min(ph, math.ceil(y1))
-        if cx1 <= cx0 or cy1 <= cy0:
-            return out
-        part = prob8[cy0:cy1, cx0:cx1]
-        dx0, dy0 = round((cx0 - x0) / f), round((cy0 - y0) / f)
-        dw, dh = max(1, round((cx1 - cx0) / f)), max(1, round((cy1 - cy0) / f))
-        dw, dh = min(dw, tw - dx0), min(dh, th - dy0)
-        if dw <= 0 or dh <= 0:
-            return out
-        out[dy0 : dy0 + dh, dx0 : dx0 + dw] = resample.area_downscale(part, (dw, dh))
-        return out
-
-    slide_mpp = float(np.mean(slide.mpp)) if slide.mpp else None
-    with atomic_output(path) as tmp:
-        write_pyramidal_tiff(
-            tmp,
-            source,
-            sizes,
-            channels=1,
-            compression="zlib",
-            mpp=level0_per_px * slide_mpp if slide_mpp else None,
-            atomic=False,
-        )
-    return Path(path)
 
 
 def outside_slide(annotations: list[Annotation], slide: Slide) -> list[Annotation]:

@@ -178,7 +178,8 @@ class DelineationRun:
     """One delineation of `region` (level-0 pixels) in stages: `plan`, `select_tiles`,
     `infer`, `finish`; `execute` runs them all. `resume=` a result whose engine failed runs only
     its pending tiles, on this engine, into the same map (finish locally what a remote endpoint
-    left)."""
+    left). `map_sink(first_row, band)`: a run finished band by band also hands it each finished
+    band of the class map (uint8 (C, rows, width), canvas rows), to stream the map to disk."""
 
     def __init__(
         self,
@@ -191,8 +192,11 @@ class DelineationRun:
         resume: Delineation | None = None,
         focus: Focus | None = None,
         coarse_engine: Engine | None = None,
+        map_sink: Callable[[int, np.ndarray], None] | None = None,
     ):
         card = engine.card
+        if map_sink is not None and (settings is None or settings.keep_map):
+            raise ValueError("map_sink needs a run finished band by band (RunSettings(keep_map=False))")
         if resume is not None and (resume.engine_error is None or resume.plan.tile != card.tile):
             raise ValueError(
                 "resume needs a Delineation whose engine failed, from a model of the same tile size"
@@ -203,6 +207,7 @@ class DelineationRun:
             raise ValueError("resume needs a run that kept its map, from a model with the same classes")
         self.slide, self.engine, self.card = slide, engine, card
         self.coarse_engine = coarse_engine  # an adaptive run's first pass (None: this model)
+        self.map_sink = map_sink
         self.settings = settings or RunSettings()
         self.resume = resume
         self.tissue = tissue
@@ -323,9 +328,15 @@ class DelineationRun:
             self.blender = Blender(plan, self.card.channels)
         else:
             self.outliner = self._outliner(plan)
-            self.blender = BandBlender(
-                plan, self.card.channels, blended, self.outliner.add_band, self.outliner.factor
-            )
+            on_band = self.outliner.add_band
+            if self.map_sink is not None:
+                sink, outline = self.map_sink, on_band
+
+                def on_band(first_row: int, band: np.ndarray) -> None:
+                    outline(first_row, band)
+                    sink(first_row, band)
+
+            self.blender = BandBlender(plan, self.card.channels, blended, on_band, self.outliner.factor)
         return self.to_run, self.skipped
 
     def _stands_in(self) -> bool:

@@ -106,14 +106,19 @@ def tumour_polygons(outlines: dict) -> list:
 
 
 def bench_memory(
-    sides=(7000, 40000), mpp: float = 0.5, out_dir=None, progress=None, whole_slide: bool = False
+    sides=(7000, 40000),
+    mpp: float = 0.5,
+    out_dir=None,
+    progress=None,
+    whole_slide: bool = False,
+    likelihood: bool = False,
 ) -> dict:
     """Peak RSS of `delineo delineate` over a whole slide of each side (level-0 px at `mpp`):
     generated slides of glass with islands of real H&E (the bundled sample) in the corners and
     the middle, so the map spans the whole slide while the model runs on the islands only.
     Each run is its own process, sampled every 20 ms; the peak is the largest RSS seen.
     `whole_slide`: `delineate --whole-slide` (the tissue found, coarse model first) instead of
-    a region of the whole slide."""
+    a region of the whole slide; `likelihood`: `--likelihood` too (the map streamed to a TIFF)."""
     import tempfile
 
     import psutil
@@ -141,6 +146,7 @@ def bench_memory(
             "delineate",
             str(path),
             *(["--whole-slide"] if whole_slide else ["--region", f"0,0,{side},{side}"]),
+            *(["--likelihood"] if likelihood else []),
             "--out",
             str(out),
         ]
@@ -163,7 +169,7 @@ def bench_memory(
         tmp.cleanup()
     small, large = rows[min(sides)], rows[max(sides)]
     ratio = round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)
-    return {"mpp": mpp, "whole_slide": whole_slide, "runs": rows, "ratio": ratio}
+    return {"mpp": mpp, "whole_slide": whole_slide, "likelihood": likelihood, "runs": rows, "ratio": ratio}
 
 
 def _islands_source(tissue: np.ndarray, sizes: list[tuple[int, int]]):
