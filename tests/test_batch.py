@@ -348,13 +348,16 @@ def test_summary_rows_survive_a_rewrite_and_say_done_only_with_their_geojson(tmp
 
 def test_whole_slides_run_the_coarse_model_first_unless_exhaustive(tmp_path):
     """The shipped model names a coarse model: a whole-slide batch runs it first and fewer
-    tiles at full resolution for nearly the same outline; --exhaustive runs them all."""
+    tiles at full resolution for nearly the same outline; --exhaustive runs them all.
+    --likelihood writes each slide's likelihood map beside its GeoJSON."""
     import shapely
     from shapely.geometry import shape
 
+    from app.core.slide import Slide
+
     folder = slides_folder(tmp_path, 1)
     rows, outlines = {}, {}
-    for mode, extra in (("adaptive", []), ("exhaustive", ["--exhaustive"])):
+    for mode, extra in (("adaptive", ["--likelihood"]), ("exhaustive", ["--exhaustive"])):
         out = tmp_path / mode
         r = run_delineo("batch", str(folder), "--out", str(out), "--workers", "1", *extra)
         assert r.returncode == 0, r.stderr
@@ -363,5 +366,10 @@ def test_whole_slides_run_the_coarse_model_first_unless_exhaustive(tmp_path):
             [shape(f["geometry"]) for f in tumour_features(out / "case-1.geojson")]
         )
     assert 0 < int(rows["adaptive"]["tiles_run"]) < int(rows["exhaustive"]["tiles_run"])
+    files = sorted(p.name for p in (tmp_path / "adaptive").iterdir())
+    assert files == ["case-1.geojson", "case-1_likelihood_map.tif", "summary.csv"]  # no spool left
+    with Slide.open(tmp_path / "adaptive" / "case-1_likelihood_map.tif") as m:
+        assert m.level_count >= 2 and m.mpp[0] == pytest.approx(0.998, rel=1e-2)
+    assert not (tmp_path / "exhaustive" / "case-1_likelihood_map.tif").exists()
     a, e = outlines["adaptive"], outlines["exhaustive"]
     assert e.area > 0 and 2 * a.intersection(e).area / (a.area + e.area) >= 0.95

@@ -4,6 +4,7 @@ a pyramid ASAP reads, refused before the run when the disk cannot take it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -97,4 +98,18 @@ def test_a_map_the_disk_cannot_take_is_refused_before_the_run(tmp_path, monkeypa
     monkeypatch.setattr(shutil, "disk_usage", lambda _: full)
     with pytest.raises(LikelihoodMapError, match=r"needs about 4\.3 GB free in .*which has 0\.1 GB"):
         LikelihoodSpool(tmp_path, (80000, 80000), 2.0, (0.0, 0.0), [0])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_spool_a_killed_run_left_is_removed_and_a_live_one_kept(tmp_path):
+    """A run killed mid-way leaves its spool (hundreds of MB on a whole slide): the next run in
+    that folder removes it, but never the spool of a run still going."""
+    stale = tmp_path / ".delineo-likelihood-dead"
+    stale.mkdir()
+    (stale / "class0-level0.raw").write_bytes(b"\0" * 1000)
+    os.utime(stale, (0, 0))
+    with LikelihoodSpool(tmp_path, (4000, 3000), 2.0, (0.0, 0.0), [0]) as live:
+        os.utime(live.folder, (0, 0))
+        with LikelihoodSpool(tmp_path, (4000, 3000), 2.0, (0.0, 0.0), [0]) as other:
+            assert live.folder.is_dir() and other.folder.is_dir() and not stale.exists()
     assert not list(tmp_path.iterdir())

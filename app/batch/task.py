@@ -8,6 +8,7 @@ which on small slides is most of the work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -57,6 +58,7 @@ class SlideJob:
     min_area_um2: float = 1000.0
     mpp: float | None = None
     adaptive: bool = True  # whole slides: the model's coarse model first, where it names one
+    likelihood: bool = False  # also <out stem>_likelihood_map.tif beside `out`, streamed to disk
 
 
 class EnginePool:
@@ -165,24 +167,43 @@ def _run(job: SlideJob, t0: float) -> SlideResult:
             keep_map=False,
             adaptive=coarse is not None,
         )
-        try:
-            report = ProgressReport(Path(job.slide).name)
-            result = DelineationRun(
-                slide, region, engine, settings, tissue=tissue, coarse_engine=coarse
-            ).execute(on_tile=lambda ev: report(ev.done, ev.total))
-        finally:
-            ENGINES.release(job.engine, engine)
-            if coarse is not None:
-                ENGINES.release(coarse_spec, coarse)
-        if result.engine_error:
-            raise DelineoError(
-                f"{result.engine_error} ({result.tiles_done} of {result.tiles_total} tiles were done; "
-                "nothing was written, a re-run retries the slide)"
-            )
-        mpp = job.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
-        annotations = result.annotations()
-        offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
-        write_geojson(job.out, annotations, mpp, offset)
+        with contextlib.ExitStack() as spool:
+            likelihood = None
+            if job.likelihood:
+                from app.core.likelihood_map import RunLikelihood
+
+                out = Path(job.out)
+                likelihood = RunLikelihood(slide.dimensions, engine.card.scheme, out.parent, out.stem)
+                spool.callback(likelihood.close)
+            try:
+                report = ProgressReport(Path(job.slide).name)
+                run = DelineationRun(
+                    slide,
+                    region,
+                    engine,
+                    settings,
+                    tissue=tissue,
+                    coarse_engine=coarse,
+                    map_sink=likelihood.sink if likelihood else None,
+                )
+                if likelihood:
+                    likelihood.prepare(run.plan())
+                result = run.execute(on_tile=lambda ev: report(ev.done, ev.total))
+            finally:
+                ENGINES.release(job.engine, engine)
+                if coarse is not None:
+                    ENGINES.release(coarse_spec, coarse)
+            if result.engine_error:
+                raise DelineoError(
+                    f"{result.engine_error} ({result.tiles_done} of {result.tiles_total} tiles were done; "
+                    "nothing was written, a re-run retries the slide)"
+                )
+            mpp = job.mpp or (sum(slide.mpp) / 2 if slide.mpp else None)
+            if likelihood:  # before the GeoJSON: a slide counted done has both
+                likelihood.write(mpp)
+            annotations = result.annotations()
+            offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
+            write_geojson(job.out, annotations, mpp, offset)
     areas: dict[str, float | None] = {}
     for cls, polygons in result.outlines.items():
         total = sum((area_um2(p, mpp) or 0.0) for p in polygons)

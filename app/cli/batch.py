@@ -38,6 +38,11 @@ def add_to(sub) -> None:
         help="whole slides: run every tissue tile at full resolution (default: the model's coarse "
         "model first, full resolution only where it finds or may miss tumour)",
     )
+    b.add_argument(
+        "--likelihood",
+        action="store_true",
+        help="also DIR/<slide>_likelihood_map.tif per slide (ASAP's overlay; streamed to disk)",
+    )
     add_engine_choice(b)
     b.add_argument("--model", default=None, help="shipped model name or folder with card.json")
     b.add_argument("--device", default="CPU", help="local engines: CPU, GPU or AUTO")
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 min_area_um2=args.min_area,
                 mpp=args.mpp,
                 adaptive=not args.exhaustive,
+                likelihood=args.likelihood,
             )
         )
     where = f"Dask scheduler {args.scheduler}" if args.scheduler else f"{workers} local worker(s)"

@@ -15,7 +15,6 @@ from app.cli.arguments import (
     region_from_args,
     whole_slide_region,
 )
-from app.cli.likelihood import LikelihoodOutput
 from app.cli.progress import StderrProgress
 
 
@@ -97,7 +96,14 @@ def run(args: argparse.Namespace) -> int:
             keep_map=False,
             adaptive=coarse is not None,
         )
-        likelihood = LikelihoodOutput(slide, engine.card, out.parent) if args.likelihood else None
+        likelihood = None
+        if args.likelihood:
+            from app.batch.slides import slide_stem
+            from app.core.likelihood_map import RunLikelihood
+
+            likelihood = RunLikelihood(
+                slide.dimensions, engine.card.scheme, out.parent, slide_stem(slide.path)
+            )
         run = DelineationRun(
             slide,
             region,
@@ -114,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
             result = run.execute(on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s))
             bar.close()
             if likelihood:
-                likelihood.write(result.tiles_done, mpp)
+                for name, path in likelihood.write(mpp).items():
+                    print(f"likelihood map of {name} -> {path}", file=sys.stderr)
         finally:
             if likelihood:
                 likelihood.close()

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from app.cli.arguments import UsageError, add_engine_args, engine_from_args
-from app.cli.likelihood import LikelihoodOutput
 
 EXPORT_FORMATS = ("geojson", "asap-xml", "png", "tiff-mask", "csv")
 
@@ -82,6 +81,8 @@ def _export_likelihood(args: argparse.Namespace, slide, region, annotations) -> 
     streamed to disk band by band."""
     import shapely
 
+    from app.batch.slides import slide_stem
+    from app.core.likelihood_map import RunLikelihood
     from app.inference.pipeline import DelineationRun, RunSettings
 
     if region is None:
@@ -89,11 +90,15 @@ def _export_likelihood(args: argparse.Namespace, slide, region, annotations) -> 
             raise UsageError("--likelihood needs a region: pass --region or save a painted region")
         region = shapely.union_all([a.geometry for a in annotations]).envelope
     engine = engine_from_args(args)
-    likelihood = LikelihoodOutput(slide, engine.card, Path(args.out).parent)
+    likelihood = RunLikelihood(
+        slide.dimensions, engine.card.scheme, Path(args.out).parent, slide_stem(slide.path)
+    )
     run = DelineationRun(slide, region, engine, RunSettings(keep_map=False), map_sink=likelihood.sink)
     try:
         likelihood.prepare(run.plan())
         result = run.execute()
-        likelihood.write(result.tiles_done, float(sum(slide.mpp) / 2) if slide.mpp else None)
+        paths = likelihood.write(float(sum(slide.mpp) / 2) if slide.mpp else None)
     finally:
         likelihood.close()
+    for name, path in paths.items():
+        print(f"likelihood map of {name} ({result.tiles_done} tiles) -> {path}", file=sys.stderr)

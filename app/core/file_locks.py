@@ -30,6 +30,23 @@ def hold_while_writing(fd: int) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def is_held(path: Path) -> bool:
+    """Whether a live writer holds `path`'s lock (without advisory locks: never)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def remove_if_stale(path: Path, now: float | None = None) -> bool:
     """Delete a temporary file of ours unless a live save holds it; True when deleted."""
     try:

@@ -13,14 +13,17 @@ import math
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from app.core.file_locks import JUST_CREATED_S, hold_while_writing, is_held
 from app.core.pyramid_tiff import level_sizes, write_pyramidal_tiff
 from app.errors import DelineoError
 
 STRIP = 512  # rows a reduction or a TIFF strip reads at a time (the TIFF's tile height)
+SPOOL_PREFIX = ".delineo-likelihood-"
 
 
 class LikelihoodMapError(DelineoError):
@@ -72,8 +75,9 @@ class LikelihoodSpool:
                 f"about {need / 1e9:.1f} GB free in {folder}, which has {free / 1e9:.1f} GB; free some "
                 "space or write the output to another disk"
             )
+        sweep_stale_spools(folder)
         try:
-            self._tmp = tempfile.TemporaryDirectory(prefix=".delineo-likelihood-", dir=folder)
+            self._tmp = tempfile.TemporaryDirectory(prefix=SPOOL_PREFIX, dir=folder)
         except OSError as e:
             raise LikelihoodMapError(
                 f"{folder}: cannot write the likelihood map here ({e.strerror or e})"
@@ -83,6 +87,7 @@ class LikelihoodSpool:
         self._files = {}
         for c in self.channels:
             f = open(self.folder / f"class{c}-level0.raw", "w+b")  # noqa: SIM115 - closed in close()
+            hold_while_writing(f.fileno())  # a later sweep leaves a live spool alone
             f.truncate(w * h)  # unwritten pixels read as 0 (no answer)
             self._files[c] = f
 
@@ -163,6 +168,20 @@ class LikelihoodSpool:
         return files
 
 
+def sweep_stale_spools(folder: Path) -> None:
+    """Remove the spools a killed run left in `folder` (hundreds of MB each); a live run's are
+    held (its files locked; on Windows, open, so they cannot be deleted)."""
+    now = time.time()
+    for d in Path(folder).glob(f"{SPOOL_PREFIX}*"):
+        try:
+            if not d.is_dir() or now - d.stat().st_mtime < JUST_CREATED_S:
+                continue
+        except OSError:
+            continue
+        if not any(is_held(f) for f in d.glob("*.raw")):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _halve(strip: np.ndarray, width: int) -> np.ndarray:
     """The mean of each 2 x 2 block (rounded), an odd edge repeated: (ceil(n / 2), width)."""
     n, w = strip.shape
@@ -189,3 +208,40 @@ class _StripSource:
             f.seek(y * width)
             self._strip = (level, y, np.frombuffer(f.read(n * width), np.uint8).reshape(n, width))
         return self._strip[2][:h, x : x + w]
+
+
+class RunLikelihood:
+    """The likelihood maps of one run, one per foreground class: `sink` goes to the run as its
+    `map_sink`; `prepare(plan)` (planned, not started) checks the disk; `write` makes the TIFFs
+    named for `stem` (the slide's) in `folder`."""
+
+    def __init__(self, slide_size: tuple[int, int], scheme, folder: Path, stem: str):
+        self.slide_size, self.folder, self.stem = slide_size, Path(folder), stem
+        self.classes = scheme.foreground
+        self.spool: LikelihoodSpool | None = None
+
+    def sink(self, first_row: int, band: np.ndarray) -> None:
+        self.spool.add_band(first_row, band)
+
+    def prepare(self, plan) -> None:
+        self.spool = LikelihoodSpool(
+            self.folder,
+            self.slide_size,
+            plan.level0_per_model,
+            plan.model_to_level0(0, 0),
+            [c.channel for c in self.classes],
+        )
+
+    def write(self, mpp: float | None) -> dict[str, Path]:
+        """Each class's TIFF, by class name; `mpp`: the slide's µm per level-0 pixel."""
+        many = len(self.classes) > 1
+        paths = {
+            c.name: likelihood_map_path(Path(self.stem), self.folder, c.name if many else None)
+            for c in self.classes
+        }
+        self.spool.write({c.channel: paths[c.name] for c in self.classes}, mpp)
+        return paths
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
