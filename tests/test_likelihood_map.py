@@ -113,3 +113,27 @@ def test_a_spool_a_killed_run_left_is_removed_and_a_live_one_kept(tmp_path):
         with LikelihoodSpool(tmp_path, (4000, 3000), 2.0, (0.0, 0.0), [0]) as other:
             assert live.folder.is_dir() and other.folder.is_dir() and not stale.exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_a_map_that_fails_mid_run_loses_no_outline(tmp_path):
+    """The disk refusing the spool during the run (here, its file turned read-only): the run
+    still finishes with its whole outline, and writing the map then says what went wrong."""
+    from app.core.likelihood_map import RunLikelihood
+
+    engine = DarkEngine(make_card(mpp=1.0, tile=256, overlap=32))
+    with Slide.open(SAMPLE_SVS) as s:
+        region = box(0, 400, 1900, 2600)
+        expected = DelineationRun(s, region, engine, RunSettings(keep_map=False)).execute()
+        likelihood = RunLikelihood(s.dimensions, engine.card.scheme, tmp_path, "slide")
+        run = DelineationRun(s, region, engine, RunSettings(keep_map=False), map_sink=likelihood.sink)
+        likelihood.prepare(run.plan())
+        raw = likelihood.spool._files[0]
+        likelihood.spool._files[0] = open(raw.name, "rb")  # noqa: SIM115 - closed by the spool
+        raw.close()
+        result = run.execute()
+    assert result.tiles_done == expected.tiles_done and result.polygons
+    assert shapely.union_all(result.polygons).equals(shapely.union_all(expected.polygons))
+    with pytest.raises(LikelihoodMapError, match="writing the likelihood map failed during the run"):
+        likelihood.write(0.5)
+    likelihood.close()
+    assert not list(tmp_path.iterdir())

@@ -16,6 +16,7 @@ from app.cli.arguments import (
     whole_slide_region,
 )
 from app.cli.progress import StderrProgress
+from app.errors import DelineoError
 
 
 def add_to(sub) -> None:
@@ -66,7 +67,6 @@ def recovery_path(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.core.annotations import write_geojson
     from app.core.slide import Slide
     from app.inference.pipeline import DelineationRun, RunSettings
 
@@ -119,25 +119,19 @@ def run(args: argparse.Namespace) -> int:
                 likelihood.prepare(run.plan())  # a map the disk cannot take: refused before the run
             result = run.execute(on_tile=lambda ev: bar.update(ev.done, ev.total, ev.elapsed_s))
             bar.close()
-            if likelihood:
-                for name, path in likelihood.write(mpp).items():
+            for note in result.notes:
+                print(f"note: {note}", file=sys.stderr)
+            write_outline(out, result, mpp, slide)
+            if likelihood:  # after the outline: a map that cannot be written loses no outline
+                try:
+                    written = likelihood.write(mpp)
+                except DelineoError as e:
+                    raise UsageError(f"{e}; the outline was written to {out}") from None
+                for name, path in written.items():
                     print(f"likelihood map of {name} -> {path}", file=sys.stderr)
         finally:
             if likelihood:
                 likelihood.close()
-        for note in result.notes:
-            print(f"note: {note}", file=sys.stderr)
-        annotations = result.annotations()
-        offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
-        try:
-            write_geojson(out, annotations, mpp, offset)
-        except OSError as e:  # the folder went away or filled up during the run: keep the result
-            recovery = recovery_path(out)
-            write_geojson(recovery, annotations, mpp, offset)
-            raise UsageError(
-                f"--out {out}: could not be written at the end of the run ({e.strerror or e}); "
-                f"the result is kept in {recovery}"
-            ) from None
     if result.engine_error:
         print(
             f"delineo: error: {result.engine_error}. {result.tiles_done} of {result.tiles_total} tiles were "
@@ -162,6 +156,23 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def write_outline(out: Path, result, mpp: float | None, slide) -> None:
+    """The run's GeoJSON at --out; where it cannot be written, in the data folder, saying so."""
+    from app.core.annotations import write_geojson
+
+    annotations = result.annotations()
+    offset = tuple(slide.bounds[:2]) if slide.bounds else (0, 0)
+    try:
+        write_geojson(out, annotations, mpp, offset)
+    except OSError as e:  # the folder went away or filled up during the run: keep the result
+        recovery = recovery_path(out)
+        write_geojson(recovery, annotations, mpp, offset)
+        raise UsageError(
+            f"--out {out}: could not be written at the end of the run ({e.strerror or e}); "
+            f"the result is kept in {recovery}"
+        ) from None
 
 
 def describe_outlines(outlines: dict) -> str:

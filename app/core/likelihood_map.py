@@ -133,7 +133,13 @@ class LikelihoodSpool:
 
         out = []
         for c, path in paths.items():
-            levels = self._levels(c)
+            try:
+                levels = self._levels(c)
+            except OSError as e:
+                raise LikelihoodMapError(
+                    f"{path}: reducing the likelihood map failed ({e.strerror or e}); free some space "
+                    "or write the output to another disk"
+                ) from None
             with atomic_output(path) as tmp:
                 write_pyramidal_tiff(
                     tmp,
@@ -213,15 +219,27 @@ class _StripSource:
 class RunLikelihood:
     """The likelihood maps of one run, one per foreground class: `sink` goes to the run as its
     `map_sink`; `prepare(plan)` (planned, not started) checks the disk; `write` makes the TIFFs
-    named for `stem` (the slide's) in `folder`."""
+    named for `stem` (the slide's) in `folder`. A spool that cannot be written (the disk filled
+    during the run) stops taking bands but lets the run finish: its outline is not lost for the
+    map, and `write` says what went wrong."""
 
     def __init__(self, slide_size: tuple[int, int], scheme, folder: Path, stem: str):
         self.slide_size, self.folder, self.stem = slide_size, Path(folder), stem
         self.classes = scheme.foreground
         self.spool: LikelihoodSpool | None = None
+        self.error: str | None = None
 
     def sink(self, first_row: int, band: np.ndarray) -> None:
-        self.spool.add_band(first_row, band)
+        if self.error is not None:
+            return
+        try:
+            self.spool.add_band(first_row, band)
+        except OSError as e:
+            self.error = (
+                f"{self.folder}: writing the likelihood map failed during the run ({e.strerror or e}); "
+                "free some space or write the output to another disk"
+            )
+            self.spool.close()
 
     def prepare(self, plan) -> None:
         self.spool = LikelihoodSpool(
@@ -234,6 +252,8 @@ class RunLikelihood:
 
     def write(self, mpp: float | None) -> dict[str, Path]:
         """Each class's TIFF, by class name; `mpp`: the slide's µm per level-0 pixel."""
+        if self.error is not None:
+            raise LikelihoodMapError(self.error)
         many = len(self.classes) > 1
         paths = {
             c.name: likelihood_map_path(Path(self.stem), self.folder, c.name if many else None)
