@@ -84,6 +84,9 @@ class AutosaveDocument:
     measure_mpp: float | None  # the one measurements use: the slide's, else the user's
     offset: tuple[float, float]
     built: float  # time.time() when taken: pruning spares maps saved after it
+    # Runs whose maps stay though no annotation refers to them now: the open slide's runs,
+    # which an undo or redo can bring back (their maps are pruned once the slide is closed).
+    keep_runs: frozenset[str] = frozenset()
 
     def items(self) -> tuple[list[Annotation], list[str | None]]:
         items, roles = list(self.annotations), [None] * len(self.annotations)
@@ -101,7 +104,8 @@ class AutosaveDocument:
         return json.loads(self.to_text())
 
     def run_ids(self) -> set[str]:
-        return {a.provenance.run_id for a in self.annotations if a.provenance.run_id}
+        """The runs whose maps the save keeps."""
+        return {a.provenance.run_id for a in self.annotations if a.provenance.run_id} | self.keep_runs
 
 
 @dataclass
@@ -160,12 +164,18 @@ class AnnotationStore:
         return removed
 
     def document(
-        self, annotations: list[Annotation], region: BaseGeometry, mpp: float | None = None
+        self,
+        annotations: list[Annotation],
+        region: BaseGeometry,
+        mpp: float | None = None,
+        keep_runs: frozenset[str] = frozenset(),
     ) -> AutosaveDocument:
         """What will be written, taken on the caller's thread (cheap), written on another.
         `mpp` is a pixel size the user set for a slide that records none: kept, and used to
-        measure."""
-        return AutosaveDocument(tuple(annotations), region, mpp, self.mpp or mpp, self.offset, time.time())
+        measure. `keep_runs`: runs whose maps stay whether or not an annotation refers to them."""
+        return AutosaveDocument(
+            tuple(annotations), region, mpp, self.mpp or mpp, self.offset, time.time(), frozenset(keep_runs)
+        )
 
     def write(self, document: AutosaveDocument | dict) -> Path:
         """Save atomically, then delete the maps no saved annotation refers to."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import shapely
+import shapely.prepared
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtWidgets import QMessageBox, QProgressBar, QPushButton
 from shapely.geometry import box
@@ -30,6 +31,7 @@ from app.ui import icons
 from app.ui.annotation_layer import AnnotationLayer
 from app.ui.delineation_worker import RunFinished, TileUpdate, WorkerThread
 from app.ui.overlay import TileOverlay
+from app.ui.run_messages import run_summary, tiles_summary
 from app.ui.settings_dialog import adaptive_enabled, load_settings
 from app.ui.shapes import geometry_path
 
@@ -47,6 +49,9 @@ class RunRecord:
     threshold: float
     min_area_um2: float
     model: str = ""
+    # Where its outlines were put (its region, less the tiles a cancelled run left): a later
+    # run's re-trace gives way here. None: not known (a run restored from disk).
+    covered: BaseGeometry | None = None
 
     def describe(self) -> str:
         return f"Run of {self.model}" if self.model else "The last run"
@@ -56,6 +61,7 @@ class DelineationController(QObject):
     started = Signal()
     finished = Signal(object)  # Delineation
     failed = Signal(str)
+    ended = Signal()  # a run stopped, however (finished, failed, cancelled, its slide closed)
     message = Signal(str, int)  # status text, timeout ms
     notice = Signal(str, str)  # key, something the user must read whole (the window shows a banner)
     runChanged = Signal(object)  # RunRecord | None: the run the sensitivity controls act on
@@ -274,6 +280,7 @@ class DelineationController(QObject):
 
     def _end_run(self) -> None:
         self.running = False
+        self.ended.emit()
         self.progress.hide()
         self.cancel_button.hide()
         self.cancel_button.setEnabled(True)
@@ -283,7 +290,9 @@ class DelineationController(QObject):
         self._end_run()
         result = run.delineation
         if self._run_slide is not self.slide:
-            return  # the slide was closed or replaced while the run was being cancelled
+            # The slide was closed or replaced while the run was being cancelled.
+            self.message.emit("Delineation stopped: its slide was closed", 8000)
+            return
         if result.engine_error and self._run_settings is not None and self._run_settings.remote:
             self._offer_to_finish_locally(run)
             return
@@ -309,40 +318,35 @@ class DelineationController(QObject):
     def _keep(self, run: RunFinished) -> None:
         result = run.delineation
         covered = self._covered(result)
+        pmap, new = run.map, run.annotations
+        if result.pending:
+            # Only what ran is replaced, and the new outlines stop there too: a done tile's
+            # overlap reaches into the cores of tiles not run, where the old outlines stay.
+            pmap = dataclasses.replace(pmap, region=covered)  # its re-traces stop there as well
+            new = give_way(new, keep_within=covered, mpp=pmap.slide_mpp, min_area_um2=run.min_area_um2)
         before = len(self.layer.annotations)
         merged = replace_in_region(
-            self.layer.annotations, run.annotations, covered, replace_protected=self._replace_protected
+            self.layer.annotations, new, covered, replace_protected=self._replace_protected
         )
         self.layer.apply(merged, "Delineate")
-        model = f"{run.map.model} ({run.map.engine})"
-        record = RunRecord(run.map.run_id, run.map, None, run.threshold, run.min_area_um2, model)
+        model = f"{pmap.model} ({pmap.engine})"
+        record = RunRecord(pmap.run_id, pmap, None, run.threshold, run.min_area_um2, model, covered)
         self.runs[record.run_id] = record
         self._set_current(record)
-        self._save_map(run.map)
+        self._save_map(pmap)
         if self.overlay is not None:
             self.overlay.setVisible(False)  # the annotations now show the same outline
-        replaced = before + len(run.annotations) - len(merged)
-        what = "Cancelled; kept" if result.cancelled else "Kept" if result.pending else "Delineated"
-        glass = result.tiles_skipped - result.refine_skipped
-        tiles = f"{result.tiles_done} tiles ({glass} background skipped)"
-        if result.coarse_tiles:
-            tiles = (
-                f"{result.tiles_done} full-resolution + {result.refine_skipped} coarse tiles "
-                f"({glass} background skipped)"
-            )
-        msg = f"{what} {tiles} in {result.seconds:.1f} s: {len(run.annotations)} outline(s)" + (
-            f", replacing {replaced} earlier one(s) in the region" if replaced > 0 else ""
-        )
-        self.message.emit(msg, 20_000)
+        replaced = before + len(new) - len(merged)
+        self.message.emit(run_summary(result, len(new), replaced), 20_000)
         for i, note in enumerate(result.notes):
             log.info("%s: %s", self.slide.name, note)
             self.notice.emit(f"run-note:{i}", note)
-        if not run.annotations and not result.cancelled:
-            found = " or ".join(c.name for c in run.map.scheme.foreground) or "tumour"
+        if not new and not result.cancelled:
+            found = " or ".join(c.name for c in pmap.scheme.foreground) or "tumour"
             self.notice.emit(
                 "nothing-found",
-                f"The model found no {found} in the region: {tiles}. Raise the Sensitivity to see "
-                "weaker findings.",
+                f"The model found no {found} in the region ({tiles_summary(result)}). Raise the "
+                "Sensitivity to see weaker findings.",
             )
         self.finished.emit(result)
 
@@ -482,27 +486,27 @@ class DelineationController(QObject):
         )
 
     def _apply_retrace(self, record: RunRecord, new) -> None:
-        """The run's untouched proposals give way to the new outlines; what a person edited or
-        locked stays, and the new outlines do not stack on it."""
+        """The run's untouched proposals give way to its new outlines, and nothing else changes:
+        where another outline lies (another run's, one drawn, edited or locked by hand) or a
+        later run has delineated since, the new ones give way in turn, and what is left of them
+        obeys the minimum area (no slivers)."""
         run_id = record.run_id
         old = [a for a in self.layer.annotations if a.provenance.run_id == run_id and a.is_proposal]
         kept = [a for a in self.layer.annotations if not (a.provenance.run_id == run_id and a.is_proposal)]
-        hand = [a.geometry for a in kept if a.provenance.run_id == run_id]
-        if hand:
-            edited = shapely.union_all(hand)
-            new = [dataclasses.replace(a, geometry=polygonal(a.geometry.difference(edited))) for a in new]
-            # What is left beside an edited outline obeys the minimum area too (no slivers).
-            mpp = record.map.slide_mpp
-            new = [
-                a
-                for a in new
-                if not a.geometry.is_empty and a.geometry.area * mpp * mpp >= record.min_area_um2
-            ]
+        later = list(self.runs.values())
+        later = later[later.index(record) + 1 :] if record in later else []
+        blocked = [a.geometry for a in kept] + [r.covered for r in later if r.covered is not None]
+        new = give_way(
+            new,
+            keep_within=record.covered,
+            blocked=blocked,
+            mpp=record.map.slide_mpp,
+            min_area_um2=record.min_area_um2,
+        )
         if not old and not new:
             return
-        merged = replace_in_region(kept, new, record.map.region, replace_protected=False)
         self.layer.apply(
-            merged,
+            kept + new,
             f"Sensitivity {record.threshold:.2f}, min area {record.min_area_um2:g} µm²",
             merge_key=f"retrace:{run_id}",
         )
@@ -519,3 +523,31 @@ class DelineationController(QObject):
     def stop(self) -> None:
         self.worker.stop()
         self.running = False
+
+
+def give_way(
+    new: list,
+    *,
+    keep_within: BaseGeometry | None = None,
+    blocked: list[BaseGeometry] = (),
+    mpp: float | None,
+    min_area_um2: float,
+) -> list:
+    """New outlines cut to `keep_within` and clear of every `blocked` geometry; a cut one left
+    below `min_area_um2` (or empty) is dropped, so no sliver is ever proposed."""
+    tree = shapely.STRtree(list(blocked)) if blocked else None
+    inside = shapely.prepared.prep(keep_within) if keep_within is not None else None
+    out = []
+    for a in new:
+        g, cut = a.geometry, False
+        if inside is not None and not inside.contains(g):
+            g, cut = polygonal(g.intersection(keep_within)), True
+        if tree is not None and not g.is_empty:
+            hits = tree.query(g, predicate="intersects")
+            if len(hits):
+                g, cut = polygonal(g.difference(shapely.union_all(tree.geometries.take(hits)))), True
+        if not cut:
+            out.append(a)
+        elif not g.is_empty and g.area * (mpp or 1.0) ** 2 >= min_area_um2:
+            out.append(dataclasses.replace(a, geometry=g))
+    return out

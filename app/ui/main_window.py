@@ -82,6 +82,7 @@ class MainWindow(QMainWindow):
         self._connect()
         build_menus(self)
         self._build_toolbar()
+        self.update_actions()
         self.statusBar().showMessage("Open a slide: File > Open (Ctrl+O) or drop a file here")
         worker = self.controller.worker
         worker.prepareRequested.emit(load_settings(self.settings), adaptive_enabled(self.settings))
@@ -110,6 +111,9 @@ class MainWindow(QMainWindow):
         c.started.connect(self._run_started)
         c.finished.connect(self._run_finished)
         c.failed.connect(self._run_failed)
+        c.ended.connect(self.update_actions)
+        self.lifecycle.opened.connect(lambda _: self.update_actions())
+        self.lifecycle.closed.connect(self.update_actions)
         w = c.worker.worker
         # Bound methods (not lambdas): a slot of a QObject runs on that object's (GUI) thread.
         w.status.connect(self._show_worker_status)
@@ -238,19 +242,28 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ delineation
 
+    def update_actions(self) -> None:
+        """What needs a slide is greyed while none is open, and Delineate while a run is going
+        (a run ended however it ended, the slide closed midway included, gives them back)."""
+        has_slide = self.slide is not None
+        for a in self.slide_actions:
+            a.setEnabled(has_slide)
+        idle = has_slide and not self.controller.running
+        self.delineate_action.setEnabled(idle)
+        self.whole_slide_action.setEnabled(idle)
+        self.review_panel.accept_button.setEnabled(has_slide)
+
     def _run_started(self) -> None:
-        self.delineate_action.setEnabled(False)
+        self.update_actions()
         if not self.settings.value("notices/intended_use_shown", False, type=bool):
             self.banners.show_message("intended-use", INTENDED_USE.replace("&amp;", "&"))
             self.settings.setValue("notices/intended_use_shown", True)
 
     def _run_finished(self, result) -> None:
-        self.delineate_action.setEnabled(True)
         self.classes.include(result.probability_map.scheme.foreground)  # a model's own classes
         self.delineationFinished.emit(result)
 
     def _run_failed(self, message: str) -> None:
-        self.delineate_action.setEnabled(True)
         if not self.controller.running:  # preparing failed: a device or endpoint that is not there
             self.engine_label.setText("model not ready")
             self.banners.show_message(

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 class SlideLifecycle(QObject):
     opened = Signal(str)  # the path asked for, once every part shows the slide
+    closed = Signal()  # the slide is gone from every part (closed, or replaced by another)
     openFailed = Signal(str)  # message
 
     def __init__(self, window):
@@ -62,8 +63,14 @@ class SlideLifecycle(QObject):
         w.show_brush(w.editor.brush_um)
         w.controller.set_slide(slide, session.store)
         w.controller.worker.slideRequested.emit(slide, opened.thumbnail)
+        # The runs of this session keep their maps: an undo or redo can bring their outlines back.
         session.restore(
-            lambda: session.store.document(w.layer.annotations, w.editor.model.geometry, mpp=session.user_mpp)
+            lambda: session.store.document(
+                w.layer.annotations,
+                w.editor.model.geometry,
+                mpp=session.user_mpp,
+                keep_runs=frozenset(w.controller.runs),
+            )
         )
         w.view.overview.setVisible(w.overview_action.isChecked())
         self._associated = opened.associated
@@ -168,3 +175,4 @@ class SlideLifecycle(QObject):
         self.w.session.close()
         self.w.info_panel.clear()
         self.w.setWindowTitle("Delineo")
+        self.closed.emit()

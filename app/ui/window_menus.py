@@ -29,15 +29,19 @@ def build_menus(w) -> None:
     w.recent = RecentFiles(w.settings, w.recent_menu, w)
     w.recent.openRequested.connect(w.lifecycle.open_slide)
     m.addSeparator()
-    w._action("&Import annotations…", w.annotation_files.import_dialog, "Ctrl+I", m)
+    # What acts on the open slide: greyed while none is open (see MainWindow.update_actions).
+    w.slide_actions = [w._action("&Import annotations…", w.annotation_files.import_dialog, "Ctrl+I", m)]
     export_menu = m.addMenu("&Export")
     for fmt, text, _ in EXPORTS:
-        w._action(text, lambda _=False, f=fmt: w.annotation_files.export_dialog(f), None, export_menu)
+        w.slide_actions.append(
+            w._action(text, lambda _=False, f=fmt: w.annotation_files.export_dialog(f), None, export_menu)
+        )
     m.addSeparator()
-    w._action("Set &pixel size…", w.lifecycle.pixel_size_dialog, None, m)
+    w.slide_actions.append(w._action("Set &pixel size…", w.lifecycle.pixel_size_dialog, None, m))
     m.addSeparator()
     close = w._action("&Close slide", w.lifecycle.close_slide, None, m)
     close.setShortcut(QKeySequence.StandardKey.Close)
+    w.slide_actions.append(close)
     quit_ = w._action("&Quit", w.close, None, m)
     quit_.setShortcut(QKeySequence.StandardKey.Quit)
 
