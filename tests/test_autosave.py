@@ -258,3 +258,21 @@ def test_temporary_files_left_by_killed_saves_are_removed_on_open(tmp_path, samp
     store.load()
     assert not live.exists() and not old.exists()
     assert all(p.exists() for p in others)
+
+
+def test_importing_the_same_file_twice_adds_its_outlines_once(qtbot, window, sample_copy, tmp_path):
+    """File > Import of outlines already open (the same file again, or an export of them) adds
+    none of them twice, and says so; a new one in the file is added."""
+    from app.core.annotations import write_geojson
+
+    open_and_wait(qtbot, window, sample_copy)
+    window.add_annotations(
+        [Annotation(box(500, 500, 900, 800), "Tumor"), Annotation(box(1000, 1000, 1200, 1300))]
+    )
+    exported = tmp_path / "again.geojson"
+    write_geojson(exported, [*window.annotations, Annotation(box(100, 2000, 300, 2300), "Tumor")], 0.499)
+    with qtbot.waitSignal(window.annotationsImported, timeout=5000) as sig:
+        window.import_annotations(str(exported))
+    assert sig.args == [1] and len(window.annotations) == 3
+    said = window.statusBar().currentMessage()
+    assert "Imported 1 annotation(s)" in said and "2 already open were left out" in said

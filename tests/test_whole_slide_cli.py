@@ -132,3 +132,14 @@ def test_whole_slide_and_a_region_are_one_or_the_other(tmp_path):
     assert r.returncode == 2 and "--whole-slide" in r.stderr and "exactly one" in r.stderr
     r = run_delineo("delineate", str(SAMPLE_SVS), "--out", str(tmp_path / "x.geojson"))
     assert r.returncode == 2 and "--whole-slide" in r.stderr
+
+
+def test_exhaustive_with_a_region_says_it_changes_nothing(tmp_path):
+    """--exhaustive is for whole slides: with --region the run is the same, and the command
+    says so rather than taking it silently."""
+    out = tmp_path / "r.geojson"
+    r = run_delineo(
+        "delineate", str(SAMPLE_SVS), "--region", "300,600,900,900", "--exhaustive", "--out", str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    assert "note: --exhaustive changes only --whole-slide runs" in r.stderr and out.is_file()

@@ -78,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
     if args.min_area < 0:
         raise UsageError(f"--min-area {args.min_area:g}: give an area of 0 µm² or more, e.g. 1000")
     check_output(out)
+    if getattr(args, "exhaustive", False) and not args.whole_slide:
+        print(
+            "note: --exhaustive changes only --whole-slide runs; a region always runs every tile at "
+            "full resolution",
+            file=sys.stderr,
+        )
     with Slide.open(args.slide) as slide:
         for note in slide.notes:
             print(f"note: {note}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import shapely
 from PySide6.QtCore import QObject, QRectF, Signal
 from PySide6.QtWidgets import QFileDialog
 
@@ -42,12 +43,16 @@ class AnnotationFileDialogs(QObject):
         self.w.session.import_file(path)
 
     def _imported(self, annotations, notes, path: str) -> None:
-        self.w.layer.add(annotations, f"Import {Path(path).name}")
-        msg = f"Imported {len(annotations)} annotation(s) from {Path(path).name}"
+        fresh = not_already_open(annotations, self.w.layer.annotations)
+        if fresh:
+            self.w.layer.add(fresh, f"Import {Path(path).name}")
+        msg = f"Imported {len(fresh)} annotation(s) from {Path(path).name}"
+        if len(fresh) < len(annotations):  # the same file imported twice, or an export of these
+            msg += f"; {len(annotations) - len(fresh)} already open were left out"
         self.w.show_status(msg)
         if notes:
             self.w.show_info("Import notes", msg + ":\n\n" + "\n".join(notes[:20]))
-        self.imported.emit(len(annotations))
+        self.imported.emit(len(fresh))
 
     def _import_failed(self, message: str) -> None:
         self.w.show_error("Import failed", f"{message}\n\nThe open annotations are unchanged.")
@@ -78,3 +83,21 @@ class AnnotationFileDialogs(QObject):
     def _export_failed(self, message: str) -> None:
         self.w.show_error("Export failed", message)
         self.exported.emit("")
+
+
+def not_already_open(imported: list, existing: list) -> list:
+    """The imported annotations that are not already open: one of the same class with the same
+    outline (to a thousandth of its area, what a round trip through a file keeps) is."""
+    if not existing:
+        return list(imported)
+    tree = shapely.STRtree([a.geometry for a in existing])
+    out = []
+    for a in imported:
+        same = any(
+            existing[i].cls == a.cls
+            and existing[i].geometry.symmetric_difference(a.geometry).area <= 1e-3 * a.geometry.area
+            for i in tree.query(a.geometry, predicate="intersects")
+        )
+        if not same:
+            out.append(a)
+    return out
