@@ -8,7 +8,7 @@ import os
 
 import shapely
 from conftest import open_and_wait
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QPoint, Qt
 from shapely.geometry import box
 
 REGION = box(2000, 2000, 9000, 8000)  # on the large pyramid: 20 tiles of the real model
@@ -115,9 +115,13 @@ def test_a_slide_closed_mid_run_gives_delineate_back_on_the_next(qtbot, window, 
     window.delineate()
     qtbot.waitUntil(lambda: window.overlay is not None and len(window.overlay.tiles) >= 1, timeout=60_000)
     assert not window.delineate_action.isEnabled()
+    qtbot.keyClick(window.view, Qt.Key.Key_B)
+    qtbot.mouseMove(window.view.viewport(), QPoint(300, 300))
+    assert window.editor.active.circle.isVisible()  # the brush's outline under the pointer
     with qtbot.waitSignal(window.controller.ended, timeout=60_000):
         window.lifecycle.close_slide()
     assert not window.delineate_action.isEnabled() and not any(a.isEnabled() for a in window.slide_actions)
+    assert not window.editor.active.circle.isVisible()  # nothing left drawn on the empty view
     qtbot.waitUntil(lambda: "its slide was closed" in window.statusBar().currentMessage(), timeout=5_000)
     open_and_wait(qtbot, window, sample_copy)
     assert window.delineate_action.isEnabled() and window.whole_slide_action.isEnabled()

@@ -119,6 +119,7 @@ class SlideView(QGraphicsView):
         self.fit()
 
     def close_slide(self) -> None:
+        self.editor.active.deactivate()  # its brush circle or half-drawn polygon goes too
         if self.loader is not None:
             self.loader.close()
             self.loader.deleteLater()
