@@ -83,25 +83,32 @@ def test_a_cancelled_rerun_and_its_retraces_keep_every_outline_once(qtbot, windo
 
 
 def test_undo_and_redo_of_a_run_keep_its_map_for_after_a_restart(qtbot, window, sample_copy, qsettings):
-    """Ctrl+Z then Ctrl+Shift+Z of a run: its map stays beside the slide, so after closing and
-    reopening, the Sensitivity still re-traces that run, not an older one."""
+    """The whole slide, then a region of it again; Ctrl+Z then Ctrl+Shift+Z of the second run:
+    its map stays beside the slide, so after closing and reopening, the Sensitivity re-traces
+    that run (the newest), not the older one, and the older one's outlines stay as they were."""
     open_and_wait(qtbot, window, sample_copy)
     with qtbot.waitSignal(window.delineationFinished, timeout=180_000) as sig:
         window.whole_slide_action.trigger()
-    run_id = sig.args[0].probability_map.run_id
+    older = sig.args[0].probability_map.run_id
+    window.editor.model.reset(box(0, 1500, 1400, 2967))  # the lower part: its foci again
+    newer = run_region(qtbot, window).probability_map.run_id
     store = window.session.store
-    qtbot.waitUntil(lambda: store.map_path(run_id).is_file(), timeout=30_000)
+    qtbot.waitUntil(
+        lambda: store.map_path(older).is_file() and store.map_path(newer).is_file(), timeout=30_000
+    )
+    assert of_run(window, older) and of_run(window, newer)
     ctrl = Qt.KeyboardModifier.ControlModifier
     for mods in (ctrl, ctrl | Qt.KeyboardModifier.ShiftModifier):  # undo, then redo
         with qtbot.waitSignal(window.autosaver.saved, timeout=30_000):
             qtbot.keyClick(window, Qt.Key.Key_Z, mods)
-        assert store.map_path(run_id).is_file()
-    assert of_run(window, run_id)
+        assert store.map_path(newer).is_file()
+    kept = {a.id: a.geometry for a in of_run(window, older)}
     window.lifecycle.close_slide()
     open_and_wait(qtbot, window, sample_copy)
-    assert window.controller.current is not None and window.controller.current.run_id == run_id
+    assert window.controller.current is not None and window.controller.current.run_id == newer
     retrace(qtbot, window, 0.7)
-    assert {a.provenance.run_id for a in window.annotations} == {run_id}
+    assert {a.id: a.geometry for a in of_run(window, older)} == kept
+    assert of_run(window, newer) and overlaps(window.annotations) < 1.0
 
 
 def test_a_slide_closed_mid_run_gives_delineate_back_on_the_next(qtbot, window, large_pyramid, sample_copy):

@@ -219,14 +219,17 @@ class AnnotationStore:
         return annotations_path.name[: -len(SUFFIX)]
 
     def _maps_beside(self, annotations_path: Path) -> dict[str, Path]:
+        """Run id -> map, oldest first (by when the map was written): the order the runs were
+        made in, so the last is the one the review controls take up after a restart."""
         prefix = self._stem(annotations_path) + ".run-"
-        found = {}
+        found = []
         with contextlib.suppress(OSError):
             for p in annotations_path.parent.glob(glob_escape(prefix) + "*" + MAP_SUFFIX):
                 run_id = p.name[len(prefix) : -len(MAP_SUFFIX)]
                 if _RUN_ID.match(run_id):
-                    found[run_id] = p
-        return found
+                    with contextlib.suppress(OSError):
+                        found.append((p.stat().st_mtime, run_id, p))
+        return {run_id: p for _, run_id, p in sorted(found)}
 
 
 def glob_escape(text: str) -> str:

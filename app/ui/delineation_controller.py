@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -533,8 +534,9 @@ def give_way(
     mpp: float | None,
     min_area_um2: float,
 ) -> list:
-    """New outlines cut to `keep_within` and clear of every `blocked` geometry; a cut one left
-    below `min_area_um2` (or empty) is dropped, so no sliver is ever proposed."""
+    """New outlines cut to `keep_within` and clear of every `blocked` geometry. A cut one that
+    falls apart is one outline per part, as tracing there would give; a part below
+    `min_area_um2` is dropped, so no sliver is ever proposed."""
     tree = shapely.STRtree(list(blocked)) if blocked else None
     inside = shapely.prepared.prep(keep_within) if keep_within is not None else None
     out = []
@@ -548,6 +550,13 @@ def give_way(
                 g, cut = polygonal(g.difference(shapely.union_all(tree.geometries.take(hits)))), True
         if not cut:
             out.append(a)
-        elif not g.is_empty and g.area * (mpp or 1.0) ** 2 >= min_area_um2:
-            out.append(dataclasses.replace(a, geometry=g))
+            continue
+        parts = [p for p in getattr(g, "geoms", [g]) if not p.is_empty]
+        parts = [p for p in parts if p.area * (mpp or 1.0) ** 2 >= min_area_um2]
+        for k, p in enumerate(parts):  # the first part keeps the outline's id
+            out.append(
+                dataclasses.replace(a, geometry=p)
+                if k == 0
+                else dataclasses.replace(a, geometry=p, id=str(uuid.uuid4()))
+            )
     return out

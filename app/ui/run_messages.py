@@ -10,8 +10,8 @@ def tiles_summary(result) -> str:
     glass = result.tiles_skipped - result.refine_skipped
     if result.coarse_tiles:
         return (
-            f"{result.tiles_done} tiles at full resolution, {result.refine_skipped} kept the answer of "
-            f"{result.coarse_tiles} coarse tile(s), {glass} background"
+            f"{result.tiles_done} tiles at full resolution, {result.refine_skipped} kept the coarse "
+            f"answer ({result.coarse_tiles} coarse tiles), {glass} background"
         )
     return f"{result.tiles_done} tiles, {glass} background"
 
