@@ -102,7 +102,7 @@ def test_sigterm_during_an_export_leaves_no_partial_file(tmp_path):
             "--format",
             "tiff-mask",
             "--mpp",
-            "0.05",
+            "0.03",  # 1.8 Gpx: seconds of writing, so the signal lands mid-write even on a busy machine
             "--annotations",
             str(ann),
             "--out",
