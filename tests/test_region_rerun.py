@@ -67,6 +67,10 @@ def test_the_outside_part_of_a_crossing_outline_is_kept_and_its_slivers_dropped(
     assert all(um2(p, mpp) >= MIN_AREA_UM2 for p in parts)
     raw = shapely.get_parts(focus.geometry.difference(region))
     assert len(raw) > len(parts)  # the clipping made pieces below the minimum: gone
+    # Re-tracing the new run at a far larger minimum area replaces only inside its region: the
+    # earlier outline now touching that region's border is not cut, so it is left as it is.
+    retraced = ed.replace_in_region(after, [], region, min_area=50_000 / mpp**2)
+    assert next(a for a in retraced if a.id == focus.id) is kept
 
 
 def test_a_hand_drawn_outline_is_clipped_only_on_replace_and_keeps_what_is_not_a_sliver(runs):

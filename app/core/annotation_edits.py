@@ -65,7 +65,7 @@ def replace_in_region(
     What clipping leaves outside the region obeys the run's minimum area (`min_area`, level-0
     px²): a piece smaller than that is dropped, not kept as a sliver the run would never have
     drawn; so is a proposal's piece thinner than a pixel. Parts of an outline the region does
-    not touch stay as they were; an outline with nothing left goes, as one inside the region
+    not overlap stay as they were; an outline with nothing left goes, as one inside the region
     does."""
     prepared = shapely.prepared.prep(region)
     out = []
@@ -77,22 +77,33 @@ def replace_in_region(
         if prepared.contains(a.geometry):
             continue
         rest = _outside(a, region, prepared, min_area)
-        if not rest.is_empty:
+        if rest is None:
+            out.append(a)
+        elif not rest.is_empty:
             out.append(dataclasses.replace(a, geometry=rest))
     return out + list(new)
 
 
-def _outside(a: Annotation, region: BaseGeometry, prepared, min_area: float) -> BaseGeometry:
-    """`a` less `region`, without the slivers the clipping made (see `replace_in_region`)."""
+def _outside(a: Annotation, region: BaseGeometry, prepared, min_area: float) -> BaseGeometry | None:
+    """`a` less `region`, without the slivers the clipping made (see `replace_in_region`);
+    None when the region only touches it."""
     kept: list[Polygon] = []
+    clipped = False
     for part in _parts(a.geometry):
         if not prepared.intersects(part):
-            kept.append(part)  # untouched: not the clipping's to judge
+            kept.append(part)
             continue
-        for piece in _parts(_valid(part.difference(region))):
+        rest = _valid(part.difference(region))
+        if rest.area >= part.area * (1 - 1e-9):  # touched, not cut (an earlier run's border)
+            kept.append(part)
+            continue
+        clipped = True
+        for piece in _parts(rest):
             if piece.area < min_area or (a.is_proposal and _thinner_than_a_pixel(piece)):
                 continue
             kept.append(piece)
+    if not clipped:
+        return None
     if not kept:
         return Polygon()
     return kept[0] if len(kept) == 1 else MultiPolygon(kept)
