@@ -55,11 +55,18 @@ def replace_in_region(
     region: BaseGeometry,
     *,
     replace_protected: bool = False,
+    min_area: float = 0.0,
 ) -> list[Annotation]:
     """The annotations after a run over `region` drew `new`: the model's proposals inside the
     region go (one crossing its border keeps its outside part and its id), `new` is added.
     With `replace_protected` painted, imported and edited ones are clipped too; locked ones
-    never change. Nothing outside the region changes."""
+    never change. Nothing outside the region changes.
+
+    What clipping leaves outside the region obeys the run's minimum area (`min_area`, level-0
+    px²): a piece smaller than that is dropped, not kept as a sliver the run would never have
+    drawn; so is a proposal's piece thinner than a pixel. Parts of an outline the region does
+    not overlap stay as they were; an outline with nothing left goes, as one inside the region
+    does."""
     prepared = shapely.prepared.prep(region)
     out = []
     for a in existing:
@@ -69,10 +76,43 @@ def replace_in_region(
             continue
         if prepared.contains(a.geometry):
             continue
-        rest = _valid(a.geometry.difference(region))
-        if not rest.is_empty:
+        rest = _outside(a, region, prepared, min_area)
+        if rest is None:
+            out.append(a)
+        elif not rest.is_empty:
             out.append(dataclasses.replace(a, geometry=rest))
     return out + list(new)
+
+
+def _outside(a: Annotation, region: BaseGeometry, prepared, min_area: float) -> BaseGeometry | None:
+    """`a` less `region`, without the slivers the clipping made (see `replace_in_region`);
+    None when the region only touches it."""
+    kept: list[Polygon] = []
+    clipped = False
+    for part in _parts(a.geometry):
+        if not prepared.intersects(part):
+            kept.append(part)
+            continue
+        rest = _valid(part.difference(region))
+        if rest.area >= part.area * (1 - 1e-9):  # touched, not cut (an earlier run's border)
+            kept.append(part)
+            continue
+        clipped = True
+        for piece in _parts(rest):
+            if piece.area < min_area or (a.is_proposal and _thinner_than_a_pixel(piece)):
+                continue
+            kept.append(piece)
+    if not clipped:
+        return None
+    if not kept:
+        return Polygon()
+    return kept[0] if len(kept) == 1 else MultiPolygon(kept)
+
+
+def _thinner_than_a_pixel(piece: Polygon) -> bool:
+    """Mean width (twice the area over the perimeter, a strip's width) under one level-0 px:
+    a seam along the region's border, not tissue."""
+    return 2 * piece.area < piece.length
 
 
 def accept_in_region(anns: list[Annotation], region: BaseGeometry) -> list[Annotation]:

@@ -32,8 +32,8 @@ from app.core.annotations import (
     REGION_ROLE,
     Annotation,
     feature_collection_text,
+    json_text,
     read_document,
-    write_json_atomic,
     write_text_atomic,
 )
 from app.core.file_locks import remove_if_stale
@@ -178,15 +178,18 @@ class AnnotationStore:
         )
 
     def write(self, document: AutosaveDocument | dict) -> Path:
-        """Save atomically, then delete the maps no saved annotation refers to."""
+        """Save atomically, then delete the maps no saved annotation refers to. A document
+        whose text is the file's already is not written again: opening a slide and closing it
+        unedited leaves its file (and its modification time) as they were."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(document, AutosaveDocument):
-            path = write_text_atomic(self.path, document.to_text())
-            self._prune(document.run_ids(), document.built)
+            text, keep, built = document.to_text(), document.run_ids(), document.built
         else:  # a FeatureCollection dict (an import written as it is)
-            path = write_json_atomic(self.path, document)
-            self._prune(_run_ids_of(document), time.time())
-        return path
+            text, keep, built = json_text(document), _run_ids_of(document), time.time()
+        if not _holds(self.path, text):
+            write_text_atomic(self.path, text)
+        self._prune(keep, built)
+        return self.path
 
     # ------------------------------------------------------------------ probability maps
 
@@ -230,6 +233,17 @@ class AnnotationStore:
                     with contextlib.suppress(OSError):
                         found.append((p.stat().st_mtime, run_id, p))
         return {run_id: p for _, run_id, p in sorted(found)}
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether the file at `path` is `text` (UTF-8) already, byte for byte."""
+    data = text.encode("utf-8")
+    try:
+        if path.stat().st_size != len(data):
+            return False
+        return path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def glob_escape(text: str) -> str:

@@ -162,25 +162,24 @@ class Annotation:
     def to_feature(
         self, mpp: float | None, offset: tuple[float, float] = (0, 0), role: str | None = None
     ) -> dict:
-        geom = self.geometry
-        if offset != (0, 0):
-            geom = shapely.affinity.translate(geom, -offset[0], -offset[1])
+        geom = written_geometry(np.asarray([self.geometry], dtype=object), offset)[0]
         measurements = {}
         if mpp:
-            measurements["Area µm^2"] = round(area_um2(self.geometry, mpp), 2)
-            measurements["Perimeter µm"] = round(perimeter_um(self.geometry, mpp), 2)
+            measurements["Area µm^2"] = round(area_um2(geom, mpp), 2)
+            measurements["Perimeter µm"] = round(perimeter_um(geom, mpp), 2)
         props = self.properties(measurements, role)
-        return {"type": "Feature", "id": self.id, "geometry": _rounded(mapping(geom)), "properties": props}
+        return {"type": "Feature", "id": self.id, "geometry": mapping(geom), "properties": props}
 
 
-def _rounded(obj):
-    if isinstance(obj, float):
-        return round(obj, 2)
-    if isinstance(obj, list | tuple):
-        return [_rounded(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
-    return obj
+def written_geometry(geoms: np.ndarray, offset: tuple[float, float] = (0, 0)) -> np.ndarray:
+    """The geometries as a file holds them: shifted by `offset` and rounded to 1/100 px. The
+    measurements are taken on these, so a file read back and saved again (with the rounded
+    coordinates it holds) writes the same areas, byte for byte."""
+    ox, oy = offset
+    return shapely.transform(geoms, lambda c: np.round(c - (ox, oy), COORDINATE_DECIMALS))
+
+
+COORDINATE_DECIMALS = 2
 
 
 def to_feature_collection(
@@ -202,14 +201,14 @@ def feature_collection_text(
     the GIL. `roles` gives a feature's `delineo.role`; `top` adds top-level members."""
     geoms = np.empty(len(annotations), dtype=object)
     geoms[:] = [a.geometry for a in annotations]
-    ox, oy = offset
+    written = np.empty(len(annotations), dtype=object)
     geometry_json: list[str] = []
     for k in range(0, len(geoms), GEOJSON_CHUNK):  # short C calls: other threads get the GIL between
-        shifted = shapely.transform(geoms[k : k + GEOJSON_CHUNK], lambda c: np.round(c - (ox, oy), 2))
-        geometry_json += shapely.to_geojson(shifted).tolist()
-    if mpp:
-        areas = shapely.area(geoms) * mpp * mpp
-        lengths = shapely.length(geoms) * mpp
+        written[k : k + GEOJSON_CHUNK] = written_geometry(geoms[k : k + GEOJSON_CHUNK], offset)
+        geometry_json += shapely.to_geojson(written[k : k + GEOJSON_CHUNK]).tolist()
+    if mpp:  # measured on the coordinates written, not the unrounded ones in memory
+        areas = shapely.area(written) * mpp * mpp
+        lengths = shapely.length(written) * mpp
     parts = []
     for i, a in enumerate(annotations):
         role = roles[i] if roles else None
@@ -259,9 +258,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def json_text(data: dict | list) -> str:
+    """`data` as the compact JSON text Delineo writes."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
 def write_json_atomic(path: str | Path, data: dict | list) -> Path:
     """`data` as JSON, written as `write_text_atomic` writes."""
-    return write_text_atomic(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    return write_text_atomic(path, json_text(data))
 
 
 def write_geojson(
@@ -348,7 +352,9 @@ def read_document(path: str | Path, offset: tuple[float, float] = (0, 0)) -> Geo
     ):
         notes.append(f"the pixel size {mpp!r} saved with the annotations is not usable; ignored")
         mpp = None
-    region = shapely.union_all(regions) if regions else Polygon()
+    # One region feature (what Delineo writes) is taken as it is: a union would re-node it and
+    # the next save would write other coordinates for the same region.
+    region = regions[0] if len(regions) == 1 else shapely.union_all(regions) if regions else Polygon()
     return GeoJSONDocument(out, region, notes, float(mpp) if mpp is not None else None)
 
 
