@@ -135,3 +135,21 @@ def test_a_slide_closed_mid_run_gives_delineate_back_on_the_next(qtbot, window, 
     with qtbot.waitSignal(window.delineationFinished, timeout=180_000):
         window.whole_slide_action.trigger()
     assert window.annotations
+
+
+def test_a_region_rerun_leaves_no_sliver_of_an_earlier_outline(qtbot, window, sample_copy):
+    """The whole slide, then a region whose edge falls just inside a focus's outline: what is
+    left of the old outline beside the region is a 5 px strip, below the minimum area, and
+    goes; every outline left obeys the minimum area."""
+    from shapely.geometry import Polygon
+
+    open_and_wait(qtbot, window, sample_copy)
+    with qtbot.waitSignal(window.delineationFinished, timeout=180_000):
+        window.whole_slide_action.trigger()
+    region = Polygon([(573.37, 2496.81), (815.2, 2489.6), (829.9, 2941.3), (575.1, 2947.66)])
+    assert any(a.geometry.bounds[0] < 573 < a.geometry.bounds[2] for a in window.annotations)
+    window.editor.model.reset(region)
+    run_region(qtbot, window)
+    mpp = window.session.mpp()
+    assert min(a.geometry.area * mpp * mpp for a in window.annotations) >= 1000.0
+    assert overlaps(window.annotations) < 1.0

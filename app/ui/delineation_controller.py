@@ -326,8 +326,13 @@ class DelineationController(QObject):
             pmap = dataclasses.replace(pmap, region=covered)  # its re-traces stop there as well
             new = give_way(new, keep_within=covered, mpp=pmap.slide_mpp, min_area_um2=run.min_area_um2)
         before = len(self.layer.annotations)
+        # What the clipping leaves of earlier outlines obeys this run's minimum area (no slivers).
         merged = replace_in_region(
-            self.layer.annotations, new, covered, replace_protected=self._replace_protected
+            self.layer.annotations,
+            new,
+            covered,
+            replace_protected=self._replace_protected,
+            min_area=run.min_area_um2 / (pmap.slide_mpp or 1.0) ** 2,
         )
         self.layer.apply(merged, "Delineate")
         model = f"{pmap.model} ({pmap.engine})"
