@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     glass = result.tiles_skipped - result.refine_skipped
     if coarse is not None:
         done = (
-            f"coarse first: {result.coarse_tiles} tiles of {coarse.card.name}; then {result.tiles_done} "
+            f"coarse first: {result.coarse_tiles} tile(s) of {coarse.card.name}; then {result.tiles_done} "
             f"tiles at full resolution, {result.refine_skipped} keeping the coarse answer, {glass} skipped "
             "as background"
         )
