@@ -292,7 +292,9 @@ class DelineationController(QObject):
         result = run.delineation
         if self._run_slide is not self.slide:
             # The slide was closed or replaced while the run was being cancelled.
-            self.message.emit("Delineation stopped: its slide was closed", 8000)
+            self.message.emit(
+                "Delineation stopped: its slide was closed before it finished; nothing of it was kept", 8000
+            )
             return
         if result.engine_error and self._run_settings is not None and self._run_settings.remote:
             self._offer_to_finish_locally(run)
