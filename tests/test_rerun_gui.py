@@ -129,7 +129,10 @@ def test_a_slide_closed_mid_run_gives_delineate_back_on_the_next(qtbot, window, 
         window.lifecycle.close_slide()
     assert not window.delineate_action.isEnabled() and not any(a.isEnabled() for a in window.slide_actions)
     assert not window.editor.active.circle.isVisible()  # nothing left drawn on the empty view
-    qtbot.waitUntil(lambda: "its slide was closed before it finished" in window.statusBar().currentMessage(), timeout=5_000)
+    qtbot.waitUntil(
+        lambda: "its slide was closed before it finished" in window.statusBar().currentMessage(),
+        timeout=5_000,
+    )
     open_and_wait(qtbot, window, sample_copy)
     assert window.delineate_action.isEnabled() and window.whole_slide_action.isEnabled()
     with qtbot.waitSignal(window.delineationFinished, timeout=180_000):
