@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,9 +54,12 @@ class RunRecord:
     # Where its outlines were put (its region, less the tiles a cancelled run left): a later
     # run's re-trace gives way here. None: not known (a run restored from disk).
     covered: BaseGeometry | None = None
+    made: float | None = None  # time.time() of a run of this session (a restored one: not known)
 
     def describe(self) -> str:
-        return f"Run of {self.model}" if self.model else "The last run"
+        """Which run the controls act on, so a pathologist with several runs can tell."""
+        when = f" at {time.strftime('%H:%M', time.localtime(self.made))}" if self.made else ""
+        return f"Run of {self.model}{when}" if self.model else f"The last run{when}"
 
 
 class DelineationController(QObject):
@@ -338,7 +342,9 @@ class DelineationController(QObject):
         )
         self.layer.apply(merged, "Delineate")
         model = f"{pmap.model} ({pmap.engine})"
-        record = RunRecord(pmap.run_id, pmap, None, run.threshold, run.min_area_um2, model, covered)
+        record = RunRecord(
+            pmap.run_id, pmap, None, run.threshold, run.min_area_um2, model, covered, time.time()
+        )
         self.runs[record.run_id] = record
         self._set_current(record)
         self._save_map(pmap)
