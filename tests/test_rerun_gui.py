@@ -5,6 +5,7 @@ run's, and the window's controls follow what is open and running."""
 from __future__ import annotations
 
 import os
+import re
 
 import shapely
 from conftest import open_and_wait
@@ -75,8 +76,10 @@ def test_a_cancelled_rerun_and_its_retraces_keep_every_outline_once(qtbot, windo
     assert overlaps(window.annotations) < 1.0
     later = {a.id: a.geometry for a in of_run(window, second_id)}
 
+    label = window.review_panel.run_label.text()
     window.layer.select([of_run(window, first_id)[0].id])  # the pathologist picks an older outline
     assert window.controller.current.run_id == first_id
+    assert re.match(r"Run of ebhi-tumour-resunet \(openvino-int8\) at \d\d:\d\d", label), label
     retrace(qtbot, window, 0.3)
     assert {a.id: a.geometry for a in of_run(window, second_id)} == later  # untouched
     assert overlaps(window.annotations) < 1.0
