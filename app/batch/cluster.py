@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,14 +73,15 @@ def connect(choice: ClusterChoice) -> Iterator:
         # without them, 2.6-3.2 s with).
         settings = {"distributed.scheduler.allowed-failures": 0, "distributed.nanny.pre-spawn-environ": {}}
         with dask.config.set(settings):
-            cluster = distributed.LocalCluster(
-                n_workers=choice.workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
+            with _ctrl_c_for_this_process_only():
+                cluster = distributed.LocalCluster(
+                    n_workers=choice.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
             try:
                 client = distributed.Client(cluster)
                 try:
@@ -101,6 +104,23 @@ def connect(choice: ClusterChoice) -> Iterator:
         client.close()
 
 
+@contextmanager
+def _ctrl_c_for_this_process_only() -> Iterator[None]:
+    """Ctrl+C in a terminal signals the whole process group. A worker that took it would die
+    mid-slide with a KeyboardInterrupt traceback, and the scheduler would call its slide failed
+    ("workers died"); the batch stops its cluster itself instead. SIGINT is ignored while the
+    cluster spawns its workers, and an ignored signal stays ignored in a spawned process (a
+    handler would not: exec resets it). A Ctrl+C in that second or two is not seen."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def run_jobs(
     client,
     jobs: list[SlideJob],
@@ -116,14 +136,28 @@ def run_jobs(
         client.submit(run_slide, job, pure=False, key=f"delineo-slide-{i}-{os.path.basename(job.out)}"): job
         for i, job in enumerate(jobs)
     }
+    handled: set = set()
     try:
         for future in distributed.as_completed(futures):
             job = futures[future]
+            handled.add(future)
             try:
                 result = future.result()
             except Exception as e:  # noqa: BLE001 -- the task never returned a row: the worker died or lacks Delineo
                 result = SlideResult(job.slide, os.path.basename(job.out), "failed", error=_why(e))
             on_result(job, result)
+    except KeyboardInterrupt:
+        # Stopping: what Dask says of the slides cut short ("workers died") is not news, and a
+        # slide that finished as the key was pressed still gets its row.
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        for future, job in futures.items():
+            if future not in handled and future.status == "finished":
+                try:
+                    result = future.result(timeout=5)
+                except Exception:  # noqa: BLE001 -- not fetched: the slide runs again on resume
+                    continue
+                on_result(job, result)
+        raise
     finally:
         if on_progress is not None:
             client.unsubscribe_topic(PROGRESS_TOPIC)
