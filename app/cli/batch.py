@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 from app.cli.arguments import UsageError, add_engine_choice
+
+log = logging.getLogger(__name__)
 
 
 def add_to(sub) -> None:
@@ -224,7 +227,12 @@ def check_device(engine: str, device: str, available: list[str], where: str) -> 
 def check_device_on_workers(client, spec) -> None:
     from app.batch.devices import available_devices
 
-    for worker, available in sorted(client.run(available_devices, spec.engine).items()):
+    try:
+        by_worker = client.run(available_devices, spec.engine)
+    except Exception:  # a worker that cannot answer says why on its first slide
+        log.debug("batch: the workers' devices could not be asked", exc_info=True)
+        return
+    for worker, available in sorted(by_worker.items()):
         check_device(spec.engine, spec.device, available, f"on Dask worker {worker}")
 
 
