@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_TIMEOUT_S = 20
 WORKER_START_S = 120
+SPAWN_S = 10  # the workers' processes exist within milliseconds; Ctrl+C is ignored no longer than this
 
 
 class BatchClusterError(DelineoError):
@@ -139,7 +140,7 @@ def _start_workers(cluster, n: int, pressed: list) -> None:
     held = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
         cluster.scale(n)
-        deadline = time.monotonic() + WORKER_START_S
+        deadline = time.monotonic() + SPAWN_S
         while time.monotonic() < deadline and not _spawned(cluster, n):
             time.sleep(0.02)
     finally:
