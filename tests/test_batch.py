@@ -155,6 +155,13 @@ def test_batch_sends_the_slides_to_an_existing_scheduler_and_its_worker(tmp_path
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"Dask scheduler {dask_cluster}" in r.stderr
+    # The workers' devices are what counts on a cluster: asked of them before any slide runs.
+    r2 = run_delineo("batch", str(folder / "case-1.svs"), "--out", str(tmp_path / "out2"),
+                     "--scheduler", dask_cluster, "--device", "foo")  # fmt: skip
+    assert r2.returncode == 2 and "--device FOO" in r2.stderr and "on Dask worker tcp://" in r2.stderr, (
+        r2.stderr
+    )
+    assert not (tmp_path / "out2" / "case-1.geojson").exists()
     rows = read_summary(out)
     assert [rows[n]["status"] for n in ("case-1.svs", "case-2.svs")] == ["ok", "ok"]
     # The region file bounds the run: every outline lies inside it.
@@ -174,6 +181,7 @@ def batch_until_one_slide_is_done(folder: Path, out: Path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        process_group=0,  # its own group, as a terminal's job: Ctrl+C reaches it and its workers
     )
     deadline = time.monotonic() + 240
     workers: list[psutil.Process] = []
@@ -222,10 +230,12 @@ def test_ctrl_c_stops_a_batch_at_once_keeping_what_finished(tmp_path):
     folder = slides_folder(tmp_path, 4)
     out = tmp_path / "out"
     proc, workers = batch_until_one_slide_is_done(folder, out)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C: the terminal signals the whole group, workers too
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert "workers died" not in err and "KeyboardInterrupt" not in err, err
+    assert ": failed:" not in err, err  # the slides stopped are not the slides' failures
     _gone, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, alive
     finished = {n for n, r in read_summary(out).items() if r["status"] == "ok"}
@@ -344,6 +354,15 @@ def test_summary_rows_survive_a_rewrite_and_say_done_only_with_their_geojson(tmp
     (tmp_path / "a.geojson").write_text("{}")
     (tmp_path / "b.geojson").write_text("{}")
     assert again.is_done("a.geojson") and not again.is_done("b.geojson")
+    # Only the ok row names a GeoJSON in the file; the failed one is still known by its slide.
+    with open(tmp_path / "summary.csv", newline="", encoding="utf-8") as f:
+        assert {r["slide"]: r["geojson"] for r in csv.DictReader(f)} == {
+            "/s/a.svs": "a.geojson",
+            "/s/b.svs": "",
+        }
+    again.record(SlideResult("/s/b.svs", "b.geojson", "skipped", error="no tissue"))
+    third = Summary(tmp_path)
+    assert set(third.rows) == {"a.geojson", "b.geojson"} and third.rows["b.geojson"].status == "skipped"
 
 
 def test_whole_slides_run_the_coarse_model_first_unless_exhaustive(tmp_path):
@@ -367,9 +386,76 @@ def test_whole_slides_run_the_coarse_model_first_unless_exhaustive(tmp_path):
         )
     assert 0 < int(rows["adaptive"]["tiles_run"]) < int(rows["exhaustive"]["tiles_run"])
     files = sorted(p.name for p in (tmp_path / "adaptive").iterdir())
-    assert files == ["case-1.geojson", "case-1_likelihood_map.tif", "summary.csv"]  # no spool left
+    assert files == ["batch-settings.json", "case-1.geojson", "case-1_likelihood_map.tif", "summary.csv"]
     with Slide.open(tmp_path / "adaptive" / "case-1_likelihood_map.tif") as m:
         assert m.level_count >= 2 and m.mpp[0] == pytest.approx(0.998, rel=1e-2)
     assert not (tmp_path / "exhaustive" / "case-1_likelihood_map.tif").exists()
     a, e = outlines["adaptive"], outlines["exhaustive"]
     assert e.area > 0 and 2 * a.intersection(e).area / (a.area + e.area) >= 0.95
+
+
+def test_a_re_run_with_other_settings_is_refused_unless_redo(tmp_path):
+    """The folder remembers what shaped its outlines: a re-run with another threshold or mode is
+    refused in one line naming the change (not "done in an earlier run"), the same settings
+    resume, --redo runs every slide again with the new ones. A file that is no slide fails with
+    that said, and its row names no GeoJSON."""
+    folder = slides_folder(tmp_path, 1)
+    notes = folder / "notes.txt"
+    notes.write_text("case 1: re-cut, see the lab book\n")
+    slide = str(folder / "case-1.svs")
+    out = tmp_path / "out"
+    r = run_delineo("batch", slide, str(notes), "--out", str(out), "--workers", "1")
+    assert r.returncode == 1, r.stderr  # notes.txt failed
+    rows = read_summary(out)
+    assert rows["case-1.svs"]["status"] == "ok" and rows["case-1.svs"]["geojson"] == "case-1.geojson"
+    assert rows["notes.txt"]["status"] == "failed" and rows["notes.txt"]["geojson"] == ""
+    assert "not a slide file OpenSlide can read" in rows["notes.txt"]["error"]
+    assert "damaged" not in rows["notes.txt"]["error"]
+    assert not (out / "notes.geojson").exists()
+    geojson = out / "case-1.geojson"
+    first, first_mtime = read_summary(out)["case-1.svs"], geojson.stat().st_mtime_ns
+
+    r = run_delineo("batch", slide, "--out", str(out), "--threshold", "0.8", "--exhaustive")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "--threshold the model's -> 0.8" in lines[0] and "--exhaustive off -> on" in lines[0]
+    assert "--min-area" not in lines[0]  # only what differs
+    assert "--redo" in lines[0] and "new --out folder" in lines[0]
+    assert geojson.stat().st_mtime_ns == first_mtime
+
+    # The same settings (the default threshold and mode): resumed, the failed file retried.
+    r = run_delineo("batch", slide, str(notes), "--out", str(out), "--workers", "1")
+    assert r.returncode == 1 and "1 done in an earlier run (skipped), 1 to run" in r.stderr, r.stderr
+    assert geojson.stat().st_mtime_ns == first_mtime
+    with open(out / "summary.csv", newline="", encoding="utf-8") as f:
+        assert sorted(Path(row["slide"]).name for row in csv.DictReader(f)) == ["case-1.svs", "notes.txt"]
+
+    r = run_delineo("batch", slide, "--out", str(out), "--workers", "1", "--threshold", "0.8",
+                    "--exhaustive", "--redo")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "0 done in an earlier run (skipped), 1 to run" in r.stderr
+    rows = read_summary(out)
+    assert set(rows) == {"case-1.svs"}  # the earlier rows went with --redo
+    assert int(rows["case-1.svs"]["tiles_run"]) > int(first["tiles_run"])  # every tile: exhaustive
+    assert json.loads((out / "batch-settings.json").read_text())["threshold"] == 0.8
+    # Now these are the folder's settings: the same command resumes.
+    r = run_delineo("batch", slide, "--out", str(out), "--threshold", "0.8", "--exhaustive")
+    assert r.returncode == 0 and "nothing to do" in r.stderr, r.stderr
+
+    # A folder from before the settings were kept resumes as it did.
+    (out / "batch-settings.json").unlink()
+    r = run_delineo("batch", slide, "--out", str(out))
+    assert r.returncode == 0 and "1 done in an earlier run (skipped), 0 to run" in r.stderr, r.stderr
+
+
+def test_a_device_the_engine_lacks_is_refused_before_any_slide_runs(tmp_path):
+    out = tmp_path / "out"
+    r = run_delineo("batch", str(SAMPLE_SVS), "--out", str(out), "--device", "foo")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--device FOO" in lines[0] and "available: CPU" in lines[0], r.stderr
+    assert "--device CPU" in lines[0] and "Settings" not in lines[0]
+    assert not (out / "summary.csv").exists()
+    r = run_delineo("batch", str(SAMPLE_SVS), "--out", str(out), "--engine", "onnxruntime", "--device", "GPU")
+    assert r.returncode == 2 and "--device GPU" in r.stderr and "ONNX Runtime" in r.stderr, r.stderr

@@ -89,24 +89,36 @@ def test_large_pyramid_levels_and_level_choice(large_pyramid):
         assert np.abs(coarse - expect).mean() < 12
 
 
+NOT_A_SLIDE = "not a slide file OpenSlide can read"
+
+
 @pytest.mark.parametrize(
     "make, reason",
     [
         (lambda d: d / "missing.svs", "no such file"),
         (lambda d: d, "holds no slide"),
-        (lambda d: _write(d / "notes.svs", b"this is not a slide\n" * 50), "does not recognise"),
+        (lambda d: _write(d / "notes.svs", b"this is not a slide\n" * 50), NOT_A_SLIDE),
+        (lambda d: _write(d / "notes.txt", b"case 7: re-cut\n"), NOT_A_SLIDE),
+        (lambda d: _write(d / "report.pdf", b"%PDF-1.7\n" + b"x" * 5000), NOT_A_SLIDE),
         (lambda d: _write(d / "notes.png", b"this is not an image\n" * 50), "not a slide or an image"),
         (lambda d: _truncated(d / "cut.svs", 1_000_000), "damaged or incomplete"),
+        (lambda d: _truncated(d / "cut-early.svs", 400_000), "damaged or incomplete"),
         (lambda d: _truncated(d / "cut.png", 0), "not a slide or an image"),
+        (lambda d: _truncated(d / "empty.svs", 0), "the file is empty"),
     ],
-    ids=["missing", "empty-folder", "text-as-svs", "text-as-png", "truncated-svs", "empty-file"],
-)
+    ids=[
+        "missing", "empty-folder", "text-as-svs", "text-file", "pdf", "text-as-png", "truncated-svs",
+        "truncated-svs-early", "empty-png", "empty-svs",
+    ],
+)  # fmt: skip
 def test_bad_inputs_raise_a_clear_slide_error(tmp_path, make, reason):
     path = make(tmp_path)
     with pytest.raises(SlideError) as err:
         Slide.open(path)
     assert str(path) in str(err.value)
     assert reason in str(err.value)
+    if "not a slide file" in reason:  # a file that is no slide is not called a damaged one
+        assert "damaged" not in str(err.value) and ".svs" in str(err.value) and "DICOM" in str(err.value)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")

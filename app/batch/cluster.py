@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ from app.errors import DelineoError
 log = logging.getLogger(__name__)
 
 SCHEDULER_TIMEOUT_S = 20
+WORKER_START_S = 120
+SPAWN_S = 10  # the workers' processes exist within milliseconds; Ctrl+C is ignored no longer than this
 
 
 class BatchClusterError(DelineoError):
@@ -71,14 +76,22 @@ def connect(choice: ClusterChoice) -> Iterator:
         # without them, 2.6-3.2 s with).
         settings = {"distributed.scheduler.allowed-failures": 0, "distributed.nanny.pre-spawn-environ": {}}
         with dask.config.set(settings):
-            cluster = distributed.LocalCluster(
-                n_workers=choice.workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
+            with _ctrl_c_held() as pressed:
+                cluster = distributed.LocalCluster(
+                    n_workers=0,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+                try:
+                    _start_workers(cluster, choice.workers, pressed)
+                    if pressed:
+                        raise KeyboardInterrupt
+                except BaseException:
+                    cluster.close()
+                    raise
             try:
                 client = distributed.Client(cluster)
                 try:
@@ -101,6 +114,59 @@ def connect(choice: ClusterChoice) -> Iterator:
         client.close()
 
 
+@contextmanager
+def _ctrl_c_held() -> Iterator[list]:
+    """Ctrl+C while the local cluster starts is held (noted in the list the caller acts on
+    once it has started): a KeyboardInterrupt in the middle of Dask's start (its imports, its
+    threads) can leave a lock taken and the process hung at exit."""
+    pressed: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _start_workers(cluster, n: int, pressed: list) -> None:
+    """The local cluster's worker processes, deaf to Ctrl+C. Ctrl+C in a terminal signals the
+    whole process group; a worker that took it would die mid-slide with a KeyboardInterrupt
+    traceback and the scheduler would call its slide failed ("workers died"): the batch stops
+    its cluster itself instead. SIGINT is ignored only while the processes are spawned (an
+    ignored signal stays ignored across exec; a handler would not), a fraction of a second."""
+    main = threading.current_thread() is threading.main_thread()
+    held = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        cluster.scale(n)
+        deadline = time.monotonic() + SPAWN_S
+        while time.monotonic() < deadline and not _spawned(cluster, n):
+            time.sleep(0.02)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, held)
+    deadline = time.monotonic() + WORKER_START_S
+    while not pressed:  # Ctrl+C while the workers start up stops the wait
+        try:
+            cluster.wait_for_workers(n, timeout=0.5)
+            return
+        except (TimeoutError, OSError, RuntimeError) as e:  # Dask's WorkerStartTimeoutError is a TimeoutError
+            if time.monotonic() > deadline:
+                raise BatchClusterError(
+                    f"the {n} local Dask worker process(es) did not start within {WORKER_START_S} s "
+                    f"({e}); see the log, or try --workers 1"
+                ) from None
+
+
+def _spawned(cluster, n: int) -> bool:
+    """All n worker processes exist. SpecCluster lists a nanny in `workers` once it has started
+    (its worker up, seconds later); `_created` holds it from the first moment. Were that gone in
+    a later Dask, the wait would only be longer, never wrong."""
+    nannies = list(getattr(cluster, "_created", None) or cluster.workers.values())
+    return len(nannies) >= n and all(getattr(w, "pid", None) for w in nannies)
+
+
 def run_jobs(
     client,
     jobs: list[SlideJob],
@@ -116,14 +182,28 @@ def run_jobs(
         client.submit(run_slide, job, pure=False, key=f"delineo-slide-{i}-{os.path.basename(job.out)}"): job
         for i, job in enumerate(jobs)
     }
+    handled: set = set()
     try:
         for future in distributed.as_completed(futures):
             job = futures[future]
+            handled.add(future)
             try:
                 result = future.result()
             except Exception as e:  # noqa: BLE001 -- the task never returned a row: the worker died or lacks Delineo
                 result = SlideResult(job.slide, os.path.basename(job.out), "failed", error=_why(e))
             on_result(job, result)
+    except KeyboardInterrupt:
+        # Stopping: what Dask says of the slides cut short ("workers died") is not news, and a
+        # slide that finished as the key was pressed still gets its row.
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        for future, job in futures.items():
+            if future not in handled and future.status == "finished":
+                try:
+                    result = future.result(timeout=5)
+                except Exception:  # noqa: BLE001 -- not fetched: the slide runs again on resume
+                    continue
+                on_result(job, result)
+        raise
     finally:
         if on_progress is not None:
             client.unsubscribe_topic(PROGRESS_TOPIC)

@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.batch.slides import slide_stem
 from app.core.annotations import write_text_atomic
 
 SUMMARY_NAME = "summary.csv"
@@ -20,7 +21,7 @@ class SlideResult:
     """What one slide's task returns, and one row of summary.csv."""
 
     slide: str
-    geojson: str  # the output's file name in the batch folder
+    geojson: str  # the output's file name in the batch folder (its column is empty unless ok)
     status: str  # ok | failed | skipped
     tiles_run: int = 0
     areas_um2: dict[str, float | None] = field(default_factory=dict)  # class -> area (None: no mpp)
@@ -42,6 +43,14 @@ class Summary:
         """Finished in an earlier run: the summary says ok and the GeoJSON is still there."""
         row = self.rows.get(geojson)
         return row is not None and row.status == "ok" and (self.path.parent / geojson).is_file()
+
+    def has_results(self) -> bool:
+        """Some slide is done: its row says ok and its GeoJSON is there."""
+        return any(self.is_done(name) for name in self.rows)
+
+    def clear(self) -> None:
+        """Forget every earlier row (--redo): the next write holds this run's rows only."""
+        self.rows.clear()
 
     def record(self, result: SlideResult) -> None:
         self.rows[result.geojson] = result
@@ -72,23 +81,36 @@ class Summary:
         for r in sorted(self.rows.values(), key=lambda r: r.slide):
             areas = [_number(r.areas_um2.get(c)) if r.status == "ok" else "" for c in classes]
             w.writerow(
-                [r.slide, r.status, r.tiles_run, *areas, f"{r.seconds:.1f}", r.geojson, r.error, r.notes]
+                [
+                    r.slide,
+                    r.status,
+                    r.tiles_run,
+                    *areas,
+                    f"{r.seconds:.1f}",
+                    r.geojson if r.status == "ok" else "",  # a failed or skipped slide wrote none
+                    r.error,
+                    r.notes,
+                ]
             )
         write_text_atomic(self.path, buf.getvalue())
 
     def _read(self) -> None:
         with open(self.path, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                if not row.get("geojson") or row.get("status") not in STATUSES:
+                # A failed or skipped row names no GeoJSON: its output name is the slide's.
+                name = row.get("geojson") or (
+                    f"{slide_stem(Path(row['slide']))}.geojson" if row.get("slide") else ""
+                )
+                if not name or row.get("status") not in STATUSES:
                     continue  # not a row this program wrote: ignored, and dropped on the next write
                 areas = {
                     k[len(AREA_PREFIX) :]: _float(v)
                     for k, v in row.items()
                     if k and k.startswith(AREA_PREFIX) and v not in (None, "")
                 }
-                self.rows[row["geojson"]] = SlideResult(
+                self.rows[name] = SlideResult(
                     slide=row.get("slide") or "",
-                    geojson=row["geojson"],
+                    geojson=name,
                     status=row["status"],
                     tiles_run=int(_float(row.get("tiles_run")) or 0),
                     areas_um2=areas,

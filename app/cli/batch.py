@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 from app.cli.arguments import UsageError, add_engine_choice
+
+log = logging.getLogger(__name__)
 
 
 def add_to(sub) -> None:
@@ -43,6 +46,12 @@ def add_to(sub) -> None:
         action="store_true",
         help="also DIR/<slide>_likelihood_map.tif per slide (ASAP's overlay; streamed to disk)",
     )
+    b.add_argument(
+        "--redo",
+        action="store_true",
+        help="run every slide again, ignoring the results of earlier runs in --out (needed to change "
+        "the settings of a folder that has results)",
+    )
     add_engine_choice(b)
     b.add_argument("--model", default=None, help="shipped model name or folder with card.json")
     b.add_argument("--device", default="CPU", help="local engines: CPU, GPU or AUTO")
@@ -61,10 +70,12 @@ def add_to(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from app.batch.cluster import ClusterChoice, connect, default_workers, run_jobs
+    from app.batch.run_settings import check_resumable, save_settings
     from app.batch.slides import find_slides, slide_stem
     from app.batch.summary import Summary
     from app.batch.task import SlideJob
     from app.core.file_locks import remove_if_stale
+    from app.inference.engine_registry import engine_spec
 
     check_args(args)
     out = Path(args.out).expanduser().resolve()
@@ -76,11 +87,16 @@ def run(args: argparse.Namespace) -> int:
         remove_if_stale(tmp)
     slides = find_slides(args.slides)
     summary = Summary(out)
+    workers = args.workers or default_workers()
+    spec, card = engine_spec_from_args(args, workers)
+    regions = Path(args.region_geojson_dir).expanduser().resolve() if args.region_geojson_dir else None
+    settings = outline_settings_from_args(args, spec, card, regions)
+    if args.redo:
+        summary.clear()
+    else:
+        check_resumable(out, settings, summary.has_results())
     jobs: list[SlideJob] = []
     done_before = 0
-    workers = args.workers or default_workers()
-    spec = engine_spec_from_args(args, workers)
-    regions = Path(args.region_geojson_dir).expanduser().resolve() if args.region_geojson_dir else None
     for s in slides:
         name = f"{slide_stem(s)}.geojson"
         if summary.is_done(name):
@@ -107,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         say(f"batch: nothing to do; summary in {summary.path}")
         return 0
+    save_settings(out, settings)
+    if args.redo:
+        summary.write()  # the earlier rows are gone before the first slide is done
     t0 = time.perf_counter()
     counts = {"ok": 0, "failed": 0, "skipped": 0}
 
@@ -127,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         say(f"  {msg.get('slide')}: {done}/{total} tiles ({done / total:.0%})")
 
     with connect(ClusterChoice(args.scheduler, workers)) as client:
+        if args.scheduler and engine_spec(spec.engine).local:  # the workers' devices, not this machine's
+            check_device_on_workers(client, spec)
         run_jobs(client, jobs, on_result, on_progress)
     say(
         f"batch: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped in "
@@ -167,10 +188,15 @@ def engine_spec_from_args(args: argparse.Namespace, workers: int):
     if args.url and local:
         raise UsageError(f"--url is for --engine remote, not {args.engine}")
     model = args.model
+    card = None
     if local:
-        ModelCard.load(model)  # a missing or damaged model: one line, before any worker starts
+        card = ModelCard.load(model)  # a missing or damaged model: one line, before any worker starts
         if model and Path(model).expanduser().is_dir():
             model = str(Path(model).expanduser().resolve())
+        if not args.scheduler:  # a cluster's workers are asked once it is connected
+            from app.batch.devices import available_devices
+
+            check_device(args.engine, args.device.upper(), available_devices(args.engine), "here")
     threads = args.threads or (0 if args.scheduler else engine_threads(workers))
     return EngineSpec(
         engine=args.engine,
@@ -180,6 +206,56 @@ def engine_spec_from_args(args: argparse.Namespace, workers: int):
         threads=threads,
         url=args.url,
         token=args.token or os.environ.get("DELINEO_TOKEN"),
+    ), card
+
+
+def check_device(engine: str, device: str, available: list[str], where: str) -> None:
+    """A --device the engine does not have is refused once, naming what it has (the engine's own
+    check would fail every slide with it)."""
+    from app.batch.devices import accepts
+    from app.inference.engine_registry import engine_spec
+
+    if not accepts(engine, device, available):
+        name = engine_spec(engine).display_name
+        choices = " or ".join(f"--device {d}" for d in available)
+        raise UsageError(
+            f"--device {device}: {name} has no such device {where} (available: {', '.join(available)}); "
+            f"pass {choices}"
+        )
+
+
+def check_device_on_workers(client, spec) -> None:
+    from app.batch.devices import available_devices
+
+    try:
+        by_worker = client.run(available_devices, spec.engine)
+    except Exception:  # a worker that cannot answer says why on its first slide
+        log.debug("batch: the workers' devices could not be asked", exc_info=True)
+        return
+    for worker, available in sorted(by_worker.items()):
+        check_device(spec.engine, spec.device, available, f"on Dask worker {worker}")
+
+
+def outline_settings_from_args(args: argparse.Namespace, spec, card, regions: Path | None) -> dict:
+    """What shapes the outlines, resolved where it can be (the model's name, version and the
+    precision it runs), so that naming the default explicitly is the same setting."""
+    from app.batch.run_settings import outline_settings
+    from app.inference.engine_registry import engine_spec, preferred_precision
+
+    precision = spec.precision
+    if card is not None and precision is None:
+        precision = preferred_precision(engine_spec(spec.engine), card)
+    return outline_settings(
+        engine=spec.engine,
+        model=card.name if card is not None else spec.model,
+        model_version=card.version if card is not None else None,
+        precision=precision,
+        threshold=args.threshold,
+        min_area_um2=args.min_area,
+        mpp=args.mpp,
+        region_dir=regions,
+        exhaustive=args.exhaustive or regions is not None,  # a region runs every tile
+        likelihood=args.likelihood,
     )
 
 

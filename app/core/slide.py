@@ -50,6 +50,26 @@ FORMAT_FILTER = (
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
+# What a message names when a file is no slide at all.
+SLIDE_FORMATS = (
+    "Aperio .svs, Hamamatsu .ndpi .vms .vmu, Leica .scn, MIRAX .mrxs, Sakura .svslide, Ventana .bif, "
+    "DICOM WSI, tiled TIFF (Delineo also opens PNG and JPEG images)"
+)
+# How the slide formats' files begin: a file that begins so but does not open is a damaged slide,
+# one that begins otherwise (a text file, a document) is no slide at all.
+SLIDE_MAGIC = (
+    b"II*\x00",  # TIFF (Aperio, Hamamatsu NDPI, Leica, Ventana, Philips, generic), little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"II+\x00",  # BigTIFF
+    b"MM\x00+",
+    b"SQLite format 3\x00",  # Sakura .svslide
+    b"\xff\xd8\xff",  # JPEG (Hamamatsu VMS tiles, MIRAX's .mrxs)
+    b"\x89PNG",
+    b"ZISRAWFILE",  # Zeiss CZI
+)
+# Formats whose named file is a text index (or may be): judged damaged, not foreign, by name.
+INDEX_SUFFIXES = (".vms", ".vmu", ".mrxs")
+
 # A plain image larger than this is almost certainly a mislabelled slide; Pillow would decode it
 # whole into memory (4 bytes a pixel: 640 MB at this size). Delineo applies this limit itself,
 # with its own message, instead of Pillow's decompression-bomb warning at 89 M pixels (Pillow
@@ -139,10 +159,17 @@ class Slide:
                 handle = openslide.OpenSlide(str(p))
             elif p.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
                 handle = _open_plain_image(p)
-            else:
+            elif p.stat().st_size == 0:
+                raise SlideError(f"{p}: the file is empty (0 bytes); an interrupted copy? Copy it again")
+            elif _looks_like_a_slide(p):
                 raise SlideError(
                     f"{p}: OpenSlide does not recognise this file ({_size(p)}); it is damaged or "
                     "incomplete (an interrupted copy?), or not a supported slide format"
+                )
+            else:
+                raise SlideError(
+                    f"{p}: not a slide file OpenSlide can read ({_size(p)}; by its content it is none of "
+                    f"the formats it reads: {SLIDE_FORMATS}); open a slide in one of these formats"
                 )
         except SlideError:
             raise
@@ -468,6 +495,18 @@ def _mislabelled_ycbcr_dicom(path: Path, props) -> bool:
     except OSError:
         return False
     return jpeg_colour_space(head) == "ycbcr"
+
+
+def _looks_like_a_slide(p: Path) -> bool:
+    """The file begins as a slide format does (or is one whose named file is a text index)."""
+    if p.suffix.lower() in INDEX_SUFFIXES:
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return True  # unreadable now: say what a failed read usually means
+    return head.startswith(SLIDE_MAGIC) or head[128:132] == b"DICM"
 
 
 def _size(p: Path) -> str:
