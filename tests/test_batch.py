@@ -298,7 +298,7 @@ def test_batch_without_dask_says_which_extra_to_install(tmp_path):
 
 
 def test_folders_are_searched_for_slide_files_and_dicom_series(tmp_path):
-    from app.batch.slides import find_slides
+    from app.batch.slides import BatchInputError, find_slides
 
     (tmp_path / "run" / "nested").mkdir(parents=True)
     shutil.copy(SAMPLE_SVS, tmp_path / "run" / "b.svs")
@@ -308,6 +308,10 @@ def test_folders_are_searched_for_slide_files_and_dicom_series(tmp_path):
     (tmp_path / "run" / "link.svs").symlink_to(tmp_path / "run" / "b.svs")  # a link is its own slide
     (tmp_path / "run" / ".trash").mkdir()
     shutil.copy(SAMPLE_SVS, tmp_path / "run" / ".trash" / "old.svs")
+    # The maps a viewer and `delineate --likelihood` leave beside slides are not slides.
+    maps = [tmp_path / "run" / "b.svs.run-0123abcd.likelihood.tif", tmp_path / "run" / "b_likelihood_map.tif"]
+    for m in maps:
+        shutil.copy(SAMPLE_SVS, m)
     found = find_slides([tmp_path / "run", tmp_path / "run" / "b.svs"])  # named twice: once
     assert [p.relative_to(tmp_path / "run").as_posix() for p in found] == [
         "b.svs",
@@ -315,6 +319,8 @@ def test_folders_are_searched_for_slide_files_and_dicom_series(tmp_path):
         "nested/a.tiff",
         "nested/series",
     ]
+    with pytest.raises(BatchInputError, match=r"b_likelihood_map\.tif is a likelihood map Delineo wrote"):
+        find_slides([maps[1]])  # named: said, not run
 
 
 def test_batch_refuses_bad_input_in_one_line(tmp_path):

@@ -238,10 +238,11 @@ def test_recent_files_and_drop(qtbot, window, tmp_path):
     assert [a.text() for a in window.recent_menu.actions()][:2] == [TCGA_SVS.name, SAMPLE_SVS.name]
 
 
-@pytest.mark.parametrize("kind", ["text", "truncated", "missing", "folder"])
+@pytest.mark.parametrize("kind", ["text", "truncated", "missing", "folder", "run-map"])
 def test_bad_files_show_a_dialog_and_the_window_stays_usable(qtbot, window, tmp_path, kind):
     bad = {
         "text": tmp_path / "notes.svs",
+        "run-map": tmp_path / "case.svs.run-0123abcd.likelihood.tif",  # a run's map, beside its slide
         "truncated": tmp_path / "cut.svs",
         "missing": tmp_path / "gone.ndpi",
         "folder": tmp_path / "empty-folder",
@@ -252,11 +253,15 @@ def test_bad_files_show_a_dialog_and_the_window_stays_usable(qtbot, window, tmp_
         bad.write_bytes(SAMPLE_SVS.read_bytes()[:700_000])
     elif kind == "folder":
         bad.mkdir()
+    elif kind == "run-map":
+        bad.write_bytes(SAMPLE_SVS.read_bytes())  # a TIFF OpenSlide opens: refused by what it is
     with qtbot.waitSignal(window.openFailed, timeout=15_000):
         window.open_slide(bad)
     dialog = window.error_dialog
     assert dialog is not None and dialog.isVisible()
     assert str(bad) in dialog.text()
+    if kind == "run-map":
+        assert "not a slide: open the slide it was made on" in dialog.text()
     dialog.accept()
     open_and_wait(qtbot, window, SAMPLE_SVS)  # still usable
     assert window.slide is not None

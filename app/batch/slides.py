@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from app.core.likelihood_map import is_likelihood_map, not_a_slide_message
 from app.core.slide import PLAIN_IMAGE_SUFFIXES, SLIDE_SUFFIXES
 from app.errors import DelineoError
 
@@ -31,6 +32,8 @@ def find_slides(paths: list[str | Path]) -> list[Path]:
         if not p.exists():
             raise BatchInputError(f"{p}: no such file or folder")
         p = Path(os.path.abspath(p))  # not resolved: a link is a slide of its own name
+        if p.is_file() and is_likelihood_map(p):
+            raise BatchInputError(not_a_slide_message(p))
         if p.is_file() or _is_dicom_folder(p):
             found.append(p)
             continue
@@ -69,6 +72,9 @@ def _slides_under(folder: Path) -> list[Path]:
         out.extend(
             (here / f)
             for f in sorted(files)
-            if not f.startswith(".") and Path(f).suffix.lower() in FOLDER_SUFFIXES
+            # A folder the viewer was used in holds its runs' maps beside the slides: not slides.
+            if not f.startswith(".")
+            and Path(f).suffix.lower() in FOLDER_SUFFIXES
+            and not is_likelihood_map(f)
         )
     return out

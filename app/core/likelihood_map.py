@@ -30,11 +30,29 @@ class LikelihoodMapError(DelineoError):
     pass
 
 
+EXPORT_SUFFIX = "_likelihood_map.tif"  # ASAP's name for the overlay of `<slide>.<ext>`
+
+
+def is_likelihood_map(path: str | Path) -> bool:
+    """Whether `path` is a map Delineo wrote (a run's, kept beside the slide to re-trace, or
+    ASAP's overlay), by its name: a picture of probabilities, never a slide to delineate."""
+    from app.core.annotation_store import MAP_SUFFIX
+
+    return Path(path).name.lower().endswith((MAP_SUFFIX, EXPORT_SUFFIX))
+
+
+def not_a_slide_message(path: str | Path) -> str:
+    return (
+        f"{path} is a likelihood map Delineo wrote (a run's tumour probabilities), not a "
+        "slide: open the slide it was made on (ASAP and QuPath show the map over it)"
+    )
+
+
 def likelihood_map_path(slide_path: Path, folder: Path | None = None, cls: str | None = None) -> Path:
     """`<slide>_likelihood_map.tif`, the name ASAP loads beside a slide as an overlay; one per
     class of a multi-class model, `<slide>_<class>_likelihood_map.tif`."""
     part = f"_{re.sub(r'[^A-Za-z0-9]+', '-', cls).strip('-')}" if cls else ""
-    return (folder or slide_path.parent) / f"{Path(slide_path).stem}{part}_likelihood_map.tif"
+    return (folder or slide_path.parent) / f"{Path(slide_path).stem}{part}{EXPORT_SUFFIX}"
 
 
 class LikelihoodSpool:

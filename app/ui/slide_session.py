@@ -21,7 +21,8 @@ from superqt.utils import create_worker
 from app.core import export
 from app.core.annotation_store import AnnotationStore, SavedState
 from app.core.annotations import Annotation, read_geojson
-from app.core.slide import Slide
+from app.core.likelihood_map import is_likelihood_map, not_a_slide_message
+from app.core.slide import Slide, SlideError
 from app.logs import data_dir
 from app.ui.autosave import Autosaver
 from app.ui.image_convert import array_to_qimage
@@ -47,6 +48,8 @@ class OpenedSlide:
 
 def open_slide_job(path: str) -> OpenedSlide:
     """Everything opening a slide reads from disk, done off the GUI thread."""
+    if is_likelihood_map(path):
+        raise SlideError(not_a_slide_message(path))
     slide = Slide.open(path)
     try:
         thumbnail = slide.thumbnail(BASE_IMAGE_SIDE)
