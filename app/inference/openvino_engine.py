@@ -57,7 +57,8 @@ class OpenVINOEngine(Engine):
         if self.device not in ("AUTO", *available) and not self.device.startswith(("AUTO:", "GPU.")):
             raise EngineError(
                 f"device '{device}' is not available to OpenVINO here (available: "
-                f"{', '.join(available)}); choose CPU or AUTO in Settings"
+                f"{', '.join(available)}); choose CPU or AUTO (--device on the command line, "
+                "Settings in the window)"
             )
         config: dict = {"PERFORMANCE_HINT": hint}
         if threads and self.device == "CPU":
