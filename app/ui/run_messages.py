@@ -6,12 +6,13 @@ from __future__ import annotations
 
 def tiles_summary(result) -> str:
     """What a run did, in the CLI's words: tiles at full resolution, those that kept the coarse
-    answer (and the coarse pass's own tiles), background skipped."""
+    answer, the coarse pass's own tiles, background skipped (they add up to the progress bar's
+    count)."""
     glass = result.tiles_skipped - result.refine_skipped
     if result.coarse_tiles:
         return (
             f"{result.tiles_done} tiles at full resolution, {result.refine_skipped} kept the coarse "
-            f"answer ({result.coarse_tiles} coarse tiles), {glass} background"
+            f"answer, {result.coarse_tiles} coarse tile(s), {glass} background"
         )
     return f"{result.tiles_done} tiles, {glass} background"
 
