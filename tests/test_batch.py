@@ -182,6 +182,9 @@ def batch_until_one_slide_is_done(folder: Path, out: Path):
         stderr=subprocess.PIPE,
         text=True,
         process_group=0,  # its own group, as a terminal's job: Ctrl+C reaches it and its workers
+        # As in a terminal, whatever started the tests: a shell's background job (CI run with &)
+        # hands its children SIGINT ignored, and Ctrl+C would then never reach the batch.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     workers: list[psutil.Process] = []
