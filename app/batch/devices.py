@@ -17,7 +17,9 @@ def available_devices(engine: str) -> list[str]:
 
 
 def accepts(engine: str, device: str, available: list[str]) -> bool:
-    """The engine's own rule: a device it has, AUTO, or (OpenVINO) AUTO:... and GPU.N forms."""
-    if device in available:
-        return True
-    return engine == "openvino" and device.startswith(("AUTO:", "GPU."))
+    """The engine's own rule (OpenVINO's: `device_accepted`); ONNX Runtime: a device it lists."""
+    if engine == "openvino":
+        from app.inference.openvino_engine import device_accepted
+
+        return device_accepted(device, available)
+    return device in available

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 try:
@@ -30,21 +31,32 @@ def hold_while_writing(fd: int) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+@contextlib.contextmanager
+def _taken(path: Path) -> Iterator[bool | None]:
+    """Take `path`'s lock for the block if no live writer holds it: True when taken, False when
+    held, None when the file cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 def is_held(path: Path) -> bool:
     """Whether a live writer holds `path`'s lock (without advisory locks: never)."""
     if fcntl is None:
         return False
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    with _taken(path) as taken:
+        return taken is False
 
 
 def remove_if_stale(path: Path, now: float | None = None) -> bool:
@@ -56,22 +68,14 @@ def remove_if_stale(path: Path, now: float | None = None) -> bool:
     if age < JUST_CREATED_S:
         return False
     if age < STALE_AFTER_S and fcntl is not None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False  # held: a save in progress in some process
-        try:
-            path.unlink()
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
-        return True
+        with _taken(path) as taken:  # deleted while locked: no save can start on it meanwhile
+            if not taken:
+                return False  # held: a save in progress in some process (or gone)
+            try:
+                path.unlink()
+            except OSError:
+                return False
+            return True
     try:
         path.unlink()
     except OSError:  # on Windows: open in a live save

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.core.annotation_store import MAP_SUFFIX
+from app.core.export import atomic_output
 from app.core.file_locks import JUST_CREATED_S, hold_while_writing, is_held
 from app.core.pyramid_tiff import level_sizes, write_pyramidal_tiff
 from app.errors import DelineoError
@@ -36,8 +38,6 @@ EXPORT_SUFFIX = "_likelihood_map.tif"  # ASAP's name for the overlay of `<slide>
 def is_likelihood_map(path: str | Path) -> bool:
     """Whether `path` is a map Delineo wrote (a run's, kept beside the slide to re-trace, or
     ASAP's overlay), by its name: a picture of probabilities, never a slide to delineate."""
-    from app.core.annotation_store import MAP_SUFFIX
-
     return Path(path).name.lower().endswith((MAP_SUFFIX, EXPORT_SUFFIX))
 
 
@@ -147,8 +147,6 @@ class LikelihoodSpool:
     def write(self, paths: dict[int, Path], mpp: float | None) -> list[Path]:
         """The pyramidal TIFF of each kept channel (`paths`: channel -> output file), atomically;
         `mpp`: the slide's µm per level-0 pixel, for the TIFF's pixel size."""
-        from app.core.export import atomic_output
-
         out = []
         for c, path in paths.items():
             try:

@@ -15,6 +15,12 @@ from app.inference.modelcard import ModelCard
 log = logging.getLogger(__name__)
 
 
+def device_accepted(device: str, available: list[str]) -> bool:
+    """OpenVINO takes a device its Core lists, AUTO, or the AUTO:... and GPU.N forms (checked when
+    compiling): the engine's rule, and the one a batch checks --device with up front."""
+    return device in ("AUTO", *available) or device.startswith(("AUTO:", "GPU."))
+
+
 class OpenVINOEngine(Engine):
     """OpenVINO on CPU, iGPU (GPU) or AUTO. `fp32` runs the ONNX file with the f32 precision hint
     (OpenVINO would otherwise run BF16 on CPUs that have it); `fp16` and `int8` run their IR."""
@@ -54,7 +60,7 @@ class OpenVINOEngine(Engine):
         except Exception:  # noqa: BLE001 - a cache is an optimisation only
             log.warning("OpenVINO cache directory %s not usable", cache_dir)
         available = core.available_devices
-        if self.device not in ("AUTO", *available) and not self.device.startswith(("AUTO:", "GPU.")):
+        if not device_accepted(self.device, available):
             raise EngineError(
                 f"device '{device}' is not available to OpenVINO here (available: "
                 f"{', '.join(available)}); choose CPU or AUTO (--device on the command line, "
